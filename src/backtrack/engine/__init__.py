@@ -1,0 +1,33 @@
+"""The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
+
+from backtrack.engine.cache import CacheNotRollbackableError, check_rollbackable, new_cache
+from backtrack.engine.generate import Decoder, encode_prompt, generate
+from backtrack.engine.session import DecodingSession
+from backtrack.engine.types import (
+    Budget,
+    Counts,
+    Event,
+    GenerationConfig,
+    GenerationResult,
+    RollbackEvent,
+    Step,
+    TokenEvent,
+)
+
+__all__ = [
+    "Budget",
+    "CacheNotRollbackableError",
+    "Counts",
+    "Decoder",
+    "DecodingSession",
+    "Event",
+    "GenerationConfig",
+    "GenerationResult",
+    "RollbackEvent",
+    "Step",
+    "TokenEvent",
+    "check_rollbackable",
+    "encode_prompt",
+    "generate",
+    "new_cache",
+]

@@ -1,0 +1,39 @@
+"""Backtracking operators: the interface, heuristics, chaos, and spec strings."""
+
+from backtrack.operators.base import AnyOf, Never, Operator
+from backtrack.operators.chaos import Chaos
+from backtrack.operators.heuristics import (
+    EntropyThreshold,
+    LogitThreshold,
+    NGramOverlap,
+    ProbabilityDrop,
+    ProbabilityMargin,
+    ProbabilityThreshold,
+    ProbabilityTrend,
+    Repetition,
+)
+from backtrack.operators.spec import (
+    OperatorSpecError,
+    operator_help,
+    parse_operator,
+    register_operator,
+)
+
+__all__ = [
+    "AnyOf",
+    "Chaos",
+    "EntropyThreshold",
+    "LogitThreshold",
+    "NGramOverlap",
+    "Never",
+    "Operator",
+    "OperatorSpecError",
+    "ProbabilityDrop",
+    "ProbabilityMargin",
+    "ProbabilityThreshold",
+    "ProbabilityTrend",
+    "Repetition",
+    "operator_help",
+    "parse_operator",
+    "register_operator",
+]

@@ -1,0 +1,120 @@
+"""The public entry points: generate, stream events, stream committed text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from backtrack.engine.session import DecodingSession, eos_ids_for
+from backtrack.engine.types import Event, GenerationConfig, GenerationResult
+
+
+def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
+    """Prompt ids: a string is tokenized as is (no special tokens added)."""
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return list(ids)
+    return [int(i) for i in prompt]
+
+
+class Decoder:
+    """A model and tokenizer ready to decode with backtracking.
+
+    >>> decoder = Decoder(model, tokenizer)                       # doctest: +SKIP
+    >>> result = decoder.generate("def add(a, b):", operator=ProbabilityTrend(),
+    ...                           config=GenerationConfig(temperature=0.5, top_k=50))
+    """
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def session(
+        self,
+        prompt: str | Sequence[int],
+        operator: Any = None,
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> DecodingSession:
+        config = replace(config or GenerationConfig(), **overrides)
+        return DecodingSession(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            prompt_ids=encode_prompt(self.tokenizer, prompt),
+            config=config,
+            operator=operator,
+            eos_ids=eos_ids_for(self.model, self.tokenizer, config),
+        )
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        operator: Any = None,
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> Iterator[Event | GenerationResult]:
+        """Yield every token and rollback event, then the :class:`GenerationResult`."""
+        session = self.session(prompt, operator, config, **overrides)
+        yield from session.run()
+        yield session.result()
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        operator: Any = None,
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> GenerationResult:
+        """Decode one completion and return the full result."""
+        session = self.session(prompt, operator, config, **overrides)
+        for _ in session.run():
+            pass
+        return session.result()
+
+    def stream_text(
+        self,
+        prompt: str | Sequence[int],
+        operator: Any = None,
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
+        """Yield completion text as soon as it can no longer be rolled back.
+
+        A token is committed once it lies deeper than the largest rollback still possible
+        (the commit horizon: the remaining discard budget). Text that could still turn out to
+        be the start of a stop string is held back too, so the pieces always concatenate to
+        exactly ``result.text``.
+        """
+        session = self.session(prompt, operator, config, **overrides)
+        hold = max((len(s) for s in session.config.stop), default=1) - 1
+        sent = 0
+        for _ in session.run():
+            committed_tokens = len(session.completion) - session.rollback_allowance()
+            if committed_tokens <= 0:
+                continue
+            if committed_tokens < len(session.completion):
+                upto = session._positions[committed_tokens].text_len
+            else:
+                upto = len(session.text)
+            upto = min(upto, len(session.text) - hold)
+            if upto > sent:
+                yield session.text[sent:upto]
+                sent = upto
+        final = session.final_text()
+        if len(final) > sent:
+            yield final[sent:]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt: str | Sequence[int],
+    operator: Any = None,
+    config: GenerationConfig | None = None,
+    **overrides: Any,
+) -> GenerationResult:
+    """Decode one completion of ``prompt`` with ``operator`` (None: plain decoding)."""
+    return Decoder(model, tokenizer).generate(prompt, operator, config, **overrides)

@@ -1,0 +1,311 @@
+"""One sequence being decoded, with exact rollback.
+
+Invariant after every step: the KV cache holds every token of ``prompt + completion`` except
+the last one, which is fed on the next forward pass. A rollback of ``k`` tokens therefore crops
+the cache by exactly ``k`` positions, and the next forward pass (feeding the new last token)
+gives the distribution at the position where decoding resumes; nothing is ever recomputed,
+and deleting every generated token simply leaves the prompt minus its last token cached.
+
+Alongside the ids and the cache, the session keeps, for every completion position, what must
+be put back when that position is deleted: the operator's state and the detokenizer's window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from backtrack.engine.cache import new_cache, rollback_cache
+from backtrack.engine.sampling import Sampler
+from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
+from backtrack.engine.types import (
+    Budget,
+    Counts,
+    Event,
+    FinishReason,
+    GenerationConfig,
+    GenerationResult,
+    RollbackEvent,
+    Step,
+    TokenEvent,
+)
+
+
+def eos_ids_for(model, tokenizer, config: GenerationConfig) -> frozenset[int]:
+    """EOS ids: the config's, else the model's generation config plus the tokenizer's EOS."""
+    if config.eos_token_ids is not None:
+        return frozenset(int(i) for i in config.eos_token_ids)
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+@dataclass
+class _Position:
+    """What a completion position needs to be undone."""
+
+    operator_state: Any
+    detok_state: DetokState
+    text_len: int  # length of the completion text before this token
+
+
+@dataclass
+class DecodingSession:
+    """Decode one sequence step by step; roll back exactly.
+
+    Most users call :func:`backtrack.engine.generate`. The RL environment drives a session
+    directly: :meth:`sample` one token, then :meth:`rollback` by the agent's action.
+    """
+
+    model: Any
+    tokenizer: Any
+    prompt_ids: list[int]
+    config: GenerationConfig
+    operator: Any = None  # backtrack.operators.Operator, or None for plain decoding
+    eos_ids: frozenset[int] = frozenset()
+    detokenizer: IncrementalDetokenizer | None = None
+
+    completion: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    counts: Counts = field(default_factory=Counts)
+    finish_reason: FinishReason | None = None
+    stop_string: str | None = None
+    trace: list[Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("the prompt must contain at least one token")
+        self.budget: Budget = self.config.budget.resolve(self.config.max_new_tokens)
+        self.sampler = Sampler(self.config)
+        self.device = next(self.model.parameters()).device
+        self.cache = new_cache(self.model)
+        if self.detokenizer is None:
+            self.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        self._positions: list[_Position] = []
+        self._bans: dict[int, set[int]] = {}
+        self._detok = DetokState()
+        self._next_logits: torch.Tensor | None = None
+        self._start = time.perf_counter()
+        if self.operator is not None:
+            self.operator.reset()
+
+    # ------------------------------------------------------------------ forward passes
+    @torch.inference_mode()
+    def _forward(self, ids: Sequence[int]) -> None:
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True)
+        # As in generate(): the last position's logits, copied out in float32.
+        self._next_logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        self.counts.forward_passes += 1
+
+    def prefill(self) -> None:
+        """Run the prompt through the model once."""
+        t0 = time.perf_counter()
+        self._forward(self.prompt_ids)
+        self.counts.prefill_time_s = time.perf_counter() - t0
+
+    def advance(self) -> bool:
+        """Feed the last token, computing the next distribution; False if out of budget."""
+        if self.counts.forward_passes >= self.budget.max_forward_passes:
+            self._finish("budget")
+            return False
+        last = self.completion[-1] if self.completion else self.prompt_ids[-1]
+        self._forward([last])
+        return True
+
+    # ------------------------------------------------------------------ sampling
+    @torch.inference_mode()
+    def sample(self) -> Step:
+        """Sample the next token from the current distribution and append it."""
+        assert self._next_logits is not None, "call prefill() first"
+        logits = self._next_logits
+        position = len(self.completion)
+        banned = self._bans.get(position, ())
+        scores = self.sampler.distribution(logits, banned)
+        token, probs = self.sampler.sample(scores)
+        if self.config.ban == "next":
+            self._bans.pop(position, None)
+
+        row, prow = logits[0], probs[0]
+        logit = row[token]
+        logprob = float(logit - torch.logsumexp(row, dim=-1))
+        rank = int((row > logit).sum())
+        top2 = torch.topk(prow, 2).values if prow.numel() > 1 else torch.cat([prow, prow * 0])
+        entropy = float(-torch.special.xlogy(prow, prow).sum())
+
+        self._positions.append(
+            _Position(
+                self.operator.get_state() if self.operator is not None else None,
+                self._detok,
+                len(self.text),
+            )
+        )
+        self.completion.append(token)
+        self.logprobs.append(logprob)
+        piece, self._detok = self.detokenizer.next_piece(self.completion, self._detok)
+        self.text += piece
+        self.counts.tokens_sampled += 1
+        self._next_logits = None
+        self.trace.append(TokenEvent(position, token, piece, float(prow[token])))
+        return Step(
+            position=position,
+            token_id=token,
+            text=piece,
+            prob=float(prow[token]),
+            logprob=logprob,
+            logit=float(logit),
+            rank=rank,
+            entropy=entropy,
+            top1_prob=float(top2[0]),
+            top2_prob=float(top2[1]),
+            logits=row,
+            probs=prow,
+            generated=self.completion,
+        )
+
+    # ------------------------------------------------------------------ backtracking
+    def rollback_allowance(self) -> int:
+        """Most tokens a rollback may delete now (0 once any budget is spent).
+
+        Besides the backtrack and discard budgets, a rollback must leave enough forward passes
+        to regrow the completion to ``max_new_tokens``, so the hard cap never cuts a
+        completion short because of backtracking.
+        """
+        if self.counts.backtracks >= self.budget.max_backtracks:
+            return 0
+        regrow = self.config.max_new_tokens - len(self.completion)
+        spare_forward = self.budget.max_forward_passes - self.counts.forward_passes - regrow
+        return max(
+            0,
+            min(
+                len(self.completion),
+                self.budget.max_discarded_tokens - self.counts.tokens_discarded,
+                spare_forward,
+            ),
+        )
+
+    def rollback(self, k: int, source: str = "operator") -> int:
+        """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
+
+        The ids, the KV cache, the operator state, the detokenizer and the text all go back
+        to exactly what they were before those tokens. The first deleted token is banned at
+        the position where decoding resumes (see ``GenerationConfig.ban``).
+        """
+        if k < 0:
+            raise ValueError(f"an operator returned a negative rollback ({k}); k must be >= 0")
+        k = min(int(k), self.rollback_allowance())
+        if k == 0:
+            return 0
+        keep = len(self.completion) - k
+        removed = self.completion[keep:]
+        restore = self._positions[keep]
+        if self.operator is not None:
+            self.operator.set_state(restore.operator_state)
+        self._detok = restore.detok_state
+        removed_text = self.text[restore.text_len :]
+        self.text = self.text[: restore.text_len]
+        del self.completion[keep:], self.logprobs[keep:], self._positions[keep:]
+        # Restore the invariant (cache = every token but the last); the next forward pass,
+        # feeding the new last token, gives the distribution at position `keep` again.
+        target = len(self.prompt_ids) + keep - 1
+        rollback_cache(self.cache, self.cache.get_seq_length() - target)
+        self._next_logits = None
+        self._update_bans(keep, removed[0])
+        self.counts.tokens_discarded += k
+        self.counts.backtracks += 1
+        self.trace.append(RollbackEvent(keep, k, removed_text, tuple(removed), source))
+        return k
+
+    def _update_bans(self, position: int, rejected: int) -> None:
+        for p in [p for p in self._bans if p > position]:
+            del self._bans[p]
+        if self.config.ban == "accumulate":
+            self._bans.setdefault(position, set()).add(rejected)
+        elif self.config.ban == "next":
+            self._bans[position] = {rejected}
+
+    # ------------------------------------------------------------------ stopping
+    def check_stop(self) -> bool:
+        """After a kept token: finish on EOS, a stop string or the length limit."""
+        if self.completion and self.completion[-1] in self.eos_ids:
+            self._finish("eos")
+        elif self.config.stop and (
+            hit := find_stop(self.text, self._positions[-1].text_len, self.config.stop)
+        ):
+            self.stop_string = hit[1]
+            self._finish("stop_string")
+        elif len(self.completion) >= self.config.max_new_tokens:
+            self._finish("max_new_tokens")
+        return self.finish_reason is not None
+
+    def _finish(self, reason: FinishReason) -> None:
+        self.finish_reason = reason
+        self.counts.wall_time_s = time.perf_counter() - self._start
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cache_length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def final_text(self) -> str:
+        """The completion decoded in one go, cut before the stop string."""
+        text = self.tokenizer.decode(
+            self.completion, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        if self.stop_string is not None:
+            hit = find_stop(text, 0, [self.stop_string])
+            if hit is not None:
+                text = text[: hit[0]]
+        return text
+
+    def result(self) -> GenerationResult:
+        assert self.finish_reason is not None, "generation has not finished"
+        return GenerationResult(
+            prompt_token_ids=list(self.prompt_ids),
+            token_ids=list(self.completion),
+            logprobs=list(self.logprobs),
+            text=self.final_text(),
+            finish_reason=self.finish_reason,
+            stop_string=self.stop_string,
+            trace=self.trace,
+            counts=self.counts,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Iterator[Event]:
+        """The decoding loop; yields each event as it happens."""
+        if self.config.seed is not None:
+            torch.manual_seed(self.config.seed)
+        self.prefill()
+        operator, period = self.operator, self.config.period
+        while True:
+            step = self.sample()
+            yield self.trace[-1]
+            k = 0
+            if (
+                operator is not None
+                and len(self.completion) % period == 0
+                and self.rollback_allowance() > 0
+            ):
+                k = operator(step)
+                if k:
+                    k = self.rollback(k, operator.name)
+                    if k:
+                        yield self.trace[-1]
+            if not k and self.check_stop():
+                return
+            if not self.advance():
+                return

@@ -1,0 +1,218 @@
+"""Plain data objects of the engine: configuration, step records, events and results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bounds on the extra work backtracking may cause in one generation.
+
+    ``None`` means "derive from ``max_new_tokens``": at most ``max_new_tokens`` discarded tokens
+    and ``2 * max_new_tokens`` forward passes, so the worst case costs at most twice the forward
+    passes of plain decoding. Once any bound is reached, decoding continues without backtracking.
+
+    Attributes:
+        max_backtracks: rollbacks allowed per generation (``None``: no limit of their own).
+        max_discarded_tokens: tokens that rollbacks may delete in total.
+        max_forward_passes: hard cap on forward passes (the prefill counts as one); decoding
+            stops with ``finish_reason="budget"`` if it is reached before another stop.
+    """
+
+    max_backtracks: int | None = None
+    max_discarded_tokens: int | None = None
+    max_forward_passes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_backtracks", "max_discarded_tokens", "max_forward_passes"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"Budget.{name} must be >= 0 or None, got {value}")
+
+    def resolve(self, max_new_tokens: int) -> Budget:
+        """Concrete limits for a generation of at most ``max_new_tokens`` tokens."""
+        discarded = (
+            max_new_tokens if self.max_discarded_tokens is None else self.max_discarded_tokens
+        )
+        forward = 2 * max_new_tokens if self.max_forward_passes is None else self.max_forward_passes
+        backtracks = discarded if self.max_backtracks is None else self.max_backtracks
+        return Budget(backtracks, discarded, max(forward, 1))
+
+
+BanPolicy = Literal["accumulate", "next", "none"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode one sequence.
+
+    Sampling follows transformers' order: temperature, top-k, top-p, min-p. ``temperature=0``
+    means greedy decoding.
+
+    Attributes:
+        max_new_tokens: length limit of the final completion (rolled-back tokens do not count).
+        temperature, top_k, top_p, min_p: the sampling distribution (``None``/0 disables a filter).
+        stop: stop strings, matched across token boundaries in the completion text.
+        eos_token_ids: token ids that end decoding; ``None`` takes the model's generation config
+            (and the tokenizer's EOS token).
+        seed: if set, ``torch.manual_seed(seed)`` is called right before decoding.
+        period: the operator is consulted every ``period`` tokens (the paper's kappa).
+        ban: what happens to a token deleted by a rollback at the position where decoding
+            resumes. ``"accumulate"`` (default) bans every token rejected at that position
+            until the prefix before it changes, so the same token cannot simply come back (at
+            temperature 0 it otherwise always would) and rejections cannot ping-pong between
+            two tokens; ``"next"`` bans only the last rejected token for the next draw there;
+            ``"none"`` bans nothing. A ban never empties the distribution: if every candidate
+            is banned, the ban is ignored for that draw.
+        budget: bounds on backtracking work, see :class:`Budget`.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    stop: Sequence[str] = ()
+    eos_token_ids: Sequence[int] | None = None
+    seed: int | None = None
+    period: int = 1
+    ban: BanPolicy = "accumulate"
+    budget: Budget = field(default_factory=Budget)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.period < 1:
+            raise ValueError(f"period must be >= 1, got {self.period}")
+        if self.ban not in ("accumulate", "next", "none"):
+            raise ValueError(f"ban must be 'accumulate', 'next' or 'none', got {self.ban!r}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """What an operator sees after one token was sampled.
+
+    Attributes:
+        position: index of the token in the completion (0 = first generated token).
+        token_id: the sampled token.
+        text: the text this token adds to the completion (may be ``""`` while a multi-byte
+            character is incomplete).
+        prob: probability of the token under the distribution it was sampled from.
+        logprob: raw model log-probability of the token (before temperature and filtering).
+        logit: raw model logit of the token.
+        rank: 0-based rank of the token among the raw logits (0 = the model's top choice).
+        entropy: entropy in nats of the distribution sampled from.
+        top1_prob, top2_prob: the two largest probabilities of that distribution.
+        logits: raw logits over the vocabulary (float32, do not modify).
+        probs: the distribution actually sampled from (float32, do not modify).
+        generated: the completion's token ids so far, this token included. A read-only view,
+            valid during the call only: copy what you keep.
+    """
+
+    position: int
+    token_id: int
+    text: str
+    prob: float
+    logprob: float
+    logit: float
+    rank: int
+    entropy: float
+    top1_prob: float
+    top2_prob: float
+    logits: torch.Tensor
+    probs: torch.Tensor
+    generated: Sequence[int]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A token was sampled and appended at ``position`` of the completion."""
+
+    position: int
+    token_id: int
+    text: str
+    prob: float
+    kind: str = "token"
+
+
+@dataclass(frozen=True)
+class RollbackEvent:
+    """``k`` tokens were deleted; decoding resumes at ``position`` (the new completion length)."""
+
+    position: int
+    k: int
+    removed_text: str
+    removed_token_ids: tuple[int, ...]
+    operator: str
+    kind: str = "rollback"
+
+
+Event = TokenEvent | RollbackEvent
+
+
+@dataclass
+class Counts:
+    """Work done by one generation."""
+
+    forward_passes: int = 0
+    tokens_sampled: int = 0
+    tokens_discarded: int = 0
+    backtracks: int = 0
+    wall_time_s: float = 0.0
+    prefill_time_s: float = 0.0
+
+
+FinishReason = Literal["eos", "stop_string", "max_new_tokens", "budget"]
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of one generation.
+
+    ``text`` is the completion decoded without special tokens, cut before the first stop
+    string (the stop string itself is excluded, as in the OpenAI API); ``token_ids`` holds every
+    final completion token, the EOS or the tokens of the stop string included, and ``logprobs``
+    their raw model log-probabilities.
+    """
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: FinishReason
+    stop_string: str | None
+    trace: list[Event]
+    counts: Counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_token_ids": self.prompt_token_ids,
+            "token_ids": self.token_ids,
+            "logprobs": self.logprobs,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "stop_string": self.stop_string,
+            "trace": [asdict(e) for e in self.trace],
+            "counts": asdict(self.counts),
+        }

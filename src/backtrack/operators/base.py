@@ -1,0 +1,108 @@
+"""The operator interface: look at one step, say how many recent tokens to delete.
+
+An operator is a small callable object in the spirit of transformers' ``LogitsProcessor``::
+
+    from backtrack.operators import Operator
+
+    class LowConfidenceStreak(Operator):
+        \"\"\"Delete the streak once ``length`` tokens in a row fell under ``min_prob``.\"\"\"
+
+        name = "low-confidence-streak"
+
+        def __init__(self, min_prob: float = 0.2, length: int = 3) -> None:
+            if not 0 < min_prob < 1 or length < 1:
+                raise ValueError("need 0 < min_prob < 1 and length >= 1")
+            self.min_prob, self.length = min_prob, length
+
+        def initial_state(self):
+            return 0                      # the current streak length
+
+        def __call__(self, step) -> int:
+            self.state = self.state + 1 if step.prob < self.min_prob else 0
+            return self.state if self.state >= self.length else 0
+
+State lives in ``self.state`` and must be an immutable value (a number, a tuple, a frozen
+dataclass, a tensor that is replaced rather than modified in place). The engine keeps the value
+it had before every token and, on a rollback of ``k`` tokens, puts back the one from before
+them: the operator ends up exactly as if the deleted tokens had never been seen. Operators
+whose state cannot be immutable override :meth:`get_state` / :meth:`set_state` to copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from backtrack.engine.types import Step
+
+
+class Operator:
+    """Base class of backtracking operators.
+
+    Subclasses set ``name``, validate their parameters in ``__init__``, implement
+    :meth:`__call__`, and, if stateful, :meth:`initial_state`.
+    """
+
+    name: str = "operator"
+    state: Any = None
+
+    def initial_state(self) -> Any:
+        """State at the start of a generation (``None`` for stateless operators)."""
+        return None
+
+    def reset(self) -> None:
+        """Called by the engine before each generation."""
+        self.state = self.initial_state()
+
+    def __call__(self, step: Step) -> int:
+        """Return how many of the most recent tokens to delete (0 = keep going)."""
+        raise NotImplementedError
+
+    def get_state(self) -> Any:
+        """A snapshot of the state; must not change when the operator goes on."""
+        return self.state
+
+    def set_state(self, state: Any) -> None:
+        """Restore a snapshot taken by :meth:`get_state`."""
+        self.state = state
+
+    def __repr__(self) -> str:
+        params = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "state"
+        )
+        return f"{type(self).__name__}({params})"
+
+
+class Never(Operator):
+    """Never backtracks: plain sampling through the same engine (the no-op baseline)."""
+
+    name = "never"
+
+    def __call__(self, step: Step) -> int:
+        return 0
+
+
+class AnyOf(Operator):
+    """Combine operators: each sees every step; the largest deletion asked for wins."""
+
+    name = "any-of"
+
+    def __init__(self, operators: Sequence[Operator]) -> None:
+        if not operators:
+            raise ValueError("AnyOf needs at least one operator")
+        self.operators = list(operators)
+        self.name = "+".join(op.name for op in self.operators)
+
+    def reset(self) -> None:
+        for op in self.operators:
+            op.reset()
+
+    def __call__(self, step: Step) -> int:
+        return max(op(step) for op in self.operators)
+
+    def get_state(self) -> Any:
+        return tuple(op.get_state() for op in self.operators)
+
+    def set_state(self, state: Any) -> None:
+        for op, sub in zip(self.operators, state, strict=True):
+            op.set_state(sub)

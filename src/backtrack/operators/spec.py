@@ -1,0 +1,140 @@
+"""Operator spec strings, as used on the command line and in configs.
+
+Grammar: ``NAME[:KEY=VALUE,...]``, several joined with ``+`` for :class:`AnyOf`::
+
+    probability-trend
+    probability-trend:window=10,drop=0.5
+    chaos:p=0.3,max=4,seed=1
+    probability-trend:drop=0.4+repetition:max_repetitions=4
+    rl:path=policy.zip
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from collections.abc import Callable
+
+from backtrack.operators.base import AnyOf, Never, Operator
+from backtrack.operators.chaos import Chaos
+from backtrack.operators.heuristics import (
+    EntropyThreshold,
+    LogitThreshold,
+    NGramOverlap,
+    ProbabilityDrop,
+    ProbabilityMargin,
+    ProbabilityThreshold,
+    ProbabilityTrend,
+    Repetition,
+)
+
+OPERATORS: dict[str, type[Operator] | str] = {
+    cls.name: cls
+    for cls in (
+        Never,
+        ProbabilityThreshold,
+        EntropyThreshold,
+        ProbabilityMargin,
+        ProbabilityDrop,
+        ProbabilityTrend,
+        Repetition,
+        NGramOverlap,
+        LogitThreshold,
+        Chaos,
+    )
+}
+# Loaded on first use: it needs the optional RL dependencies.
+OPERATORS["rl"] = "backtrack.operators.learned:LearnedOperator"
+# Short aliases.
+ALIASES = {"none": "never", "base": "never", "trend": "probability-trend"}
+
+
+class OperatorSpecError(ValueError):
+    """An operator spec string could not be parsed."""
+
+
+def register_operator(name: str, factory: type[Operator]) -> None:
+    """Make ``factory`` available to spec strings under ``name``."""
+    OPERATORS[name] = factory
+
+
+def _resolve(name: str) -> Callable[..., Operator]:
+    key = ALIASES.get(name, name)
+    if key not in OPERATORS:
+        known = ", ".join(sorted(OPERATORS))
+        raise OperatorSpecError(f"unknown operator {name!r}; known operators: {known}")
+    target = OPERATORS[key]
+    if isinstance(target, str):
+        module, attr = target.split(":")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise OperatorSpecError(
+                f"operator {name!r} needs optional dependencies: pip install 'backtrack[rl]' "
+                f"({exc})"
+            ) from exc
+    return target
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def parse_one(spec: str) -> Operator:
+    name, _, params_text = spec.strip().partition(":")
+    factory = _resolve(name.strip())
+    kwargs = {}
+    if params_text.strip():
+        for item in params_text.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise OperatorSpecError(f"bad parameter {item!r} in {spec!r}; expected KEY=VALUE")
+            kwargs[key.strip()] = _value(value.strip())
+    params = inspect.signature(factory).parameters
+    for key in kwargs:
+        if key not in params:
+            allowed = ", ".join(p for p in params if p != "self") or "none"
+            raise OperatorSpecError(
+                f"operator {name!r} has no parameter {key!r}; its parameters: {allowed}"
+            )
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise OperatorSpecError(f"invalid operator spec {spec!r}: {exc}") from exc
+
+
+def parse_operator(spec: str | Operator | None) -> Operator:
+    """Build an operator from a spec string (an Operator passes through; None means never)."""
+    if spec is None:
+        return Never()
+    if isinstance(spec, Operator):
+        return spec
+    parts = [p for p in spec.split("+") if p.strip()]
+    if not parts:
+        raise OperatorSpecError("empty operator spec")
+    operators = [parse_one(p) for p in parts]
+    return operators[0] if len(operators) == 1 else AnyOf(operators)
+
+
+def operator_help() -> str:
+    """One line per operator: its name and parameters with defaults."""
+    lines = []
+    for name, target in sorted(OPERATORS.items()):
+        if isinstance(target, str):
+            lines.append(f"{name}: path=POLICY.zip (learned policy; needs backtrack[rl])")
+            continue
+        params = [
+            f"{p.name}={p.default!r}"
+            for p in inspect.signature(target).parameters.values()
+            if p.default is not inspect.Parameter.empty
+        ]
+        doc = (target.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"{name}: {', '.join(params) or '-'}  {doc}")
+    return "\n".join(lines)
