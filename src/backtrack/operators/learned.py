@@ -1,0 +1,179 @@
+"""The learned operator: a RecurrentPPO policy trained by ``backtrack train``, used as an operator.
+
+Spec string: ``rl:path=runs/x/policy.zip`` (optionally ``deterministic=false``, ``seed=N``,
+``restore_memory=false``).
+
+Why its state looks the way it does: the engine restores an operator's state on rollback, so
+everything the policy remembers must be an immutable value. The state is the tuple
+``(feature_state, (h, c), episode_start, rng)``:
+
+* ``feature_state``: the :class:`~backtrack.operators.features.FeatureExtractor` history
+  (a tuple of floats), the same extractor and settings the environment trained with;
+* ``(h, c)``: the LSTM hidden and cell states, fresh numpy arrays from every call (made
+  read-only), never modified in place;
+* ``episode_start``: True until the first token, so the policy starts from a zero memory;
+* ``rng``: the private torch RNG state used when actions are sampled (``None`` when
+  deterministic), so sampling actions never disturbs the token sampler's global RNG stream.
+
+With ``restore_memory=True`` (default) a rollback puts the LSTM back exactly as it was before
+the deleted tokens. During training stable-baselines3 does not roll the LSTM back (see
+:mod:`backtrack.rl.env`); ``restore_memory=False`` keeps the LSTM running through rollbacks,
+matching training, while the feature history is still restored.
+
+The policy zip carries a ``backtrack.json`` entry (feature names and version, window and
+horizon) written by :mod:`backtrack.rl.train`; a policy whose feature version or names differ
+from this code's is refused with a clear error rather than silently fed the wrong inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backtrack.engine.types import Step
+from backtrack.operators.base import Operator
+from backtrack.operators.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
+
+#: Name of the metadata entry stored inside a policy zip (and of the sidecar file).
+METADATA_NAME = "backtrack.json"
+
+
+class PolicyLoadError(ValueError):
+    """A policy file is missing, unreadable, or was trained with other features."""
+
+
+def read_policy_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``backtrack.json`` metadata of a policy zip (or of a sidecar file next to it)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PolicyLoadError(f"policy file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise PolicyLoadError(f"{path} is not a policy zip (corrupt or wrong file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_NAME in archive.namelist():
+                return json.loads(archive.read(METADATA_NAME).decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise PolicyLoadError(f"cannot read policy {path}: {exc}") from exc
+    for sidecar in (path.with_suffix(".json"), path.parent / METADATA_NAME):
+        if sidecar.is_file():
+            try:
+                return json.loads(sidecar.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise PolicyLoadError(f"cannot read policy metadata {sidecar}: {exc}") from exc
+    raise PolicyLoadError(
+        f"{path} has no {METADATA_NAME} metadata (feature version); was it written by "
+        "`backtrack train`?"
+    )
+
+
+def check_metadata(meta: dict[str, Any], path: str | Path = "policy") -> FeatureExtractor:
+    """Refuse a policy trained with other features; return the extractor it was trained with."""
+    version = meta.get("feature_version")
+    names = meta.get("feature_names")
+    if version != FEATURE_VERSION or list(names or ()) != list(FEATURE_NAMES):
+        raise PolicyLoadError(
+            f"{path} was trained with feature version {version} ({names}); this backtrack "
+            f"computes version {FEATURE_VERSION} ({list(FEATURE_NAMES)}). Retrain the policy."
+        )
+    try:
+        return FeatureExtractor(
+            window=int(meta["window"]), max_new_tokens=int(meta["max_new_tokens"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyLoadError(f"{path}: bad feature settings in metadata ({exc})") from exc
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    out = np.array(array, dtype=np.float32, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+class LearnedOperator(Operator):
+    """Ask a trained RecurrentPPO policy, token by token, how many tokens to delete.
+
+    Args:
+        path: the ``policy.zip`` written by ``backtrack train`` (or a checkpoint of it).
+        deterministic: take the policy's most likely action (default) instead of sampling.
+        seed: seed of the private RNG used when ``deterministic`` is False.
+        restore_memory: restore the LSTM state on rollback (exact; default) or keep it running
+            through rollbacks as during training.
+    """
+
+    name = "rl"
+
+    def __init__(
+        self,
+        path: str,
+        deterministic: bool = True,
+        seed: int = 0,
+        restore_memory: bool = True,
+    ) -> None:
+        self.path = str(path)
+        self.deterministic = bool(deterministic)
+        self.seed = int(seed)
+        self.restore_memory = bool(restore_memory)
+        self.metadata = read_policy_metadata(self.path)
+        self.extractor = check_metadata(self.metadata, self.path)
+        try:
+            from sb3_contrib import RecurrentPPO
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("the rl operator needs: pip install 'backtrack[rl]'") from exc
+        try:
+            self.model = RecurrentPPO.load(self.path, device="cpu")
+        except Exception as exc:  # sb3 raises many kinds on a damaged archive
+            raise PolicyLoadError(f"cannot load policy {self.path}: {exc}") from exc
+        shape = getattr(self.model.observation_space, "shape", None)
+        if shape != (len(FEATURE_NAMES),):
+            raise PolicyLoadError(
+                f"{self.path}: policy observation shape {shape} does not match the "
+                f"{len(FEATURE_NAMES)} features"
+            )
+        self.max_rollback = int(self.model.action_space.n) - 1
+        self._lstm_shape = tuple(self.model.policy.lstm_hidden_state_shape)
+
+    def initial_state(self) -> tuple[Any, ...]:
+        zeros = _frozen(np.zeros(self._lstm_shape, dtype=np.float32))
+        rng = None
+        if not self.deterministic:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                rng = torch.get_rng_state()
+        return (self.extractor.initial_state(), (zeros, zeros), True, rng)
+
+    def __call__(self, step: Step) -> int:
+        feature_state, lstm, episode_start, rng = self.state
+        observation, feature_state = self.extractor.features(step, feature_state)
+        starts = np.array([episode_start])
+        if rng is None:
+            action, new_lstm = self.model.predict(
+                observation, state=lstm, episode_start=starts, deterministic=True
+            )
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)
+                action, new_lstm = self.model.predict(
+                    observation, state=lstm, episode_start=starts, deterministic=False
+                )
+                rng = torch.get_rng_state()
+        new_lstm = (_frozen(new_lstm[0]), _frozen(new_lstm[1]))
+        self.state = (feature_state, new_lstm, False, rng)
+        return int(np.asarray(action).reshape(()))
+
+    def set_state(self, state: Any) -> None:
+        if not self.restore_memory and self.state is not None and state is not None:
+            # Keep the memory (and action RNG) running; put back only the feature history.
+            state = (state[0], self.state[1], self.state[2] and state[2], self.state[3])
+        self.state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"LearnedOperator(path={self.path!r}, deterministic={self.deterministic}, "
+            f"restore_memory={self.restore_memory})"
+        )

@@ -1,0 +1,418 @@
+"""A Gymnasium environment over the real decoding engine: the agent *is* the operator.
+
+Why drive the engine's own :class:`~backtrack.engine.session.DecodingSession` instead of a
+re-implementation: rollouts must see exactly what inference will see. :class:`BacktrackEnv`
+mirrors :meth:`DecodingSession.run` step for step::
+
+    sample -> (every ``period`` tokens, if rollback_allowance() > 0) the agent decides k
+           -> rollback(k) (same clamping, budget and ban rule) -> if nothing was deleted:
+              check_stop -> advance -> sample ...
+
+so an action is asked for exactly where an operator would be called, and nowhere else: tokens
+sampled between decision points (``period > 1``, or once the budget is spent) are decoded
+without consulting the agent, as at inference.
+
+The observation is the :class:`~backtrack.operators.features.FeatureExtractor` vector of the
+token just sampled. The extractor's state lives in a small :class:`FeatureOperator` attached
+to the session as its operator, so the session snapshots it before every token and restores it
+on rollback, exactly as it does for :class:`~backtrack.operators.learned.LearnedOperator`.
+
+Known gap (documented, not hidden): during training the policy's LSTM state is carried by
+stable-baselines3 from step to step and is *not* rolled back when the agent deletes tokens,
+while :class:`LearnedOperator` restores it (``restore_memory=True``, the default, so that
+rollback is exact). ``LearnedOperator(..., restore_memory=False)`` reproduces the training
+behaviour instead.
+
+Rewards, per :meth:`BacktrackEnv.step`:
+
+* terminal: ``pass_reward`` if the completion (cut at the stop strings) passes the problem's
+  unit tests in the sandbox, else 0;
+* dense: ``judge_coef * (score_now - score_before)`` whenever a judge is enabled and the
+  completion reached a line end or grew ``judge_every`` tokens since the last judgement
+  (potential-based shaping, so it cannot change which policy is optimal); the tests-only judge
+  switches it off;
+* cost: ``-discard_cost`` per token actually deleted and ``-forward_cost`` per forward pass.
+
+Sampling uses a private torch RNG stream seeded per episode (``info["episode_seed"]``), so an
+episode is reproducible and equals ``Decoder.generate(..., seed=episode_seed)`` with the same
+decisions, whatever else (e.g. the policy's own sampling) uses torch's global RNG meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from backtrack.engine.generate import Decoder
+from backtrack.engine.session import DecodingSession
+from backtrack.engine.types import Budget, GenerationConfig, Step
+from backtrack.evaluation.data import (
+    Problem,
+    load_mbpp,
+    mbpp_problems,
+    select_problems,
+)
+from backtrack.evaluation.prompts import DEFAULT_STOP, build_program, build_prompt, postprocess
+from backtrack.evaluation.prompts import program_for as _program_for
+from backtrack.evaluation.sandbox import SandboxConfig, run_program
+from backtrack.operators.base import Operator
+from backtrack.operators.features import (
+    FEATURE_HIGH,
+    FEATURE_LOW,
+    FeatureExtractor,
+    FeatureState,
+)
+
+__all__ = ["BacktrackEnv", "EnvConfig", "FeatureOperator"]
+
+#: Episodes that end before the agent is ever consulted are skipped; give up after this many.
+_MAX_EMPTY_EPISODES = 20
+
+
+@dataclass
+class EnvConfig:
+    """Everything that defines the environment (the ``env`` half of a training config).
+
+    Attributes:
+        model: model name for :func:`backtrack.models.load_model`.
+        dtype, device: passed to ``load_model``.
+        data_path: the MBPP jsonl file (HumanEval layout); required unless problems are given.
+        split: MBPP split to draw problems from (``train``; ``validation`` for evaluation).
+            Problems whose canonical solution fails its own tests are dropped.
+        problem_ids: optional explicit subset (task ids) of the split; ``limit``: keep the first N.
+        max_new_tokens, temperature, top_k, top_p, period, ban: the decoding settings, as in
+            :class:`~backtrack.engine.types.GenerationConfig`.
+        max_discarded_tokens, max_backtracks: the rollback budget (``None``: engine defaults).
+        max_rollback: K, the largest deletion the agent can ask for (actions are ``0..K``).
+        window: moving-average window of the feature extractor.
+        judge: judge spec for :func:`backtrack.rl.judges.make_judge` (``"tests"``: none).
+        judge_every: judge at least every this many new tokens (and at every line end).
+        judge_coef, pass_reward, discard_cost, forward_cost: reward weights (see module doc).
+        sandbox_timeout_s: time limit of one unit-test run.
+    """
+
+    model: str = "tiny-random-qwen2"
+    dtype: str = "auto"
+    device: str = "cpu"
+    data_path: str | None = None
+    split: str = "train"
+    problem_ids: list[str] | None = None
+    limit: int | None = None
+    max_new_tokens: int = 128
+    temperature: float = 0.5
+    top_k: int | None = 50
+    top_p: float | None = None
+    period: int = 1
+    ban: str = "accumulate"
+    max_discarded_tokens: int | None = None
+    max_backtracks: int | None = None
+    max_rollback: int = 4
+    window: int = 10
+    judge: Any = "tests"
+    judge_every: int = 16
+    judge_coef: float = 1.0
+    pass_reward: float = 1.0
+    discard_cost: float = 0.01
+    forward_cost: float = 0.0
+    sandbox_timeout_s: float = 3.0
+    stop: Sequence[str] = field(default_factory=lambda: tuple(DEFAULT_STOP))
+
+    def __post_init__(self) -> None:
+        if self.max_rollback < 1:
+            raise ValueError(f"max_rollback (K) must be >= 1, got {self.max_rollback}")
+        if self.judge_every < 1:
+            raise ValueError(f"judge_every must be >= 1, got {self.judge_every}")
+        if self.discard_cost < 0 or self.forward_cost < 0:
+            raise ValueError("discard_cost and forward_cost must be >= 0")
+        self.stop = tuple(self.stop)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def generation_config(self) -> GenerationConfig:
+        """The engine settings of every episode (the same a later evaluation should use)."""
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=self.stop,
+            period=self.period,
+            ban=self.ban,  # type: ignore[arg-type]
+            budget=Budget(
+                max_backtracks=self.max_backtracks,
+                max_discarded_tokens=self.max_discarded_tokens,
+            ),
+        )
+
+    def feature_extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(window=self.window, max_new_tokens=self.max_new_tokens)
+
+
+class FeatureOperator(Operator):
+    """The policy-facing side of the environment, as an operator the session manages.
+
+    It never decides anything (it returns 0); calling it computes the observation of the step
+    and advances the feature state, exactly as :class:`LearnedOperator` does before asking its
+    policy. Because it is the session's operator, the session snapshots its state before each
+    token and restores it on rollback, so no separate bookkeeping can drift.
+    """
+
+    name = "rl-env"
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.extractor = extractor
+        self.observation = np.zeros(len(extractor.names), dtype=np.float32)
+
+    def initial_state(self) -> FeatureState:
+        return self.extractor.initial_state()
+
+    def __call__(self, step: Step) -> int:
+        self.observation, self.state = self.extractor.features(step, self.state)
+        return 0
+
+
+def load_problems(config: EnvConfig) -> list[Problem]:
+    """The MBPP problems of ``config.split`` (broken canonical solutions dropped)."""
+    if config.data_path is None:
+        raise ValueError("EnvConfig.data_path (the MBPP jsonl file) is required")
+    path = Path(config.data_path).expanduser()
+    problems = mbpp_problems(load_mbpp(path), config.split, drop_broken=True)
+    problems = select_problems(problems, config.problem_ids, config.limit)
+    if not problems:
+        raise ValueError(f"no problems selected from {path} (split {config.split!r})")
+    return problems
+
+
+class BacktrackEnv(gym.Env):
+    """One episode = one completion of one MBPP problem, decoded by the engine.
+
+    Args:
+        config: the environment settings; keyword ``overrides`` replace single fields.
+        problems: use these problems instead of loading ``config.data_path``.
+        model_and_tokenizer: reuse a loaded model (several envs may share one) instead of
+            loading ``config.model``.
+        judge: a ready :class:`~backtrack.rl.judges.Judge` instead of ``config.judge``.
+
+    ``reset(options={"task_id": ...})`` picks a given problem; ``options["episode_seed"]`` fixes
+    the sampling seed. ``info`` carries ``task_id``, ``episode_seed``, ``position`` (of the token
+    observed), ``rolled_back`` (tokens deleted by the last action) and, at the end, ``passed``,
+    ``status``, ``completion``, ``token_ids``, ``finish_reason`` and the work ``counts``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        *,
+        problems: Sequence[Problem] | None = None,
+        model_and_tokenizer: tuple[Any, Any] | None = None,
+        judge: Any = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        config = dataclasses.replace(config or EnvConfig(), **overrides)
+        self.config = config
+        self.problems = list(problems) if problems is not None else load_problems(config)
+        if not self.problems:
+            raise ValueError("BacktrackEnv needs at least one problem")
+        if model_and_tokenizer is None:
+            from backtrack.models import load_model
+
+            model_and_tokenizer = load_model(
+                config.model, dtype=config.dtype, device=config.device, progress=False
+            )
+        self.model, self.tokenizer = model_and_tokenizer
+        self.decoder = Decoder(self.model, self.tokenizer)
+        self._device = next(self.model.parameters()).device
+        from backtrack.rl.judges import make_judge
+
+        self._owns_judge = judge is None
+        self.judge = make_judge(judge if judge is not None else config.judge)
+        self._judge_on = bool(getattr(self.judge, "enabled", True))
+        self.generation_config = config.generation_config()
+        self.extractor = config.feature_extractor()
+        self.sandbox = SandboxConfig(timeout_s=config.sandbox_timeout_s)
+
+        self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(config.max_rollback + 1)
+
+        self.operator = FeatureOperator(self.extractor)
+        self.session: DecodingSession | None = None
+        self.problem: Problem | None = None
+        self.episode_seed = 0
+        self._rng_cpu: torch.Tensor | None = None
+        self._rng_cuda: torch.Tensor | None = None
+        self._last_step: Step | None = None
+        self._judged_len = 0
+        self._judge_score = 0.0
+        self._finished = True
+
+    # ------------------------------------------------------------------ private RNG
+    def _cuda_index(self) -> int | None:
+        return (self._device.index or 0) if self._device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def _private_rng(self) -> Iterator[None]:
+        """Run engine sampling on this env's own torch RNG stream, leaving the global one be."""
+        cuda = self._cuda_index()
+        with torch.random.fork_rng(devices=[] if cuda is None else [cuda]):
+            torch.set_rng_state(self._rng_cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(self._rng_cuda, cuda)
+            yield
+            self._rng_cpu = torch.get_rng_state()
+            if cuda is not None:
+                self._rng_cuda = torch.cuda.get_rng_state(cuda)
+
+    def _seed_private_rng(self, seed: int) -> None:
+        """Same stream as ``torch.manual_seed(seed)`` in ``DecodingSession.run``."""
+        cuda = self._cuda_index()
+        with torch.random.fork_rng(devices=[] if cuda is None else [cuda]):
+            torch.manual_seed(seed)
+            self._rng_cpu = torch.get_rng_state()
+            if cuda is not None:
+                self._rng_cuda = torch.cuda.get_rng_state(cuda)
+
+    # ------------------------------------------------------------------ the loop
+    def _sample_until_decision(self) -> bool:
+        """Decode until the agent must decide (True) or the session finishes (False).
+
+        The body of ``DecodingSession.run`` for tokens where no operator is consulted.
+        """
+        session = self.session
+        assert session is not None
+        period = self.generation_config.period
+        while True:
+            step = session.sample()
+            if len(session.completion) % period == 0 and session.rollback_allowance() > 0:
+                self.operator(step)  # observation + feature state, as the operator would
+                self._last_step = step
+                return True
+            if session.check_stop() or not session.advance():
+                return False
+
+    def _partial_code(self) -> str:
+        assert self.session is not None and self.problem is not None
+        return build_program(self.problem, postprocess(self.problem, self.session.text))
+
+    def _info(self) -> dict[str, Any]:
+        assert self.problem is not None and self.session is not None
+        step = self._last_step
+        return {
+            "task_id": self.problem.task_id,
+            "episode_seed": self.episode_seed,
+            "position": -1 if step is None else step.position,
+            "length": len(self.session.completion),
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        by_id = {p.task_id: p for p in self.problems}
+        for _ in range(_MAX_EMPTY_EPISODES):
+            if "task_id" in options:
+                self.problem = by_id[options["task_id"]]
+            else:
+                self.problem = self.problems[int(self.np_random.integers(len(self.problems)))]
+            drawn = int(self.np_random.integers(2**31 - 1))
+            self.episode_seed = int(options.get("episode_seed", drawn))
+            self._seed_private_rng(self.episode_seed)
+            prompt = build_prompt(self.problem, "completion")
+            self.session = self.decoder.session(prompt, self.operator, self.generation_config)
+            self._last_step = None
+            with self._private_rng():
+                self.session.prefill()
+                decided = self._sample_until_decision()
+            if decided:
+                break
+            if "task_id" in options and "episode_seed" in options:
+                break  # nothing else to try
+        else:
+            decided = False
+        if not decided:
+            raise RuntimeError(
+                "every episode tried ended before the agent was consulted once; "
+                "check max_new_tokens, period and the rollback budget"
+            )
+        self._finished = False
+        self._judged_len = 0
+        self._judge_score = (
+            float(self.judge.score(self.problem.prompt, self._partial_code()))
+            if self._judge_on
+            else 0.0
+        )
+        return self.operator.observation.copy(), self._info()
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._finished or self.session is None:
+            raise RuntimeError("call reset() before step(); the episode has ended")
+        requested = int(np.asarray(action).reshape(()))
+        if not 0 <= requested <= self.config.max_rollback:
+            raise ValueError(f"action must be in 0..{self.config.max_rollback}, got {requested}")
+        session = self.session
+        forward_before = session.counts.forward_passes
+        with self._private_rng():
+            deleted = session.rollback(requested, self.operator.name) if requested else 0
+            # As in run(): a kept token may end decoding; otherwise feed it and go on.
+            stopped = (not deleted and session.check_stop()) or not session.advance()
+            decided = False if stopped else self._sample_until_decision()
+
+        reward = -self.config.discard_cost * deleted
+        reward -= self.config.forward_cost * (session.counts.forward_passes - forward_before)
+        info = self._info()
+        info["rolled_back"] = deleted
+        if decided:
+            reward += self._dense_reward()
+        else:
+            self._finished = True
+            reward += self._terminal(info)
+        return self.operator.observation.copy(), float(reward), not decided, False, info
+
+    def _dense_reward(self) -> float:
+        """Judge score change since the last judgement, at line ends or every M tokens."""
+        if not self._judge_on or self.session is None or self._last_step is None:
+            return 0.0
+        length = len(self.session.completion)
+        if "\n" not in self._last_step.text and abs(length - self._judged_len) < (
+            self.config.judge_every
+        ):
+            return 0.0
+        assert self.problem is not None
+        score = float(self.judge.score(self.problem.prompt, self._partial_code()))
+        gain = self.config.judge_coef * (score - self._judge_score)
+        self._judge_score, self._judged_len = score, length
+        return gain
+
+    def _terminal(self, info: dict[str, Any]) -> float:
+        """Run the unit tests on the final completion (cut at the stop strings)."""
+        assert self.session is not None and self.problem is not None
+        result = self.session.result()
+        completion = postprocess(self.problem, result.text, "completion", self.config.stop)
+        verdict = run_program(_program_for(self.problem, completion), self.sandbox)
+        info.update(
+            passed=verdict.passed,
+            status=verdict.status,
+            completion=completion,
+            token_ids=list(result.token_ids),
+            finish_reason=result.finish_reason,
+            counts=dataclasses.asdict(result.counts),
+        )
+        return self.config.pass_reward if verdict.passed else 0.0
+
+    def close(self) -> None:
+        if self._owns_judge:
+            self.judge.close()
+        super().close()

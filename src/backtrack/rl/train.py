@@ -1,0 +1,335 @@
+"""Train a learned backtracking operator: RecurrentPPO (LSTM policy) on :class:`BacktrackEnv`.
+
+Why RecurrentPPO: whether to delete tokens depends on how the last several tokens went, not
+only on the current one; a small LSTM carries that history cheaply, while the features (see
+:mod:`backtrack.operators.features`) stay per-token and identical at training and inference.
+
+A run is described by one flat YAML mapping (see ``configs/train-*.yaml``): the environment's
+fields (:class:`~backtrack.rl.env.EnvConfig`: model, data, decoding, K, rewards, judge) plus
+the trainer's (:class:`TrainConfig`). Relative paths are taken from the current directory.
+
+The output directory receives::
+
+    policy.zip            the final policy, with backtrack.json (feature version...) inside
+    backtrack.json        the same metadata, readable without unzipping
+    config.yaml           the resolved configuration of the run
+    checkpoints/          policy_<steps>_steps.zip every ``checkpoint_every`` steps
+    tb/                   TensorBoard logs (rollout/ep_rew_mean, rollout/pass_rate, losses...)
+    monitor.csv           one line per episode (reward, length, passed)
+
+``resume=True`` loads the newest checkpoint and continues to ``total_timesteps`` without
+resetting the step counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from backtrack.operators.learned import METADATA_NAME
+from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems
+
+__all__ = ["TrainConfig", "TrainConfigError", "latest_checkpoint", "train", "train_command"]
+
+_CHECKPOINT = re.compile(r"^policy_(\d+)_steps\.zip$")
+_ALIASES = {"K": "max_rollback", "k": "max_rollback", "data": "data_path", "out": "output_dir"}
+
+
+class TrainConfigError(ValueError):
+    """The training configuration is invalid (unknown key, bad value, missing file)."""
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings; ``env`` holds the environment's.
+
+    Attributes:
+        output_dir: where policy, checkpoints and logs go.
+        total_timesteps: agent decisions (environment steps) to train for, in total.
+        seed: seeds the policy, the environment's problem/seed draws and the action sampler.
+        n_envs: environments stepped in turn (they share one loaded model).
+        n_steps, batch_size, n_epochs, learning_rate, gamma, gae_lambda, clip_range, ent_coef,
+            vf_coef, max_grad_norm: RecurrentPPO hyperparameters.
+        lstm_hidden_size, net_arch: policy size (a small LSTM, then small MLP heads).
+        checkpoint_every: save a checkpoint every this many steps.
+        progress_bar: show sb3's progress bar (tqdm + rich).
+        verbose: sb3 verbosity.
+        policy_device: where the (tiny) policy runs; the LLM's device is ``env.device``.
+        torch_threads: ``torch.set_num_threads`` during training (restored afterwards);
+            ``None`` leaves it. On a busy shared CPU, 1 can be many times faster: the small
+            LSTM and the tiny model suffer more from thread contention than they gain.
+    """
+
+    output_dir: str = "runs/rl"
+    total_timesteps: int = 2048
+    seed: int = 0
+    n_envs: int = 1
+    n_steps: int = 128
+    batch_size: int = 64
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    lstm_hidden_size: int = 32
+    net_arch: list[int] = field(default_factory=lambda: [32])
+    checkpoint_every: int = 512
+    progress_bar: bool = True
+    verbose: int = 0
+    policy_device: str = "cpu"
+    torch_threads: int | None = None
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "n_envs", "n_steps", "n_epochs", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise TrainConfigError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.lstm_hidden_size < 1:
+            raise TrainConfigError("lstm_hidden_size must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a flat mapping (YAML); unknown keys are an error, not silently dropped."""
+        data = {_ALIASES.get(k, k): v for k, v in dict(data).items()}
+        nested = data.pop("env", None) or {}
+        data.update({_ALIASES.get(k, k): v for k, v in dict(nested).items()})
+        own = {f.name for f in dataclasses.fields(cls)} - {"env"}
+        env_keys = EnvConfig.field_names()
+        unknown = sorted(set(data) - own - env_keys)
+        if unknown:
+            raise TrainConfigError(
+                f"unknown training config keys: {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(own | env_keys))}"
+            )
+        try:
+            env = EnvConfig(**{k: v for k, v in data.items() if k in env_keys})
+            return cls(env=env, **{k: v for k, v in data.items() if k in own})
+        except (TypeError, ValueError) as exc:
+            raise TrainConfigError(f"invalid training config: {exc}") from exc
+
+    @classmethod
+    def load(cls, source: str | Path | Mapping[str, Any] | TrainConfig) -> TrainConfig:
+        """From a YAML file path, a mapping, or a TrainConfig (returned as is)."""
+        if isinstance(source, TrainConfig):
+            return source
+        if isinstance(source, Mapping):
+            return cls.from_mapping(source)
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise TrainConfigError(f"training config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise TrainConfigError(f"{path} must hold a mapping of settings")
+        return cls.from_mapping(data)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The resolved configuration as one flat mapping (what config.yaml stores)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "env"}
+        env = dataclasses.asdict(self.env)
+        env["stop"] = list(env["stop"])
+        return {**own, **env}
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint with the most steps in ``output_dir/checkpoints``, if any."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def policy_metadata(config: TrainConfig) -> dict[str, Any]:
+    """What :class:`~backtrack.operators.learned.LearnedOperator` needs to use the policy."""
+    from backtrack import __version__
+
+    env = config.env
+    return {
+        **env.feature_extractor().metadata(),
+        "max_rollback": env.max_rollback,
+        "period": env.period,
+        "model": env.model,
+        "temperature": env.temperature,
+        "top_k": env.top_k,
+        "split": env.split,
+        "backtrack_version": __version__,
+    }
+
+
+def add_metadata(policy_zip: str | Path, metadata: Mapping[str, Any]) -> None:
+    """Store ``backtrack.json`` inside a saved policy zip (sb3 ignores unknown entries)."""
+    with zipfile.ZipFile(policy_zip, "a") as archive:
+        if METADATA_NAME not in archive.namelist():
+            archive.writestr(METADATA_NAME, json.dumps(dict(metadata), indent=2))
+
+
+def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, Any]) -> list:
+    from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+
+    class MetadataCheckpoint(CheckpointCallback):
+        """sb3's checkpoints, each made loadable by LearnedOperator on its own."""
+
+        def _on_step(self) -> bool:
+            keep_going = super()._on_step()
+            if self.n_calls % self.save_freq == 0:
+                add_metadata(self._checkpoint_path(extension="zip"), metadata)
+            return keep_going
+
+    class EpisodeStats(BaseCallback):
+        """Log the unit-test pass rate and discarded tokens of finished episodes."""
+
+        def _on_step(self) -> bool:
+            for info, done in zip(self.locals["infos"], self.locals["dones"], strict=False):
+                if done and "passed" in info:
+                    self.logger.record_mean("rollout/pass_rate", float(info["passed"]))
+                    discarded = info["counts"]["tokens_discarded"]
+                    self.logger.record_mean("rollout/tokens_discarded", float(discarded))
+            return True
+
+    save_freq = max(config.checkpoint_every // config.n_envs, 1)
+    return [
+        MetadataCheckpoint(save_freq=save_freq, save_path=str(checkpoints), name_prefix="policy"),
+        EpisodeStats(),
+    ]
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | TrainConfig,
+    *,
+    resume: bool = False,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> Path:
+    """Train (or, with ``resume``, continue training) and return the path of ``policy.zip``.
+
+    ``model_and_tokenizer`` reuses a loaded model instead of loading ``config.model``.
+    """
+    cfg = TrainConfig.load(config)
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from backtrack.rl.judges import make_judge
+
+    out = Path(cfg.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    metadata = policy_metadata(cfg)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(cfg.to_flat_dict(), sort_keys=False), encoding="utf-8"
+    )
+    (out / METADATA_NAME).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+
+    try:
+        problems = load_problems(cfg.env)
+    except Exception as exc:
+        raise TrainConfigError(f"cannot load training problems: {exc}") from exc
+    if model_and_tokenizer is None:
+        from backtrack.models import load_model
+
+        model_and_tokenizer = load_model(cfg.env.model, dtype=cfg.env.dtype, device=cfg.env.device)
+    judge = make_judge(cfg.env.judge)
+    start = latest_checkpoint(out) if resume else None
+
+    def make_env(index: int):
+        def build():
+            env = BacktrackEnv(
+                cfg.env, problems=problems, model_and_tokenizer=model_and_tokenizer, judge=judge
+            )
+            monitor_file = str(out / (f"monitor{index}.csv" if index else "monitor.csv"))
+            return Monitor(
+                env, monitor_file, info_keywords=("passed",), override_existing=start is None
+            )
+
+        return build
+
+    venv = DummyVecEnv([make_env(i) for i in range(cfg.n_envs)])
+    tb = str(out / "tb")
+    threads = torch.get_num_threads()
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        if start is not None:
+            model = RecurrentPPO.load(
+                start, env=venv, device=cfg.policy_device, tensorboard_log=tb, verbose=cfg.verbose
+            )
+            remaining = cfg.total_timesteps - model.num_timesteps
+            print(
+                f"[backtrack] resuming from {start} at step {model.num_timesteps}", file=sys.stderr
+            )
+        else:
+            if resume:
+                print("[backtrack] no checkpoint to resume from; starting fresh", file=sys.stderr)
+            model = RecurrentPPO(
+                "MlpLstmPolicy",
+                venv,
+                n_steps=cfg.n_steps,
+                batch_size=min(cfg.batch_size, cfg.n_steps * cfg.n_envs),
+                n_epochs=cfg.n_epochs,
+                learning_rate=cfg.learning_rate,
+                gamma=cfg.gamma,
+                gae_lambda=cfg.gae_lambda,
+                clip_range=cfg.clip_range,
+                ent_coef=cfg.ent_coef,
+                vf_coef=cfg.vf_coef,
+                max_grad_norm=cfg.max_grad_norm,
+                policy_kwargs={
+                    "lstm_hidden_size": cfg.lstm_hidden_size,
+                    "n_lstm_layers": 1,
+                    "net_arch": list(cfg.net_arch),
+                },
+                tensorboard_log=tb,
+                seed=cfg.seed,
+                device=cfg.policy_device,
+                verbose=cfg.verbose,
+            )
+            remaining = cfg.total_timesteps
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=_callbacks(cfg, checkpoints, metadata),
+                reset_num_timesteps=start is None,
+                tb_log_name="RecurrentPPO",
+                progress_bar=cfg.progress_bar,
+            )
+        policy = out / "policy.zip"
+        if policy.exists():
+            policy.unlink()  # model.save writes a fresh zip; metadata is re-added below
+        model.save(policy)
+        add_metadata(policy, metadata)
+    finally:
+        torch.set_num_threads(threads)
+        venv.close()
+        judge.close()
+    return policy
+
+
+def train_command(config: Path, resume: bool = False) -> int:
+    """``backtrack train --config FILE.yaml [--resume]``: train and print the policy path."""
+    try:
+        policy = train(config, resume=resume)
+    except TrainConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume (checkpoints are kept)", file=sys.stderr)
+        return 130
+    print(policy)
+    return 0
