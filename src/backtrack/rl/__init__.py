@@ -1,0 +1,33 @@
+"""Reinforcement learning of a backtracking operator (needs ``pip install 'backtrack[rl]'``).
+
+* :mod:`backtrack.rl.env`: :class:`BacktrackEnv`, a Gymnasium environment over the engine.
+* :mod:`backtrack.rl.train`: ``train.train()`` / :func:`train_command` (RecurrentPPO, YAML).
+* :mod:`backtrack.rl.judges`: dense-reward judges.
+
+Names are imported lazily so that ``import backtrack.rl`` does not pull in gymnasium,
+stable-baselines3 or httpx until they are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BacktrackEnv": "backtrack.rl.env",
+    "EnvConfig": "backtrack.rl.env",
+    "FeatureOperator": "backtrack.rl.env",
+    "TrainConfig": "backtrack.rl.train",
+    "TrainConfigError": "backtrack.rl.train",
+    "latest_checkpoint": "backtrack.rl.train",
+    "train_command": "backtrack.rl.train",
+    "make_judge": "backtrack.rl.judges",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'backtrack.rl' has no attribute {name!r}")

@@ -1,0 +1,345 @@
+"""Learned backtracking: the environment mirrors the engine, training runs, the operator loads.
+
+Everything runs on tiny-random-qwen2 (random weights, so no completion passes its tests) with
+the MBPP train split from the shared data directory, with one torch thread: on a busy shared
+CPU the small LSTM is many times faster that way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sb3_contrib")
+
+from backtrack.engine.generate import Decoder  # noqa: E402
+from backtrack.engine.types import GenerationConfig, RollbackEvent  # noqa: E402
+from backtrack.operators import OperatorSpecError, parse_operator  # noqa: E402
+from backtrack.operators.features import FEATURE_NAMES  # noqa: E402
+from backtrack.operators.learned import (  # noqa: E402
+    METADATA_NAME,
+    LearnedOperator,
+    PolicyLoadError,
+)
+from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator  # noqa: E402
+from backtrack.rl.judges import Judge  # noqa: E402
+from backtrack.rl.train import (  # noqa: E402
+    TrainConfig,
+    latest_checkpoint,
+    train,
+    train_command,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "def add(a, b):\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mbpp(shared_data: Path) -> str:
+    return str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")
+
+
+def make_env(tiny, mbpp: str, **overrides) -> BacktrackEnv:
+    settings = {"data_path": mbpp, "limit": 6, "max_new_tokens": 12, "max_rollback": 3}
+    settings.update(overrides)
+    return BacktrackEnv(EnvConfig(**settings), model_and_tokenizer=tiny)
+
+
+def scripted_action(position: int) -> int:
+    """A fixed, state-free decision rule both the env loop and an operator can follow."""
+    return 2 if position % 4 == 3 else 0
+
+
+class ScriptedFeatureOperator(FeatureOperator):
+    """The env's feature side plus :func:`scripted_action`, usable inside Decoder.generate."""
+
+    def __init__(self, extractor) -> None:
+        super().__init__(extractor)
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, step) -> int:
+        super().__call__(step)
+        self.seen.append(self.observation.copy())
+        return scripted_action(step.position)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def test_env_passes_gymnasium_and_sb3_checkers(tiny, mbpp) -> None:
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    env = make_env(tiny, mbpp)
+    assert env.action_space.n == 4
+    assert env.observation_space.shape == (len(FEATURE_NAMES),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check(env, skip_render_check=True)
+        sb3_check(env, warn=False)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs)
+    assert info["task_id"].startswith("MBPP/") and 601 <= int(info["task_id"][5:]) <= 974
+
+
+@pytest.mark.parametrize("period", [1, 3])
+def test_env_episode_equals_engine_run_with_the_same_decisions(tiny, mbpp, period) -> None:
+    """Same seed + same decisions: the env and Decoder.generate produce the same completion,
+    the same rollbacks and the same observations (so feature state is restored identically)."""
+    env = make_env(tiny, mbpp, period=period, max_new_tokens=16)
+    obs, info = env.reset(seed=1)
+    observations, rollbacks, done = [obs], [], False
+    while not done:
+        action = scripted_action(info["position"])
+        torch.manual_seed(12345)  # the global RNG must not matter to the env's sampling
+        obs, reward, done, truncated, info = env.step(action)
+        assert not truncated
+        if info["rolled_back"]:
+            rollbacks.append(info["rolled_back"])
+        if not done:
+            observations.append(obs)
+    assert rollbacks, "the scripted policy should have backtracked at least once"
+
+    problem = {p.task_id: p for p in env.problems}[info["task_id"]]
+    operator = ScriptedFeatureOperator(env.config.feature_extractor())
+    config = dataclasses.replace(env.generation_config, seed=info["episode_seed"])
+    result = Decoder(*tiny).generate(problem.prompt, operator, config)
+    assert result.token_ids == info["token_ids"]
+    assert [e.k for e in result.trace if isinstance(e, RollbackEvent)] == rollbacks
+    assert result.finish_reason == info["finish_reason"]
+    assert len(operator.seen) == len(observations)
+    for expected, got in zip(operator.seen, observations, strict=True):
+        assert np.array_equal(expected, got)
+    env.close()
+
+
+def test_env_is_reproducible_from_its_seed(tiny, mbpp) -> None:
+    env = make_env(tiny, mbpp)
+
+    def episode(seed: int) -> tuple[list[int], float]:
+        _, info = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            _, reward, done, _, info = env.step(scripted_action(info["position"]))
+            total += reward
+        return info["token_ids"], total
+
+    assert episode(7) == episode(7)
+
+
+class LengthJudge(Judge):
+    """A deterministic stand-in judge: longer partial programs score higher."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, problem_prompt: str, partial_code: str) -> float:
+        self.calls += 1
+        return min(1.0, (len(partial_code) - len(problem_prompt)) / 50.0)
+
+
+def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) -> None:
+    judge = LengthJudge()
+    env = BacktrackEnv(
+        EnvConfig(data_path=mbpp, limit=4, max_new_tokens=12, max_rollback=3, judge_every=1),
+        model_and_tokenizer=tiny,
+        judge=judge,
+    )
+    env.reset(seed=0)
+    start = env._judge_score
+    rewards, done = [], False
+    while not done:
+        _, reward, done, _, info = env.step(0)
+        rewards.append(reward)
+    assert judge.calls >= 2
+    assert info["passed"] is False  # random weights: the tests fail, terminal reward 0
+    # Shaping telescopes: the dense rewards sum to the last judged score minus the first.
+    assert sum(rewards) == pytest.approx(env._judge_score - start)
+
+    # Tests-only judge: only the discard cost is left, per token actually deleted.
+    plain = make_env(tiny, mbpp, discard_cost=0.1)
+    plain.reset(seed=0)
+    _, reward, _, _, info = plain.step(2)
+    assert info["rolled_back"] == 1  # clamped: one token exists after the first sample
+    assert reward == pytest.approx(-0.1)
+    _, reward, _, _, info = plain.step(0)
+    assert info["rolled_back"] == 0 and reward == 0.0
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, mbpp, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rl") / "run"
+    policy = train(
+        {
+            "model": "tiny-random-qwen2",
+            "data_path": mbpp,
+            "limit": 6,
+            "max_new_tokens": 12,
+            "K": 3,
+            "output_dir": str(out),
+            "total_timesteps": 64,
+            "n_steps": 32,
+            "batch_size": 16,
+            "n_epochs": 2,
+            "lstm_hidden_size": 16,
+            "net_arch": [16],
+            "checkpoint_every": 32,
+            "progress_bar": False,
+            "seed": 0,
+        },
+        model_and_tokenizer=tiny,
+    )
+    return policy
+
+
+def test_training_writes_policy_checkpoints_logs_and_metadata(trained: Path) -> None:
+    out = trained.parent
+    assert trained.name == "policy.zip" and trained.is_file()
+    with zipfile.ZipFile(trained) as archive:
+        meta = json.loads(archive.read(METADATA_NAME))
+    assert meta["feature_names"] == list(FEATURE_NAMES)
+    assert meta["max_rollback"] == 3 and meta["max_new_tokens"] == 12
+    assert json.loads((out / METADATA_NAME).read_text()) == meta
+    assert TrainConfig.load(out / "config.yaml").env.max_rollback == 3
+    assert latest_checkpoint(out) == out / "checkpoints" / "policy_64_steps.zip"
+    assert any((out / "tb").rglob("events.out.tfevents.*"))
+    assert (out / "monitor.csv").read_text().count("\n") >= 3  # header lines + episodes
+
+
+def test_learned_operator_loads_from_spec_and_decodes_deterministically(tiny, trained) -> None:
+    operator = parse_operator(f"rl:path={trained}")
+    assert isinstance(operator, LearnedOperator) and operator.name == "rl"
+    assert operator.max_rollback == 3
+    decoder = Decoder(*tiny)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.5, top_k=50, seed=0)
+    first = decoder.generate(PROMPT, operator, config)
+    second = decoder.generate(PROMPT, parse_operator(f"rl:path={trained}"), config)
+    assert first.token_ids == second.token_ids
+    assert len(first.token_ids) <= 16
+    assert all(e.k <= 3 for e in first.trace if isinstance(e, RollbackEvent))
+    # A checkpoint is a usable policy on its own (its zip carries the metadata too).
+    assert LearnedOperator(str(latest_checkpoint(trained.parent))).max_rollback == 3
+
+
+def _drive(session, operator, steps: int) -> list:
+    """Mirror run(): sample, consult the operator (never rolling back), advance."""
+    recorded = []
+    session.prefill()
+    for _ in range(steps):
+        step = session.sample()
+        recorded.append(dataclasses.replace(step, generated=tuple(step.generated)))
+        operator(step)
+        session.advance()
+    return recorded
+
+
+def _assert_same_state(a, b) -> None:
+    assert a[0] == b[0]  # feature history
+    assert np.array_equal(a[1][0], b[1][0]) and np.array_equal(a[1][1], b[1][1])  # LSTM h, c
+    assert a[2] == b[2]  # episode_start
+
+
+def test_learned_operator_state_after_rollback_equals_fresh_replay(tiny, trained) -> None:
+    operator = LearnedOperator(str(trained))
+    config = GenerationConfig(max_new_tokens=32, temperature=0.5, top_k=50)
+    torch.manual_seed(0)
+    session = Decoder(*tiny).session(PROMPT, operator, config)
+    steps = _drive(session, operator, 8)
+    before = operator.get_state()
+    assert not before[1][0].flags.writeable  # immutable snapshots
+    assert session.rollback(3, "test") == 3
+
+    fresh = LearnedOperator(str(trained))
+    fresh.reset()
+    for step in steps[:5]:
+        fresh(step)
+    _assert_same_state(operator.get_state(), fresh.get_state())
+    assert not np.array_equal(before[1][0], fresh.get_state()[1][0])  # the memory did move
+    # Both continue identically from the restored state.
+    assert operator(steps[5]) == fresh(steps[5])
+    _assert_same_state(operator.get_state(), fresh.get_state())
+
+
+def test_restore_memory_false_keeps_the_lstm_running(tiny, trained) -> None:
+    operator = LearnedOperator(str(trained), restore_memory=False)
+    torch.manual_seed(0)
+    session = Decoder(*tiny).session(PROMPT, operator, GenerationConfig(max_new_tokens=32))
+    steps = _drive(session, operator, 6)
+    before = operator.get_state()
+    session.rollback(2, "test")
+    after = operator.get_state()
+    fresh = FeatureOperator(operator.extractor)
+    fresh.reset()
+    for step in steps[:4]:
+        fresh(step)
+    assert after[0] == fresh.state  # features restored exactly
+    assert np.array_equal(after[1][0], before[1][0])  # LSTM kept, as during training
+
+
+def test_resume_continues_the_timestep_count(tiny, trained, tmp_path) -> None:
+    from sb3_contrib import RecurrentPPO
+
+    out = tmp_path / "resumed"
+    shutil.copytree(trained.parent, out)
+    config = TrainConfig.load(out / "config.yaml")
+    config = dataclasses.replace(config, output_dir=str(out), total_timesteps=96)
+    policy = train(config, resume=True, model_and_tokenizer=tiny)
+    assert RecurrentPPO.load(policy, device="cpu").num_timesteps == 96
+    assert latest_checkpoint(out) == out / "checkpoints" / "policy_96_steps.zip"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_corrupt_and_mismatched_policies_are_refused(trained, tmp_path) -> None:
+    with pytest.raises(PolicyLoadError, match="not found"):
+        LearnedOperator(str(tmp_path / "nope.zip"))
+    with pytest.raises(OperatorSpecError, match="not found"):
+        parse_operator(f"rl:path={tmp_path / 'nope.zip'}")
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"not a zip at all")
+    with pytest.raises(PolicyLoadError, match="corrupt"):
+        LearnedOperator(str(corrupt))
+
+    mismatched = tmp_path / "old.zip"
+    with zipfile.ZipFile(trained) as src, zipfile.ZipFile(mismatched, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == METADATA_NAME:
+                meta = json.loads(data)
+                meta["feature_version"] = 999
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    with pytest.raises(PolicyLoadError, match="feature version 999"):
+        LearnedOperator(str(mismatched))
+
+
+def test_config_files_and_command_errors(tmp_path, capsys) -> None:
+    for name in ("train-tiny.yaml", "train-default.yaml"):
+        config = TrainConfig.load(REPO / "configs" / name)
+        assert config.env.split == "train" and config.env.max_rollback >= 1
+    assert TrainConfig.load(REPO / "configs" / "train-tiny.yaml").env.model == "tiny-random-qwen2"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny-random-qwen2\nlearning_rat: 0.1\n")
+    assert train_command(bad, resume=False) == 2
+    assert "learning_rat" in capsys.readouterr().err
+    assert train_command(tmp_path / "missing.yaml", resume=False) == 2
