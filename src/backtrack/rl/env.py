@@ -28,9 +28,10 @@ Rewards, per :meth:`BacktrackEnv.step`:
 * terminal: ``pass_reward`` if the completion (cut at the stop strings) passes the problem's
   unit tests in the sandbox, else 0;
 * dense: ``judge_coef * (score_now - score_before)`` whenever a judge is enabled and the
-  completion reached a line end or grew ``judge_every`` tokens since the last judgement
-  (potential-based shaping, so it cannot change which policy is optimal); the tests-only judge
-  switches it off;
+  completion reached a line end or its length moved ``judge_every`` tokens from the last
+  judgement (potential-based shaping, so it cannot change which policy is optimal; the judge
+  sees the problem prompt and ``prompt + completion so far``, cut at the stop strings; the
+  final step is left to the tests); the tests-only judge switches it off;
 * cost: ``-discard_cost`` per token actually deleted and ``-forward_cost`` per forward pass.
 
 Sampling uses a private torch RNG stream seeded per episode (``info["episode_seed"]``), so an
@@ -304,7 +305,8 @@ class BacktrackEnv(gym.Env):
 
     def _partial_code(self) -> str:
         assert self.session is not None and self.problem is not None
-        return build_program(self.problem, postprocess(self.problem, self.session.text))
+        completion = postprocess(self.problem, self.session.text, "completion", self.config.stop)
+        return build_program(self.problem, completion)
 
     def _info(self) -> dict[str, Any]:
         assert self.problem is not None and self.session is not None
