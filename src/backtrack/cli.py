@@ -154,6 +154,51 @@ def operators() -> None:
     typer.echo(operator_help())
 
 
+@app.command()
+def models() -> None:
+    """List the named models: size, source, licence, and whether they are ready."""
+    from backtrack.models.registry import format_models_table
+
+    typer.echo(format_models_table())
+
+
+@app.command()
+def check(
+    problem: Annotated[
+        str | None, typer.Option(help="HumanEval task id, e.g. HumanEval/0.")
+    ] = None,
+    completion_file: Annotated[
+        Path | None, typer.Option(help="File holding the completion (the code after the prompt).")
+    ] = None,
+    canonical: Annotated[bool, typer.Option(help="Run every canonical solution.")] = False,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Run a completion against its HumanEval tests in the sandbox (exit 0 pass, 1 fail)."""
+    from backtrack.evaluation.check import check_canonical, check_file
+
+    if canonical:
+        if problem or completion_file:
+            raise fail("--canonical takes no --problem/--completion-file")
+        raise typer.Exit(check_canonical(workers=workers, as_json=json_out))
+    if not problem or completion_file is None:
+        raise fail("give --problem ID and --completion-file FILE, or --canonical")
+    raise typer.Exit(check_file(problem, completion_file, as_json=json_out))
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="Training config (YAML).")],
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
+) -> None:
+    """Train a learned backtracking policy with RecurrentPPO."""
+    try:
+        from backtrack.rl.train import train_command
+    except ImportError as exc:
+        raise fail(f"training needs the RL extras: pip install 'backtrack[rl]' ({exc})") from exc
+    raise typer.Exit(train_command(config, resume=resume))
+
+
 def main() -> None:
     app()
 
