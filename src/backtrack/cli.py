@@ -199,6 +199,139 @@ def train(
     raise typer.Exit(train_command(config, resume=resume))
 
 
+@app.command("eval")
+def eval_benchmark(
+    dataset: Annotated[
+        str, typer.Argument(help="humaneval | humaneval-plus | mbpp | mbpp-plus")
+    ] = "humaneval",
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    operator: Annotated[
+        list[str] | None,
+        typer.Option("--operator", "-o", help="Operator spec to compare with base (repeatable)."),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra transformers baseline: beam:N or hf-sample (repeatable)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Result directory (resumable).")] = Path("eval-out"),
+    runs: Annotated[int, typer.Option(help="Sampling runs (seeds) per problem.")] = 1,
+    preset: Annotated[
+        str | None, typer.Option(help="paper: temperature 0.5, top-k 50, completion mode.")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default 0.5).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k filter (default 50; 0: off).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus filter.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of the final completion.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of (run r, problem i) = S + 10000 r + i.")] = 0,
+    problems: Annotated[str | None, typer.Option(help="Problem ids, e.g. 0,5-7.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
+    mode: Annotated[str | None, typer.Option(help="completion|chat (default completion).")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop string (repeatable; default: EvalPlus set).")
+    ] = None,
+    period: Annotated[int, typer.Option(help="Consult the operator every N tokens.")] = 1,
+    data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Sandbox seconds per program.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows decoded together (BatchDecoder).")] = 1,
+    workers: Annotated[int, typer.Option(help="Programs executed in parallel.")] = 2,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    quantize: QuantizeOpt = None,
+    force: Annotated[bool, typer.Option(help="Resume even if meta.json differs.")] = False,
+    no_progress: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
+    from backtrack.evaluation.runner import PRESETS, EvalError, EvalSettings, run_eval
+
+    if preset is not None and preset not in PRESETS:
+        raise fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    defaults = {"temperature": 0.5, "top_k": 50, "mode": "completion", **PRESETS.get(preset, {})}
+    settings = EvalSettings(
+        model=model,
+        out=str(out),
+        operators=list(operator or []),
+        baselines=list(baseline or []),
+        dataset=dataset,
+        data_path=str(data_path) if data_path else None,
+        runs=runs,
+        temperature=defaults["temperature"] if temperature is None else temperature,
+        top_k=defaults["top_k"] if top_k is None else (top_k or None),
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        problems=problems,
+        limit=limit,
+        mode=defaults["mode"] if mode is None else mode,
+        stop=list(stop) if stop else None,
+        period=period,
+        dtype=dtype,
+        device=device,
+        quantize=quantize,
+        batch_size=batch_size,
+        workers=workers,
+        timeout_s=timeout,
+        force=force,
+    )
+    try:
+        from backtrack.evaluation.runner import prepare
+
+        prepare(settings)  # every usage error before the model loads
+        mdl, tok = load(model, dtype, device, quantize)
+        summary = run_eval(
+            settings, mdl, tok, progress=not no_progress, log=lambda m: err.print(m, markup=False)
+        )
+    except EvalError as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: finished records are kept; re-run to resume[/]")
+        raise typer.Exit(130) from None
+    err.print(
+        f"{summary.written} records written ({summary.already_done} already done, "
+        f"{summary.total} in all) to {summary.out}; see `backtrack report {summary.out}`"
+    )
+
+
+@app.command()
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Result directories of `backtrack eval`.")],
+    markdown: Annotated[Path | None, typer.Option(help="Write the Markdown table here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the bar charts (PNG) here.")] = None,
+    rescore: Annotated[
+        bool, typer.Option(help="Re-run the sandbox on stored completions first.")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option(help="Sandbox limit for --rescore.")] = None,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel (--rescore).")] = 2,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+) -> None:
+    """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
+    from backtrack.evaluation import report as rep
+
+    rows = []
+    for path in dirs:
+        try:
+            if rescore:
+                n, changed = rep.rescore(path, workers=workers, timeout_s=timeout)
+                err.print(f"{path}: rescored {n} records, {changed} verdicts changed")
+            result = rep.load_results(path)
+            rows += rep.summarize(result, resamples=resamples)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise fail(f"{path}: {exc}") from exc
+        for note in result.notes:
+            err.print(f"[yellow]warning:[/] {note}", markup=True, highlight=False)
+    if not rows:
+        raise fail("no complete records to report")
+    console = Console()
+    if console.is_terminal:  # pipes and files get only the Markdown, which does not wrap
+        console.print(rep.rich_table(rows))
+    table = rep.markdown_table(rows)
+    typer.echo(table)
+    if markdown is not None:
+        markdown.write_text(table)
+    if plot is not None:
+        rep.plot(rows, plot)
+        err.print(f"wrote {plot}")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,323 @@
+"""Tables and figures from ``backtrack eval`` result directories (``backtrack report``).
+
+Everything is computed from ``results.jsonl`` alone (plus ``meta.json`` for labels), so a
+report can be redone at any time, on partial directories too: when an interrupted run left
+some (run, problem) cells missing for some configurations, only the largest rectangle of
+problems x runs that *every* configuration has is used, so the comparison stays paired (the
+excluded records are counted in a note).
+
+Per configuration: mean pass@1 with a two-level bootstrap 95% CI (:func:`metrics.mean_pass1`),
+the paired difference to ``base`` with its CI and the problems gained/lost
+(:func:`metrics.compare`), accepted tokens/s (final completion tokens over decoding wall time),
+forward passes per accepted token, throughput relative to ``base``, and mean backtracks and
+discarded tokens per generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backtrack.evaluation import metrics
+from backtrack.evaluation.runner import BASE, META_FILE, RESULTS_FILE, read_records
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: a configuration of one model."""
+
+    model: str
+    config: str
+    n_problems: int
+    n_runs: int
+    pass1: metrics.Estimate
+    diff: metrics.Estimate | None
+    gained: int
+    lost: int
+    tokens_per_s: float | None
+    passes_per_token: float | None
+    throughput_ratio: float | None
+    backtracks: float
+    discarded: float
+
+
+@dataclass
+class ResultSet:
+    """One result directory, loaded."""
+
+    path: Path
+    meta: dict
+    records: list[dict]
+    notes: list[str]
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model") or (self.records[0]["model"] if self.records else "?"))
+
+
+def load_results(path: str | Path) -> ResultSet:
+    """Read meta.json (optional) and results.jsonl; damaged lines become notes, not errors."""
+    path = Path(path)
+    results = path / RESULTS_FILE
+    if not results.exists():
+        raise FileNotFoundError(f"no {RESULTS_FILE} in {path}")
+    meta_path = path / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    records, notes = read_records(results)
+    return ResultSet(path, meta, records, notes)
+
+
+def paired_subset(records: Sequence[dict]) -> tuple[list[dict], int]:
+    """Records restricted to a problems x runs rectangle present for every configuration.
+
+    Of the two natural rectangles (all problems x the runs complete for all of them; all runs
+    x the problems complete in every run) the larger is kept. Returns (records, excluded).
+    """
+    by_config: dict[str, set[tuple[str, int]]] = {}
+    for rec in records:
+        by_config.setdefault(rec["config"], set()).add((str(rec["task_id"]), int(rec["run"])))
+    if not by_config:
+        return [], 0
+    common = set.intersection(*by_config.values())
+    tasks = sorted({t for t, _ in common})
+    runs = sorted({r for _, r in common})
+    full_runs = [r for r in runs if all((t, r) in common for t in tasks)]
+    full_tasks = [t for t in tasks if all((t, r) in common for r in runs)]
+    if len(tasks) * len(full_runs) >= len(full_tasks) * len(runs):
+        keep = {(t, r) for t in tasks for r in full_runs}
+    else:
+        keep = {(t, r) for t in full_tasks for r in runs}
+    kept = [r for r in records if (str(r["task_id"]), int(r["run"])) in keep]
+    return kept, len(records) - len(kept)
+
+
+def _configs_in_order(records: Sequence[dict], meta: dict) -> list[str]:
+    """meta.json's order (base first), then any other config found in the records."""
+    order = [c["name"] for c in meta.get("configs", [])]
+    present = list(dict.fromkeys(r["config"] for r in records))
+    ordered = [c for c in order if c in present] + [c for c in present if c not in order]
+    if BASE in ordered:
+        ordered.remove(BASE)
+        ordered.insert(0, BASE)
+    return ordered
+
+
+def summarize(
+    result: ResultSet, baseline: str = BASE, resamples: int = metrics.DEFAULT_RESAMPLES
+) -> list[Row]:
+    """Report rows for one result directory (see the module docstring for the metrics)."""
+    records, excluded = paired_subset(result.records)
+    if excluded:
+        result.notes.append(
+            f"{result.path}: {excluded} records outside the cells every configuration has "
+            "were left out (interrupted run?)"
+        )
+    if not records:
+        return []
+    configs = _configs_in_order(records, result.meta)
+    has_base = baseline in configs
+    base_tps = _tokens_per_s([r for r in records if r["config"] == baseline]) if has_base else None
+    rows = []
+    for name in configs:
+        recs = [r for r in records if r["config"] == name]
+        est = metrics.mean_pass1(records, name, resamples=resamples)
+        diff, gained, lost = None, 0, 0
+        if has_base and name != baseline:
+            comparison = metrics.compare(records, name, baseline, resamples=resamples)
+            diff, gained, lost = comparison.diff, len(comparison.gained), len(comparison.lost)
+        tps = _tokens_per_s(recs)
+        tokens = [int(r["final_tokens"]) for r in recs]
+        fpt = (
+            metrics.forward_passes_per_token([int(r["forward_passes"]) for r in recs], tokens)
+            if sum(tokens) > 0
+            else None
+        )
+        ratio = metrics.ratio_to_baseline(tps, base_tps) if tps is not None and base_tps else None
+        rows.append(
+            Row(
+                model=result.model,
+                config=name,
+                n_problems=est.n_problems,
+                n_runs=est.n_runs,
+                pass1=est,
+                diff=diff,
+                gained=gained,
+                lost=lost,
+                tokens_per_s=tps,
+                passes_per_token=fpt,
+                throughput_ratio=ratio,
+                backtracks=float(np.mean([r.get("backtracks", 0) for r in recs])),
+                discarded=float(np.mean([r.get("tokens_discarded", 0) for r in recs])),
+            )
+        )
+    return rows
+
+
+def _tokens_per_s(recs: Sequence[dict]) -> float | None:
+    """Accepted tokens per second of decoding, or None when no time was recorded."""
+    wall = [float(r["wall_time_s"]) for r in recs]
+    if not recs or sum(wall) <= 0:
+        return None
+    return metrics.accepted_tokens_per_s([int(r["final_tokens"]) for r in recs], wall)
+
+
+# --------------------------------------------------------------------------- rendering
+
+HEADERS = (
+    "model",
+    "config",
+    "problems x runs",
+    "pass@1 [95% CI]",
+    "vs base [95% CI]",
+    "gained/lost",
+    "tok/s",
+    "x base",
+    "passes/tok",
+    "backtracks",
+    "discarded",
+)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def row_cells(row: Row) -> list[str]:
+    """The row as the strings both the terminal and the Markdown table show."""
+    p = row.pass1
+    diff = "-"
+    if row.diff is not None:
+        d = row.diff
+        diff = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    return [
+        row.model,
+        row.config,
+        f"{row.n_problems} x {row.n_runs}",
+        f"{_pct(p.mean)} [{_pct(p.low)}, {_pct(p.high)}]",
+        diff,
+        f"+{row.gained}/-{row.lost}" if row.diff is not None else "-",
+        f"{row.tokens_per_s:.1f}" if row.tokens_per_s is not None else "-",
+        f"{row.throughput_ratio:.2f}" if row.throughput_ratio is not None else "-",
+        f"{row.passes_per_token:.2f}" if row.passes_per_token is not None else "-",
+        f"{row.backtracks:.2f}",
+        f"{row.discarded:.1f}",
+    ]
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """A GitHub-flavoured Markdown table (pass@1 and differences in percentage points)."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(rows: Sequence[Row]):
+    """The same table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="pass@1 (%) with 95% bootstrap CIs; differences paired vs base")
+    for i, header in enumerate(HEADERS):
+        table.add_column(header, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row_cells(row))
+    return table
+
+
+def plot(rows: Sequence[Row], path: str | Path) -> Path:
+    """Figure-1-style bars: pass@1 per configuration grouped by model (CI error bars), and
+    accepted-token throughput relative to base. Returns the written path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    configs = list(dict.fromkeys(r.config for r in rows))
+    lookup = {(r.model, r.config): r for r in rows}
+    x = np.arange(len(models))
+    width = 0.8 / max(1, len(configs))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 3 + 2.5 * len(models)), 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, config in enumerate(configs):
+        offs = x - 0.4 + width * (j + 0.5)
+        means, errs, ratios = [], [[], []], []
+        for model in models:
+            row = lookup.get((model, config))
+            if row is None:
+                means.append(np.nan)
+                errs[0].append(0)
+                errs[1].append(0)
+                ratios.append(np.nan)
+                continue
+            p = row.pass1
+            means.append(100 * p.mean)
+            errs[0].append(100 * max(0.0, p.mean - p.low))
+            errs[1].append(100 * max(0.0, p.high - p.mean))
+            ratios.append(row.throughput_ratio if row.throughput_ratio is not None else np.nan)
+        color = colors[j % len(colors)]
+        ax1.bar(offs, means, width, yerr=errs, capsize=3, label=config, color=color)
+        ax2.bar(offs, ratios, width, label=config, color=color)
+    for ax, label in ((ax1, "pass@1 (%)"), (ax2, "accepted tokens/s relative to base")):
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=0)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    tops = [100 * r.pass1.high for r in rows]
+    ax1.set_ylim(0, min(100.0, max(10.0, 1.15 * max(tops, default=0.0))))
+    ax1.set_title("pass@1 (95% CI)")
+    ax2.set_title("Throughput")
+    ax2.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- re-scoring
+
+
+def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
+    """Re-run the sandbox on every stored completion (e.g. after changing the time limit).
+
+    Updates ``passed``/``status``/``detail``/``exec_time_s`` in place (atomic rewrite) and
+    records the limit used in meta.json. Returns (records rescored, verdicts changed).
+    """
+    from backtrack.evaluation.data import load_dataset
+    from backtrack.evaluation.prompts import program_for
+    from backtrack.evaluation.runner import DETAIL_CAP, ResultStore
+    from backtrack.evaluation.sandbox import SandboxConfig, run_many
+
+    result = load_results(path)
+    meta = result.meta
+    dataset = str(meta.get("dataset", "humaneval")).lower().replace("-", "")
+    problems = {p.task_id: p for p in load_dataset(dataset, meta.get("data_path"))}
+    limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
+    programs = [
+        program_for(problems[r["task_id"]], r["completion"], r.get("mode", "completion"))
+        for r in result.records
+    ]
+    verdicts = run_many(programs, workers=workers, config=SandboxConfig(timeout_s=limit))
+    changed = 0
+    for rec, verdict in zip(result.records, verdicts, strict=True):
+        changed += int(bool(rec["passed"]) != verdict.passed)
+        rec.update(
+            passed=verdict.passed,
+            status=verdict.status,
+            detail=verdict.detail[:DETAIL_CAP],
+            exec_time_s=verdict.duration_s,
+        )
+    ResultStore(result.path).rewrite(result.records)
+    if meta:
+        meta.update(timeout_s=limit, rescored=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        tmp = result.path / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, result.path / META_FILE)
+    return len(result.records), changed
