@@ -3,8 +3,9 @@
 Tolerance of the exactness checks: the batched forward pass reduces in another order than a
 fresh single-sequence pass (other matrix shapes, masked padding and holes), so log-probs agree
 to rounding only. In float32 that is far below 1e-4 (what we assert, as tests/test_engine.py
-does); in bfloat16 (8 mantissa bits) expect differences around 1e-2 on the log-prob scale and
-compare with ~5e-2; in float16 ~1e-2.
+does). In bfloat16 (8 mantissa bits) rounding dominates: on tiny-random-qwen2 even the
+single-sequence engine's cached log-probs differ from a fresh pass by up to ~0.1 (nats), and
+the batched ones by about as much, so the bf16 test asserts 0.25; float16 sits in between.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from backtrack.engine.batch import BatchDecoder, _BatchRow
 from backtrack.operators import Chaos, Never, Operator
 
 FP32_TOL = 1e-4
+BF16_TOL = 0.25  # see the module docstring
 
 PROMPTS = [
     "def fib(n):\n    ",
@@ -95,6 +97,21 @@ def test_chaos_rows_are_exact(tiny, cache_invariant, compaction, temperature):
     assert total_backtracks > 10
     if compaction.get("min_compact") == 1:
         assert decoder.stats.compactions > 0
+
+
+def test_chaos_rows_bfloat16_within_rounding():
+    """bf16: the rollbacks stay exact up to bf16 rounding (no token goes missing or stale)."""
+    from backtrack.models.tiny import build_tiny_model
+
+    model, tok = build_tiny_model(torch.bfloat16)
+    requests = [
+        (p, Chaos(p=0.35, max=12, seed=i), GenerationConfig(max_new_tokens=30, seed=i))
+        for i, p in enumerate(PROMPTS[:4])
+    ]
+    for result in BatchDecoder(model, tok).generate_all(requests, batch_size=3):
+        assert result.counts.backtracks > 0
+        fresh = fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
+        assert max_diff(fresh, result.logprobs) <= BF16_TOL
 
 
 def test_noop_greedy_rows_equal_single_engine(tiny):
