@@ -1,0 +1,142 @@
+"""The report on synthetic result directories: numbers against hand computation, partial
+directories, damaged lines, the PNG, re-scoring and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from backtrack.cli import app
+from backtrack.evaluation.data import load_humaneval
+from backtrack.evaluation.report import (
+    load_results,
+    markdown_table,
+    paired_subset,
+    plot,
+    rescore,
+    summarize,
+)
+
+# base passes P0 in both runs, P1 never -> 0.5; op passes P0 twice and P1 once -> 0.75.
+PASSED = {
+    ("base", "T/0"): [True, True],
+    ("base", "T/1"): [False, False],
+    ("op", "T/0"): [True, True],
+    ("op", "T/1"): [True, False],
+}
+OP_BACKTRACKS = [1, 2, 3, 2]  # mean 2.0
+OP_DISCARDED = [4, 0, 2, 2]  # mean 2.0
+
+
+def synthetic_records() -> list[dict]:
+    """base: 10 tokens in 1 s per cell (10 tok/s); op: 10 tokens in 2 s, 15 passes (5 tok/s)."""
+    records = []
+    k = 0
+    for (config, task), passes in PASSED.items():
+        for run, passed in enumerate(passes):
+            is_op = config == "op"
+            records.append(
+                {
+                    "config": config,
+                    "run": run,
+                    "task_id": task,
+                    "passed": passed,
+                    "status": "passed" if passed else "failed",
+                    "completion": "",
+                    "final_tokens": 10,
+                    "forward_passes": 15 if is_op else 10,
+                    "tokens_discarded": OP_DISCARDED[k % 4] if is_op else 0,
+                    "backtracks": OP_BACKTRACKS[k % 4] if is_op else 0,
+                    "wall_time_s": 2.0 if is_op else 1.0,
+                    "seed": run * 10_000 + int(task[-1]),
+                    "mode": "completion",
+                    "model": "m",
+                }
+            )
+            k += int(is_op)
+    return records
+
+
+def write_dir(path: Path, records: list[dict], model: str = "m", extra: str = "") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"model": model, "configs": [{"name": "base"}, {"name": "op"}]}
+    (path / "meta.json").write_text(json.dumps(meta))
+    lines = "".join(json.dumps({**r, "model": model}) + "\n" for r in records)
+    (path / "results.jsonl").write_text(lines + extra)
+    return path
+
+
+def test_numbers_match_hand_computation(tmp_path: Path) -> None:
+    rows = summarize(load_results(write_dir(tmp_path, synthetic_records())), resamples=500)
+    base, op = rows
+    assert (base.config, op.config) == ("base", "op")
+    assert (base.n_problems, base.n_runs) == (2, 2)
+    assert base.pass1.mean == pytest.approx(0.5) and op.pass1.mean == pytest.approx(0.75)
+    assert base.diff is None and op.diff is not None
+    assert op.diff.mean == pytest.approx(0.25)
+    assert op.diff.low <= 0.25 <= op.diff.high and 0.0 <= op.pass1.low <= 0.75 <= op.pass1.high
+    assert (op.gained, op.lost) == (1, 0)
+    assert base.tokens_per_s == pytest.approx(10.0) and op.tokens_per_s == pytest.approx(5.0)
+    assert base.throughput_ratio == pytest.approx(1.0) and op.throughput_ratio == 0.5
+    assert base.passes_per_token == pytest.approx(1.0) and op.passes_per_token == 1.5
+    assert op.backtracks == pytest.approx(2.0) and op.discarded == pytest.approx(2.0)
+    table = markdown_table(rows)
+    assert "| m | op | 2 x 2 | 75.0 [" in table and "+25.0 [" in table and "+1/-0" in table
+    assert "| 10.0 | 1.00 | 1.00 |" in table and "| 5.0 | 0.50 | 1.50 |" in table
+
+
+def test_partial_directory_is_cut_to_paired_cells(tmp_path: Path) -> None:
+    records = synthetic_records()
+    # An interrupted run 2: base got T/0, op did not -> those cells are left out.
+    records.append({**records[0], "run": 2})
+    kept, excluded = paired_subset(records)
+    assert excluded == 1 and len(kept) == 8
+    result = load_results(write_dir(tmp_path, records))
+    rows = summarize(result, resamples=200)
+    assert rows[0].n_runs == 2 and rows[1].pass1.mean == pytest.approx(0.75)
+    assert any("left out" in n for n in result.notes)
+
+
+def test_damaged_line_is_a_note_not_an_error(tmp_path: Path) -> None:
+    path = write_dir(tmp_path, synthetic_records(), extra='{"config": "base", "ru')
+    result = load_results(path)
+    assert len(result.records) == 8
+    assert any("corrupted" in n for n in result.notes)
+    assert summarize(result, resamples=100)[1].pass1.mean == pytest.approx(0.75)
+
+
+def test_plot_combines_models_into_a_png(tmp_path: Path) -> None:
+    rows = summarize(load_results(write_dir(tmp_path / "a", synthetic_records(), "m1")), 100)
+    rows += summarize(load_results(write_dir(tmp_path / "b", synthetic_records(), "m2")), 100)
+    out = plot(rows, tmp_path / "fig.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_rescore_flips_verdicts_from_stored_completions(tmp_path: Path) -> None:
+    problem = load_humaneval()[0]
+    rec = {**synthetic_records()[0], "task_id": problem.task_id, "run": 0}
+    good = {**rec, "config": "base", "completion": problem.canonical_solution, "passed": False}
+    bad = {**rec, "config": "op", "completion": "    return None\n", "passed": True}
+    path = write_dir(tmp_path, [good, bad])
+    assert rescore(path, workers=2, timeout_s=5.0) == (2, 2)
+    records = load_results(path).records
+    assert [r["passed"] for r in records] == [True, False]
+    assert records[0]["status"] == "passed"
+    assert json.loads((path / "meta.json").read_text())["timeout_s"] == 5.0
+
+
+def test_cli_report(tmp_path: Path) -> None:
+    a = write_dir(tmp_path / "a", synthetic_records(), "m1")
+    b = write_dir(tmp_path / "b", synthetic_records(), "m2")
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    args = ["report", str(a), str(b), "--markdown", str(md), "--plot", str(png)]
+    result = CliRunner().invoke(app, [*args, "--resamples", "100"])
+    assert result.exit_code == 0, result.output
+    assert "| m2 | op | 2 x 2 | 75.0 [" in result.output
+    assert md.read_text().count("\n") == 6 and png.stat().st_size > 0
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no results.jsonl" in missing.output
