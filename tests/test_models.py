@@ -372,6 +372,28 @@ def test_same_size_damage_is_caught_on_load_and_rebuilt(fake_model, capsys):
     assert "rebuilding" in capsys.readouterr().err
 
 
+def test_load_errors_that_are_not_damage_are_not_rebuilt(fake_model, monkeypatch):
+    load_model(FAKE_NAME, progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(registry, "_load_dir", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        load_model(FAKE_NAME, progress=False)
+    assert fake_model["converter"].calls == 1
+
+
+def test_wrong_shaped_manifest_is_corrupt(fake_model):
+    load_model(FAKE_NAME, progress=False)
+    manifest = _entry(fake_model) / cache_mod.MANIFEST_NAME
+    manifest.write_text(json.dumps({"format": 1, "source": "x", "files": []}))
+    with pytest.raises(cache_mod.CorruptEntryError, match="not a backtrack manifest"):
+        cache_mod.verify_entry(_entry(fake_model), fake_model["spec"].source.sha256)
+    load_model(FAKE_NAME, progress=False)
+    assert fake_model["converter"].calls == 2
+
+
 def test_cached_entry_loads_after_packages_are_removed(fake_model, monkeypatch):
     load_model(FAKE_NAME, progress=False)
     for pkg in fake_model["site"].iterdir():

@@ -78,7 +78,12 @@ def read_manifest(entry: Path) -> dict[str, Any]:
         raise CorruptEntryError(f"{entry} has no {MANIFEST_NAME} (unfinished build?)") from exc
     except (OSError, ValueError) as exc:
         raise CorruptEntryError(f"{path} is unreadable: {exc}") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(files, dict)
+        or not isinstance(manifest.get("source"), dict)
+        or not all(isinstance(v, dict) for v in files.values())
+    ):
         raise CorruptEntryError(f"{path} is not a backtrack manifest")
     return manifest
 

@@ -388,13 +388,18 @@ def load_model(
         entry = prepare_model(spec.name, cache_dir=cache_dir, progress=progress)
         try:
             return _load_dir(entry, dev, load_dtype, quant)
-        except (ModelLoadError, ImportError):
-            raise
-        except Exception as exc:  # damaged weights the size check could not see: rebuild once
-            print(
-                f"[backtrack] loading the cached {spec.name} failed ({exc}); rebuilding it",
-                file=sys.stderr,
-            )
+        except Exception as exc:
+            # The load-time check only compares sizes. If loading fails, hash the files: damage
+            # that kept the sizes is rebuilt once; anything else is not a cache problem.
+            try:
+                verify_entry(entry, spec.source.sha256, deep=True)
+            except CorruptEntryError as corrupt:
+                print(
+                    f"[backtrack] the cached {spec.name} is damaged ({corrupt}); rebuilding it",
+                    file=sys.stderr,
+                )
+            else:
+                raise exc
             entry = prepare_model(spec.name, cache_dir=cache_dir, progress=progress, rebuild=True)
             return _load_dir(entry, dev, load_dtype, quant)
     return _load_hf(name, dev, load_dtype, quant)
