@@ -366,3 +366,22 @@ def test_period_consults_operator_every_n_tokens(tiny):
 
     Decoder(model, tok).generate(PROMPT, Spy(), max_new_tokens=12, seed=0, period=4)
     assert calls == [3, 7, 11]
+
+
+def test_retry_cap_keeps_the_token_after_n_resumes_at_one_position(tiny):
+    model, tok = tiny
+    cfg = GenerationConfig(
+        max_new_tokens=12,
+        seed=0,
+        temperature=0.8,
+        max_retries_per_position=2,
+        budget=Budget(None, 100, 1000),
+    )
+    result = Decoder(model, tok).generate(PROMPT, AlwaysBacktrack(1), cfg)
+    resumes: dict[int, int] = {}
+    for event in result.trace:
+        if isinstance(event, RollbackEvent):
+            resumes[event.position] = resumes.get(event.position, 0) + 1
+    assert len(result.token_ids) == 12
+    assert resumes and max(resumes.values()) == 2
+    assert result.counts.backtracks == 2 * 12  # two resumes at every position, then kept

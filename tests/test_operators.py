@@ -147,7 +147,10 @@ def test_state_after_rollback_equals_fresh_operator_fed_surviving_steps(tiny, fa
     recorder = Recorder(factory())
     # Chaos adds rollbacks the operator did not ask for (it sees every step in AnyOf).
     combined = AnyOf([recorder, Chaos(p=0.25, max=5, seed=seed)])
-    cfg = GenerationConfig(max_new_tokens=40, seed=seed, temperature=1.0)
+    # No retry cap: the operator is then consulted on every token until the budget is spent.
+    cfg = GenerationConfig(
+        max_new_tokens=40, seed=seed, temperature=1.0, max_retries_per_position=None
+    )
     result = Decoder(model, tok).generate(PROMPT, combined, cfg)
     assert result.counts.backtracks > 0
     # The operator is consulted on every sampled token until the budget is spent (the

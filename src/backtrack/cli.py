@@ -81,6 +81,9 @@ def generate(
     max_backtracks: Annotated[int | None, typer.Option(help="Budget: rollbacks.")] = None,
     max_discarded: Annotated[int | None, typer.Option(help="Budget: deleted tokens.")] = None,
     ban: Annotated[str, typer.Option(help="accumulate|next|none (see docs).")] = "accumulate",
+    max_retries: Annotated[
+        int | None, typer.Option(help="Resumes at one position before its token is kept.")
+    ] = 3,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
@@ -106,6 +109,7 @@ def generate(
             seed=seed,
             period=period,
             ban=ban,  # type: ignore[arg-type]
+            max_retries_per_position=max_retries,
             budget=Budget(max_backtracks=max_backtracks, max_discarded_tokens=max_discarded),
         )
     except (OperatorSpecError, ValueError) as exc:

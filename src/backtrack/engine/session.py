@@ -94,6 +94,7 @@ class DecodingSession:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
         self._positions: list[_Position] = []
         self._bans: dict[int, set[int]] = {}
+        self._retries: dict[int, int] = {}
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
         self._start = time.perf_counter()
@@ -195,6 +196,19 @@ class DecodingSession:
             ),
         )
 
+    def consult_due(self) -> bool:
+        """Whether the operator (or an RL agent) decides after the token just sampled.
+
+        Every ``period`` tokens, while the budget allows a rollback and the position has not
+        used up its retries (``GenerationConfig.max_retries_per_position``). Every driver of a
+        session (``run``, the batch engine, the RL environment) asks this same question.
+        """
+        n = len(self.completion)
+        if n == 0 or n % self.config.period or self.rollback_allowance() == 0:
+            return False
+        cap = self.config.max_retries_per_position
+        return cap is None or self._retries.get(n - 1, 0) < cap
+
     def rollback(self, k: int, source: str = "operator") -> int:
         """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
 
@@ -221,15 +235,22 @@ class DecodingSession:
         target = len(self.prompt_ids) + keep - 1
         rollback_cache(self.cache, self.cache.get_seq_length() - target)
         self._next_logits = None
-        self._update_bans(keep, removed[0])
+        self._on_resume(keep, removed[0])
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
         self.trace.append(RollbackEvent(keep, k, removed_text, tuple(removed), source))
         return k
 
-    def _update_bans(self, position: int, rejected: int) -> None:
+    def _on_resume(self, position: int, rejected: int) -> None:
+        """Bookkeeping when decoding resumes at ``position`` after rejecting ``rejected``.
+
+        Bans and retry counts of later positions belonged to a prefix that no longer exists.
+        """
         for p in [p for p in self._bans if p > position]:
             del self._bans[p]
+        for p in [p for p in self._retries if p > position]:
+            del self._retries[p]
+        self._retries[position] = self._retries.get(position, 0) + 1
         if self.config.ban == "accumulate":
             self._bans.setdefault(position, set()).add(rejected)
         elif self.config.ban == "next":
@@ -290,16 +311,12 @@ class DecodingSession:
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)
         self.prefill()
-        operator, period = self.operator, self.config.period
+        operator = self.operator
         while True:
             step = self.sample()
             yield self.trace[-1]
             k = 0
-            if (
-                operator is not None
-                and len(self.completion) % period == 0
-                and self.rollback_allowance() > 0
-            ):
+            if operator is not None and self.consult_due():
                 k = operator(step)
                 if k:
                     k = self.rollback(k, operator.name)

@@ -69,6 +69,12 @@ class GenerationConfig:
             two tokens; ``"next"`` bans only the last rejected token for the next draw there;
             ``"none"`` bans nothing. A ban never empties the distribution: if every candidate
             is banned, the ban is ignored for that draw.
+        max_retries_per_position: once decoding has resumed this many times at one position
+            (under the same prefix), the token sampled there is kept without consulting the
+            operator. A flat distribution where even the best token looks "too unlikely" would
+            otherwise make a probability-based operator reject token after token at the same
+            place until the whole budget is gone (the existing implementation livelocked like
+            this on 9 of 20 HumanEval problems). ``None`` disables the cap.
         budget: bounds on backtracking work, see :class:`Budget`.
     """
 
@@ -82,6 +88,7 @@ class GenerationConfig:
     seed: int | None = None
     period: int = 1
     ban: BanPolicy = "accumulate"
+    max_retries_per_position: int | None = 3
     budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
@@ -99,6 +106,11 @@ class GenerationConfig:
             raise ValueError(f"period must be >= 1, got {self.period}")
         if self.ban not in ("accumulate", "next", "none"):
             raise ValueError(f"ban must be 'accumulate', 'next' or 'none', got {self.ban!r}")
+        if self.max_retries_per_position is not None and self.max_retries_per_position < 0:
+            raise ValueError(
+                "max_retries_per_position must be >= 0 or None, "
+                f"got {self.max_retries_per_position}"
+            )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         if any(not s for s in self.stop):

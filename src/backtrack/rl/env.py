@@ -293,10 +293,9 @@ class BacktrackEnv(gym.Env):
         """
         session = self.session
         assert session is not None
-        period = self.generation_config.period
         while True:
             step = session.sample()
-            if len(session.completion) % period == 0 and session.rollback_allowance() > 0:
+            if session.consult_due():
                 self.operator(step)  # observation + feature state, as the operator would
                 self._last_step = step
                 return True

