@@ -432,6 +432,8 @@ class Generator:
         kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens}
         if item.config.kind == "beam":
             kwargs.update(num_beams=item.config.beams, do_sample=False, early_stopping=True)
+        elif s.temperature == 0:  # transformers rejects sampling at temperature 0: greedy
+            kwargs.update(do_sample=False)
         else:
             kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or 0)
             kwargs["top_p"] = s.top_p if s.top_p is not None else 1.0
@@ -619,6 +621,10 @@ def run_eval(
             kwargs["quantize"] = settings.quantize
         model, tokenizer = load_model(settings.model, **kwargs)
     generator = Generator(model, tokenizer, settings)
+    try:  # e.g. chat mode with a tokenizer that has no chat template
+        generator.prompt(todo[0].problem)
+    except ValueError as exc:
+        raise EvalError(f"cannot build prompts: {exc}") from exc
     sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
     # beam:N is deterministic: run 0's record is reused for the other runs.
     beam_done = {
