@@ -223,7 +223,10 @@ def rich_table(rows: Sequence[Row]):
 
     table = Table(title="pass@1 (%) with 95% bootstrap CIs; differences paired vs base")
     for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if i < 2 else "right")
+        # Numbers never wrap; long model/config names fold instead.
+        table.add_column(
+            header, justify="left" if i < 2 else "right", no_wrap=i >= 2, overflow="fold"
+        )
     for row in rows:
         table.add_row(*row_cells(row))
     return table
