@@ -119,12 +119,12 @@ def test_resume_after_interrupt_redoes_only_missing(tiny, tmp_path: Path) -> Non
     with pytest.raises(KeyboardInterrupt):
         run_eval(s, model, tok, on_record=interrupt, progress=False)
     first = keys(tmp_path)
-    assert len(first) == 3
+    assert 3 <= len(first) < 8  # programs that had finished are kept too
     summary = run_eval(s, model, tok, progress=False)
-    assert summary.already_done == 3 and summary.generated == 8 - 3
+    assert summary.already_done == len(first) and summary.generated == 8 - len(first)
     final = keys(tmp_path)
     assert len(final) == len(set(final)) == 8
-    assert final[:3] == first
+    assert final[: len(first)] == first
 
 
 def test_truncated_and_deleted_records_are_redone(tiny, tmp_path: Path) -> None:

@@ -694,6 +694,13 @@ def _execute(
                         continue
                 submit(item, generator.hf(item))
         drain(block=True)
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed: keep every cell whose program already finished.
+        for item, gen, completion, future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                store.append(make_record(item, gen, completion, future.result(), settings))
+                summary.written += 1
+        raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
