@@ -242,7 +242,9 @@ def eval_benchmark(
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
     force: Annotated[bool, typer.Option(help="Resume even if meta.json differs.")] = False,
-    no_progress: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")
+    ] = True,
 ) -> None:
     """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
     from backtrack.evaluation.runner import PRESETS, EvalError, EvalSettings, run_eval
@@ -282,7 +284,7 @@ def eval_benchmark(
         prepare(settings)  # every usage error before the model loads
         mdl, tok = load(model, dtype, device, quantize)
         summary = run_eval(
-            settings, mdl, tok, progress=not no_progress, log=lambda m: err.print(m, markup=False)
+            settings, mdl, tok, progress=progress, log=lambda m: err.print(m, markup=False)
         )
     except EvalError as exc:
         raise fail(str(exc)) from exc
