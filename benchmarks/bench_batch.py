@@ -66,6 +66,7 @@ class Run:
     kv_bytes_per_row: float
     compactions: int
     steps: int
+    prefill_s: float  # summed batch-1 prefill time (the same work at every batch size)
 
     @property
     def tokens_per_s(self) -> float:
@@ -102,6 +103,7 @@ def run_batch(model, tok, prompts, args, batch_size: int) -> Run:
         kv_bytes_per_row=stats.peak_cache_bytes / max(stats.peak_rows, 1),
         compactions=stats.compactions,
         steps=stats.steps,
+        prefill_s=sum(r.counts.prefill_time_s for r in results),
     )
 
 
@@ -120,6 +122,7 @@ def run_single(model, tok, prompts, args) -> Run:
         kv_bytes_per_row=float("nan"),
         compactions=0,
         steps=sum(r.counts.forward_passes for r in results),
+        prefill_s=sum(r.counts.prefill_time_s for r in results),
     )
 
 
@@ -178,7 +181,8 @@ def main() -> None:
     base = best[f"batch B={sizes[0]}"].tokens_per_s
     header = (
         f"{'config':<14} {'wall s':>8} {'accepted':>9} {'sampled':>8} {'tok/s':>9} "
-        f"{'vs B=' + str(sizes[0]):>8} {'steps':>7} {'compact':>8} {'KV/row':>10}"
+        f"{'vs B=' + str(sizes[0]):>8} {'steps':>7} {'compact':>8} {'KV/row':>10} "
+        f"{'prefill s':>9} {'decode tok/s':>12}"
     )
     print(header)
     for run in best.values():
@@ -186,7 +190,8 @@ def main() -> None:
         print(
             f"{run.label:<14} {run.wall_s:8.2f} {run.accepted:9d} {run.sampled:8d} "
             f"{run.tokens_per_s:9.1f} {run.tokens_per_s / base:7.2f}x {run.steps:7d} "
-            f"{run.compactions:8d} {kv:>10}"
+            f"{run.compactions:8d} {kv:>10} {run.prefill_s:9.2f} "
+            f"{run.accepted / max(run.wall_s - run.prefill_s, 1e-9):12.1f}"
         )
     if args.json:
         with open(args.json, "w") as f:
