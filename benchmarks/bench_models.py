@@ -103,6 +103,7 @@ def main() -> None:
             t0 = time.perf_counter()
             prepare_model(args.model, cache_dir=tmp, progress=False)
             cold_s = time.perf_counter() - t0
+        print(f"cold prepare: {cold_s:.1f} s", flush=True)
     prepare_model(args.model)  # make sure the real cache is warm before timing warm loads
 
     results = [
