@@ -114,16 +114,13 @@ class _BatchRow(DecodingSession):
     def step(self) -> bool:
         """One iteration of ``DecodingSession.run`` after the forward pass; True when done.
 
-        Same order as ``run``: sample, ask the operator every ``period`` tokens while rollback
-        is allowed, roll back, else check the stop conditions, then request the next forward.
+        Same order as ``run``: sample, ask the operator when ``consult_due()`` (the period,
+        the budget and the per-position retry cap, shared with ``run``), roll back, else check
+        the stop conditions, then request the next forward pass.
         """
         step = self.sample()
         operator, k = self.operator, 0
-        if (
-            operator is not None
-            and len(self.completion) % self.config.period == 0
-            and self.rollback_allowance() > 0
-        ):
+        if operator is not None and self.consult_due():
             k = operator(step)
             if k:
                 k = self.rollback(k, operator.name)
@@ -140,7 +137,6 @@ class _BatchCache:
         self.slots = slots
         self.mask = torch.zeros((slots, 0), dtype=torch.bool)
         self.columns: list[list[int]] = [[] for _ in range(slots)]
-        self.compactions = 0
         self.peak_bytes = 0
 
     # ------------------------------------------------------------------ shape
@@ -243,7 +239,6 @@ class _BatchCache:
         positions = torch.arange(new_width, device=self.device)
         self.mask = positions[None, :] >= (new_width - lengths)[:, None]
         self.columns = [list(range(new_width - len(c), new_width)) for c in self.columns]
-        self.compactions += 1
 
     # ------------------------------------------------------------------ decode step
     def step_inputs(self, active: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
