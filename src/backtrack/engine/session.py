@@ -142,8 +142,11 @@ class DecodingSession:
         logit = row[token]
         logprob = float(logit - torch.logsumexp(row, dim=-1))
         rank = int((row > logit).sum())
-        top2 = torch.topk(prow, 2).values if prow.numel() > 1 else torch.cat([prow, prow * 0])
-        entropy = float(-torch.special.xlogy(prow, prow).sum())
+        # Entropy and top-2 over the support only: with top-k it is a few dozen entries, and
+        # full-vocabulary passes here would cost more than the rest of the loop together.
+        support = prow[prow > 0]
+        top2 = torch.topk(support, min(2, support.numel())).values.tolist() + [0.0]
+        entropy = float(-(support * support.log()).sum())
 
         self._positions.append(
             _Position(
@@ -168,8 +171,8 @@ class DecodingSession:
             logit=float(logit),
             rank=rank,
             entropy=entropy,
-            top1_prob=float(top2[0]),
-            top2_prob=float(top2[1]),
+            top1_prob=top2[0],
+            top2_prob=top2[1],
             logits=row,
             probs=prow,
             generated=self.completion,
