@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The HumanEval measurements quoted in the README (default model, CPU). Resumable: re-run to
+# continue after an interruption.
+set -euo pipefail
+bt=.venv/bin/backtrack
+model=qwen2.5-coder-0.5b-instruct
+# 1. Greedy pass@1 over all 164 problems (what the model can really do with this harness).
+$bt eval humaneval --model "$model" --temperature 0 --runs 1 --max-new-tokens 384 \
+  --batch-size 16 --out results/humaneval-greedy --no-progress
+# 2. The paper's protocol: temperature 0.5, top-k 50, completion prompts; base vs trend.
+$bt eval humaneval --model "$model" --preset paper --operator probability-trend --runs 3 \
+  --max-new-tokens 384 --batch-size 16 --out results/humaneval-paper --no-progress
