@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fresh_logprobs
 
 from backtrack.engine import Budget, Decoder, GenerationConfig, RollbackEvent
 from backtrack.engine.batch import BatchDecoder, _BatchRow
@@ -29,14 +30,6 @@ PROMPTS = [
     "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n",
     "from typing import List\n",
 ]
-
-
-def fresh_logprobs(model, prompt_ids, token_ids):
-    ids = torch.tensor([prompt_ids + token_ids])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    p = len(prompt_ids)
-    return [float(lp[p - 1 + i, t]) for i, t in enumerate(token_ids)]
 
 
 def max_diff(a, b):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fresh_logprobs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import StaticCache
@@ -57,14 +58,6 @@ def test_noop_operator_is_token_identical_to_generate(tiny, seed, sampling):
     assert ours.token_ids == hf_generate(model, ids, seed, 48, **sampling)
     assert ours.counts.backtracks == 0
     assert ours.counts.forward_passes == len(ours.token_ids)
-
-
-def fresh_logprobs(model, prompt_ids, token_ids):
-    ids = torch.tensor([prompt_ids + token_ids])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    p = len(prompt_ids)
-    return [float(lp[p - 1 + i, t]) for i, t in enumerate(token_ids)]
 
 
 class CacheWatcher(Operator):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fresh_logprobs
 
 from backtrack.models import SMOLLM2_MODEL, list_models, load_model, prepare_model
 from backtrack.models.cache import MANIFEST_NAME
@@ -77,14 +78,6 @@ def test_smollm2_cache_entry_is_complete_and_reused(
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
-def _fresh_logprobs(model, prompt_ids, token_ids):
-    ids = torch.tensor([prompt_ids + token_ids])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    p = len(prompt_ids)
-    return [float(lp[p - 1 + i, t]) for i, t in enumerate(token_ids)]
-
-
 def test_smollm2_backtracking_generation_is_exact(packaged_model_and_tokenizer):
     """A real model, a real operator and random rollbacks: every final token's recorded
     log-probability equals one fresh forward pass over the final sequence (fp32)."""
@@ -98,7 +91,7 @@ def test_smollm2_backtracking_generation_is_exact(packaged_model_and_tokenizer):
     result = Decoder(model, tokenizer).generate(prompt, operator, cfg)
     assert result.counts.backtracks > 0
     assert result.token_ids
-    fresh = _fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
+    fresh = fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
     assert max(abs(a - b) for a, b in zip(fresh, result.logprobs, strict=True)) <= 1e-4
 
 
@@ -112,5 +105,5 @@ def test_smollm2_bf16_rollback_matches_fresh_forward_within_bf16_tolerance(smoll
     cfg = GenerationConfig(max_new_tokens=24, temperature=0.7, top_k=50, seed=1)
     result = Decoder(model, tokenizer).generate("def add(a, b):\n    ", Chaos(p=0.3, seed=1), cfg)
     assert result.counts.backtracks > 0
-    fresh = _fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
+    fresh = fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
     assert max(abs(a - b) for a, b in zip(fresh, result.logprobs, strict=True)) <= 0.15
