@@ -10,3 +10,7 @@ $bt eval humaneval --model "$model" --temperature 0 --runs 1 --max-new-tokens 38
 # 2. The paper's protocol: temperature 0.5, top-k 50, completion prompts; base vs trend.
 $bt eval humaneval --model "$model" --preset paper --operator probability-trend --runs 3 \
   --max-new-tokens 384 --batch-size 16 --out results/humaneval-paper --no-progress
+# 3. Beam search with 2 beams, added to the same directory (deterministic: decoded in run 0).
+$bt eval humaneval --model "$model" --preset paper --operator probability-trend \
+  --baseline beam:2 --runs 3 --max-new-tokens 384 --batch-size 16 \
+  --out results/humaneval-paper --no-progress
