@@ -118,12 +118,7 @@ class _BatchRow(DecodingSession):
         the budget and the per-position retry cap, shared with ``run``), roll back, else check
         the stop conditions, then request the next forward pass.
         """
-        step = self.sample()
-        operator, k = self.operator, 0
-        if operator is not None and self.consult_due():
-            k = operator(step)
-            if k:
-                k = self.rollback(k, operator.name)
+        k = self.decide(self.sample())
         if not k and self.check_stop():
             return True
         return not self.advance()

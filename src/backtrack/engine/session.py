@@ -212,6 +212,13 @@ class DecodingSession:
         cap = self.config.max_retries_per_position
         return cap is None or self._retries.get(n - 1, 0) < cap
 
+    def decide(self, step: Step) -> int:
+        """Ask the operator about ``step`` when due and roll back; return tokens deleted."""
+        if self.operator is None or not self.consult_due():
+            return 0
+        k = self.operator(step)
+        return self.rollback(k, self.operator.name) if k else 0
+
     def rollback(self, k: int, source: str = "operator") -> int:
         """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
 
@@ -314,17 +321,12 @@ class DecodingSession:
         if self.config.seed is not None:
             torch.manual_seed(self.config.seed)
         self.prefill()
-        operator = self.operator
         while True:
             step = self.sample()
             yield self.trace[-1]
-            k = 0
-            if operator is not None and self.consult_due():
-                k = operator(step)
-                if k:
-                    k = self.rollback(k, operator.name)
-                    if k:
-                        yield self.trace[-1]
+            k = self.decide(step)
+            if k:
+                yield self.trace[-1]
             if not k and self.check_stop():
                 return
             if not self.advance():
