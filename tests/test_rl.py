@@ -33,6 +33,8 @@ from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator  # noqa: E
 from backtrack.rl.judges import Judge  # noqa: E402
 from backtrack.rl.train import (  # noqa: E402
     TrainConfig,
+    TrainConfigError,
+    bias_towards_keeping,
     latest_checkpoint,
     train,
     train_command,
@@ -183,6 +185,31 @@ def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) ->
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def test_fresh_policy_starts_near_plain_sampling(tiny, mbpp) -> None:
+    """init_keep_prob: whatever it observes, a fresh policy deletes nothing with that probability."""
+    from sb3_contrib import RecurrentPPO
+
+    env = make_env(tiny, mbpp)
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=8, batch_size=8, seed=0)
+    uniform = _action_counts(model, env, 400)
+    assert uniform[0] < 0.5 * 400  # sb3's own start: ~uniform over 0..K
+    bias_towards_keeping(model.policy, 0.9)
+    counts = _action_counts(model, env, 4000)
+    assert abs(counts[0] / 4000 - 0.9) < 0.02
+    assert all(abs(c / 4000 - 0.1 / 3) < 0.015 for c in counts[1:])
+
+
+def _action_counts(model, env, n: int) -> np.ndarray:
+    """Sampled actions of ``model`` over ``n`` random observations, each with its own memory."""
+    env.observation_space.seed(0)
+    observations = np.stack([env.observation_space.sample() for _ in range(n)])
+    torch.manual_seed(0)
+    actions, _ = model.predict(
+        observations, state=None, episode_start=np.ones(n, dtype=bool), deterministic=False
+    )
+    return np.bincount(actions, minlength=env.action_space.n)
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +365,9 @@ def test_config_files_and_command_errors(tmp_path, capsys) -> None:
         config = TrainConfig.load(REPO / "configs" / name)
         assert config.env.split == "train" and config.env.max_rollback >= 1
     assert TrainConfig.load(REPO / "configs" / "train-tiny.yaml").env.model == "tiny-random-qwen2"
+    with pytest.raises(TrainConfigError, match="init_keep_prob"):
+        TrainConfig.load({"init_keep_prob": 1.0})
+    assert TrainConfig.load({"init_keep_prob": None}).init_keep_prob is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: tiny-random-qwen2\nlearning_rat: 0.1\n")
     assert train_command(bad, resume=False) == 2

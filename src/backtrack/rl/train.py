@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 import zipfile
@@ -39,7 +40,14 @@ import yaml
 from backtrack.operators.learned import METADATA_NAME
 from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems
 
-__all__ = ["TrainConfig", "TrainConfigError", "latest_checkpoint", "train", "train_command"]
+__all__ = [
+    "TrainConfig",
+    "TrainConfigError",
+    "bias_towards_keeping",
+    "latest_checkpoint",
+    "train",
+    "train_command",
+]
 
 _CHECKPOINT = re.compile(r"^policy_(\d+)_steps\.zip$")
 _ALIASES = {"K": "max_rollback", "k": "max_rollback", "data": "data_path", "out": "output_dir"}
@@ -68,6 +76,13 @@ class TrainConfig:
         torch_threads: ``torch.set_num_threads`` during training (restored afterwards);
             ``None`` leaves it. On a busy shared CPU, 1 can be many times faster: the small
             LSTM and the tiny model suffer more from thread contention than they gain.
+        init_keep_prob: the fresh policy's probability of action 0 (delete nothing) in every
+            state; the rest is spread evenly over 1..K. A freshly initialised policy is
+            uniform, i.e. it deletes tokens (K/2 on average) after 80% of the tokens with K=4,
+            so its episodes are all rollback and budget and teach nothing about where a
+            rollback helps. Starting near plain sampling (0.97: a rollback every ~30 tokens,
+            about what probability-trend does) lets PPO move from a sensible baseline.
+            ``None`` keeps sb3's uniform start. Not used when resuming.
     """
 
     output_dir: str = "runs/rl"
@@ -91,6 +106,7 @@ class TrainConfig:
     verbose: int = 0
     policy_device: str = "cpu"
     torch_threads: int | None = None
+    init_keep_prob: float | None = 0.97
     env: EnvConfig = field(default_factory=EnvConfig)
 
     def __post_init__(self) -> None:
@@ -101,6 +117,10 @@ class TrainConfig:
             raise TrainConfigError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.lstm_hidden_size < 1:
             raise TrainConfigError("lstm_hidden_size must be >= 1")
+        if self.init_keep_prob is not None and not 0.0 < self.init_keep_prob < 1.0:
+            raise TrainConfigError(
+                f"init_keep_prob must be in (0, 1) or null, got {self.init_keep_prob}"
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -179,6 +199,23 @@ def add_metadata(policy_zip: str | Path, metadata: Mapping[str, Any]) -> None:
     with zipfile.ZipFile(policy_zip, "a") as archive:
         if METADATA_NAME not in archive.namelist():
             archive.writestr(METADATA_NAME, json.dumps(dict(metadata), indent=2))
+
+
+def bias_towards_keeping(policy: Any, keep_prob: float) -> None:
+    """Make a fresh policy's action distribution ``keep_prob`` on 0, the rest even on 1..K.
+
+    sb3 initialises the action head orthogonally with gain 0.01, so its logits are ~0 whatever
+    the input; the head's bias then sets the starting distribution. Zeroing the weights as well
+    makes the start exactly the same in every state (and still trainable).
+    """
+    head = policy.action_net
+    n = head.out_features
+    rest = (1.0 - keep_prob) / (n - 1)
+    logits = torch.full((n,), math.log(rest))
+    logits[0] = math.log(keep_prob)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(logits)
 
 
 def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, Any]) -> list:
@@ -300,6 +337,8 @@ def train(
                 device=cfg.policy_device,
                 verbose=cfg.verbose,
             )
+            if cfg.init_keep_prob is not None:
+                bias_towards_keeping(model.policy, cfg.init_keep_prob)
             remaining = cfg.total_timesteps
         if remaining > 0:
             model.learn(
