@@ -6,6 +6,9 @@
 2. The per-step cost of each operator in microseconds, on step records from a real generation.
 
     .venv/bin/python benchmarks/bench_engine.py --model qwen2.5-coder-0.5b-instruct --prompts 6
+    # with the learned operator's cost too (an LSTM step per token):
+    .venv/bin/python benchmarks/bench_engine.py \
+        --policy policies/qwen2.5-coder-0.5b-instruct/policy.zip
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--policy", default=None, help="also time rl:path=POLICY (needs [rl])")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -125,7 +129,8 @@ def main() -> None:
     decoder.generate(ids0, collect, cfg, seed=7)
     steps = collect.steps
     print(f"operator cost per call ({len(steps)} real steps, median of 5 passes):")
-    for spec in OPERATOR_SPECS:
+    specs = OPERATOR_SPECS + ([f"rl:path={args.policy}"] if args.policy else [])
+    for spec in specs:
         op = parse_operator(spec)
         samples = []
         for _ in range(5):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -188,7 +189,7 @@ def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) ->
 
 
 def test_fresh_policy_starts_near_plain_sampling(tiny, mbpp) -> None:
-    """init_keep_prob: whatever it observes, a fresh policy deletes nothing with that probability."""
+    """init_keep_prob: whatever it observes, a fresh policy deletes nothing that often."""
     from sb3_contrib import RecurrentPPO
 
     env = make_env(tiny, mbpp)
@@ -265,6 +266,21 @@ def test_learned_operator_loads_from_spec_and_decodes_deterministically(tiny, tr
     assert all(e.k <= 3 for e in first.trace if isinstance(e, RollbackEvent))
     # A checkpoint is a usable policy on its own (its zip carries the metadata too).
     assert LearnedOperator(str(latest_checkpoint(trained.parent))).max_rollback == 3
+
+
+def test_policy_is_loaded_once_per_file_version(trained, tmp_path) -> None:
+    """An evaluation builds one operator per row: they share the network, not the memory."""
+    copy = tmp_path / "policy.zip"
+    shutil.copy(trained, copy)
+    first, second = LearnedOperator(str(copy)), LearnedOperator(str(copy))
+    assert first.model is second.model
+    first.reset()
+    second.reset()
+    assert first.get_state() is not second.get_state()
+    # Retrained in place (new content at the same path): the new file is loaded.
+    shutil.copy(latest_checkpoint(trained.parent), copy)
+    os.utime(copy, ns=(1, 1))
+    assert LearnedOperator(str(copy)).model is not first.model
 
 
 def _drive(session, operator, steps: int) -> list:

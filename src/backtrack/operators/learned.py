@@ -27,6 +27,7 @@ from this code's is refused with a clear error rather than silently fed the wron
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
 from pathlib import Path
@@ -89,6 +90,21 @@ def check_metadata(meta: dict[str, Any], path: str | Path = "policy") -> Feature
         raise PolicyLoadError(f"{path}: bad feature settings in metadata ({exc})") from exc
 
 
+@functools.lru_cache(maxsize=8)
+def _load_policy(path: str, mtime_ns: int, size: int) -> Any:
+    """Load a policy zip once per file version and share it.
+
+    Why: an evaluation builds one operator per (problem, run) row, and loading the zip costs far
+    more than a whole rollout of the policy. Sharing is safe because ``predict`` never changes
+    the network; the per-sequence memory lives in each operator's own ``state``. ``mtime_ns``
+    and ``size`` are part of the key so a retrained file at the same path is reloaded.
+    """
+    from sb3_contrib import RecurrentPPO
+
+    del mtime_ns, size  # only part of the cache key
+    return RecurrentPPO.load(path, device="cpu")
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     out = np.array(array, dtype=np.float32, copy=True)
     out.setflags(write=False)
@@ -122,11 +138,13 @@ class LearnedOperator(Operator):
         self.metadata = read_policy_metadata(self.path)
         self.extractor = check_metadata(self.metadata, self.path)
         try:
-            from sb3_contrib import RecurrentPPO
+            import sb3_contrib  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError("the rl operator needs: pip install 'backtrack[rl]'") from exc
         try:
-            self.model = RecurrentPPO.load(self.path, device="cpu")
+            file = Path(self.path).expanduser().resolve()
+            stat = file.stat()
+            self.model = _load_policy(str(file), stat.st_mtime_ns, stat.st_size)
         except Exception as exc:  # sb3 raises many kinds on a damaged archive
             raise PolicyLoadError(f"cannot load policy {self.path}: {exc}") from exc
         shape = getattr(self.model.observation_space, "shape", None)
