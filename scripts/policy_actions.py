@@ -1,0 +1,94 @@
+"""How often would a trained policy delete? Its action probabilities along plain decodes.
+
+    .venv/bin/python scripts/policy_actions.py policies/qwen2.5-coder-0.5b-instruct/policy.zip \
+        --split validation --problems 20
+
+Decodes MBPP problems (never HumanEval) with plain sampling (the probe never deletes) and asks
+the policy at every token for its full action distribution, carrying its LSTM memory exactly as
+the rl operator does. Prints the mean probability of each action, and the share of tokens where
+the most likely action is a deletion: with ``deterministic=true`` (the operator's default) the
+policy deletes only there, with ``deterministic=false`` it deletes with the printed probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from backtrack.engine.generate import Decoder
+from backtrack.engine.types import GenerationConfig, Step
+from backtrack.evaluation.data import load_mbpp, mbpp_problems
+from backtrack.evaluation.prompts import DEFAULT_STOP, build_prompt
+from backtrack.models import load_model
+from backtrack.operators.base import Operator
+from backtrack.operators.learned import LearnedOperator
+
+
+class Probe(Operator):
+    """Records the policy's action distribution at every token and never deletes."""
+
+    name = "probe"
+
+    def __init__(self, policy: LearnedOperator) -> None:
+        self.policy = policy
+        self.probs: list[np.ndarray] = []
+
+    def initial_state(self):
+        return self.policy.initial_state()
+
+    def __call__(self, step: Step) -> int:
+        features, (h, c), start, _ = self.state
+        observation, _ = self.policy.extractor.features(step, features)
+        net = self.policy.model.policy
+        with torch.no_grad():
+            dist, _ = net.get_distribution(
+                torch.as_tensor(observation).reshape(1, -1),
+                (torch.tensor(np.array(h)), torch.tensor(np.array(c))),
+                torch.as_tensor([float(start)]),
+            )
+        self.probs.append(dist.distribution.probs[0].numpy().copy())
+        self.policy.state = self.state
+        self.policy(step)  # advances features and LSTM memory exactly as the operator does
+        self.state = self.policy.state
+        return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("policy")
+    ap.add_argument("--data-path", default="../shared/data/mbpp/mbpp_release_v1.jsonl")
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--problems", type=int, default=20)
+    ap.add_argument("--max-new-tokens", type=int, default=384)
+    args = ap.parse_args()
+
+    policy = LearnedOperator(args.policy)
+    model, tokenizer = load_model(policy.metadata.get("model", "qwen2.5-coder-0.5b-instruct"))
+    decoder = Decoder(model, tokenizer)
+    problems = mbpp_problems(load_mbpp(args.data_path), args.split, drop_broken=True)
+    probe = Probe(policy)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=float(policy.metadata.get("temperature", 0.5)),
+        top_k=policy.metadata.get("top_k", 50),
+        stop=DEFAULT_STOP,
+    )
+    for i, problem in enumerate(problems[: args.problems]):
+        decoder.generate(build_prompt(problem, "completion"), probe, config, seed=i)
+    probs = np.stack(probe.probs)
+    mean = probs.mean(axis=0)
+    argmax_deletes = float((probs.argmax(axis=1) > 0).mean())
+    p_delete = 1.0 - probs[:, 0]
+    print(f"{args.policy}: {len(probs)} tokens of {args.problems} MBPP {args.split} problems")
+    print("mean P(action=k): " + ", ".join(f"{k}: {p:.4f}" for k, p in enumerate(mean)))
+    print(
+        f"P(delete) per token: mean {p_delete.mean():.4f}, median {np.median(p_delete):.4f}, "
+        f"p99 {np.quantile(p_delete, 0.99):.4f}, max {p_delete.max():.4f}"
+    )
+    print(f"tokens where the most likely action deletes (deterministic=true): {argmax_deletes:.4f}")
+
+
+if __name__ == "__main__":
+    main()
