@@ -14,3 +14,10 @@ $bt eval humaneval --model "$model" --preset paper --operator probability-trend 
 $bt eval humaneval --model "$model" --preset paper --operator probability-trend \
   --baseline beam:2 --runs 3 --max-new-tokens 384 --batch-size 16 \
   --out results/humaneval-paper --no-progress
+# 4. The learned operator shipped in policies/ (trained on MBPP train only, see its README), as
+#    trained (sampled actions) and as the operator's default (most likely action), added to
+#    the same directory: same problems, same seeds.
+policy=policies/qwen2.5-coder-0.5b-instruct/policy.zip
+$bt eval humaneval --model "$model" --preset paper --operator probability-trend \
+  --operator "rl:path=$policy,deterministic=false" --baseline beam:2 --runs 3 \
+  --max-new-tokens 384 --batch-size 16 --out results/humaneval-paper --no-progress

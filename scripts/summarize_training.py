@@ -1,6 +1,6 @@
 """Summarise a `backtrack train` run from its monitor.csv: pass rate and deletions over time.
 
-    .venv/bin/python scripts/summarize_training.py runs/train-default [--parts 4]
+    .venv/bin/python scripts/summarize_training.py runs/train-default [--parts 4] [--plot F.png]
 
 With the tests-only judge and no forward cost an episode's reward is
 ``pass_reward * passed - discard_cost * deleted``, so the tokens deleted per episode follow
@@ -32,6 +32,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--parts", type=int, default=4)
+    ap.add_argument("--plot", type=Path, help="also draw pass rate and deletions (PNG)")
+    ap.add_argument("--smooth", type=int, default=50, help="episodes per moving average")
     args = ap.parse_args()
     config = yaml.safe_load((args.run / "config.yaml").read_text(encoding="utf-8"))
     dense = config.get("judge", "tests") != "tests" or config.get("forward_cost", 0) > 0
@@ -64,6 +66,49 @@ def main() -> None:
             f"{sum(e['l'] for e in episodes[:lo]) + steps} | {rate:.3f} | {deleted} | "
             f"{steps / len(part):.1f} |"
         )
+
+    if args.plot:
+        plot(episodes, config, dense, args.plot, args.smooth)
+        print(f"\nwrote {args.plot}")
+
+
+def plot(episodes: list[dict], config: dict, dense: bool, path: Path, smooth: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.cumsum([e["l"] for e in episodes])
+    window = max(1, min(smooth, len(episodes)))
+    kernel = np.ones(window) / window
+
+    def moving(values: list[float]) -> np.ndarray:
+        return np.convolve(values, kernel, mode="valid")
+
+    x = steps[window - 1 :]
+    panels = 1 if dense else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.4), squeeze=False)
+    axes[0][0].plot(x, moving([float(e["passed"]) for e in episodes]))
+    axes[0][0].set(
+        xlabel="agent steps (tokens)",
+        ylabel="unit-test pass rate",
+        title=f"pass rate ({window}-episode mean)",
+    )
+    if not dense:
+        cost, win = float(config["discard_cost"]), float(config["pass_reward"])
+        deleted = [(win * e["passed"] - e["r"]) / cost for e in episodes]
+        axes[0][1].plot(x, moving(deleted), color="tab:red")
+        axes[0][1].set(
+            xlabel="agent steps (tokens)",
+            ylabel="tokens deleted per episode",
+            title=f"deletions ({window}-episode mean)",
+        )
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{config.get('model')} on MBPP {config.get('split')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

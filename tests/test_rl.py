@@ -350,6 +350,26 @@ def test_resume_continues_the_timestep_count(tiny, trained, tmp_path) -> None:
     assert latest_checkpoint(out) == out / "checkpoints" / "policy_96_steps.zip"
 
 
+def test_shipped_policy_loads_and_decodes(tiny) -> None:
+    """The policy in policies/ matches this code's features and runs as an operator.
+
+    If the features change (FEATURE_VERSION), this fails until the policy is retrained.
+    """
+    policy = REPO / "policies" / "qwen2.5-coder-0.5b-instruct" / "policy.zip"
+    assert policy.stat().st_size < 1_000_000  # small enough to ship in the repository
+    operator = parse_operator(f"rl:path={policy},deterministic=false,seed=3")
+    assert isinstance(operator, LearnedOperator) and operator.max_rollback == 4
+    meta = operator.metadata
+    assert meta["model"] == "qwen2.5-coder-0.5b-instruct" and meta["split"] == "train"
+    # Its features do not depend on the model, so it runs on the tiny one too.
+    config = GenerationConfig(max_new_tokens=24, temperature=0.5, top_k=50, seed=0)
+    result = Decoder(*tiny).generate(PROMPT, operator, config)
+    assert all(e.k <= 4 for e in result.trace if isinstance(e, RollbackEvent))
+    # Sampled actions come from the operator's own seeded RNG: the run repeats exactly.
+    again = parse_operator(f"rl:path={policy},deterministic=false,seed=3")
+    assert Decoder(*tiny).generate(PROMPT, again, config).token_ids == result.token_ids
+
+
 # ----------------------------------------------------------------------------- errors
 
 
