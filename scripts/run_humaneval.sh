@@ -19,5 +19,6 @@ $bt eval humaneval --model "$model" --preset paper --operator probability-trend 
 #    the same directory: same problems, same seeds.
 policy=policies/qwen2.5-coder-0.5b-instruct/policy.zip
 $bt eval humaneval --model "$model" --preset paper --operator probability-trend \
-  --operator "rl:path=$policy,deterministic=false" --baseline beam:2 --runs 3 \
+  --operator "rl:path=$policy,deterministic=false" --operator "rl:path=$policy" \
+  --baseline beam:2 --runs 3 \
   --max-new-tokens 384 --batch-size 16 --out results/humaneval-paper --no-progress
