@@ -9,7 +9,8 @@ tokens are work, not output). Prints accepted tokens/s, the ratio to base, forwa
 accepted token and backtracks per problem.
 
     .venv/bin/python benchmarks/bench_cost.py --problems 10
-    .venv/bin/python benchmarks/bench_cost.py --operator rl:path=policies/default/policy.zip
+    .venv/bin/python benchmarks/bench_cost.py --operator probability-trend \
+        --operator rl:path=policies/qwen2.5-coder-0.5b-instruct/policy.zip,deterministic=false
 """
 
 from __future__ import annotations

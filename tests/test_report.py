@@ -17,6 +17,7 @@ from backtrack.evaluation.report import (
     paired_subset,
     plot,
     rescore,
+    short_label,
     summarize,
 )
 
@@ -140,3 +141,12 @@ def test_cli_report(tmp_path: Path) -> None:
     assert md.read_text().count("\n") == 6 and png.stat().st_size > 0
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no results.jsonl" in missing.output
+
+
+def test_legend_labels_cut_paths_to_file_names() -> None:
+    spec = "rl:path=policies/qwen2.5-coder-0.5b-instruct/policy.zip,deterministic=false"
+    assert short_label(spec) == "rl:path=policy.zip,deterministic=false"
+    assert short_label("probability-trend:window=10,drop=0.5") == (
+        "probability-trend:window=10,drop=0.5"
+    )
+    assert short_label("beam:2") == "beam:2" and short_label("base") == "base"

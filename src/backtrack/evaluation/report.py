@@ -232,6 +232,21 @@ def rich_table(rows: Sequence[Row]):
     return table
 
 
+def short_label(config: str) -> str:
+    """A configuration name fit for a legend: file paths in spec values cut to the file name.
+
+    ``rl:path=policies/qwen2.5-coder-0.5b-instruct/policy.zip,deterministic=false`` becomes
+    ``rl:path=policy.zip,deterministic=false``; the table keeps the full name.
+    """
+    parts = []
+    for part in config.split(","):
+        key, sep, value = part.rpartition("=")
+        if sep and ("/" in value or os.sep in value):
+            part = f"{key}={Path(value).name}"
+        parts.append(part)
+    return ",".join(parts)
+
+
 def plot(rows: Sequence[Row], path: str | Path) -> Path:
     """Figure-1-style bars: pass@1 per configuration grouped by model (CI error bars), and
     accepted-token throughput relative to base. Returns the written path."""
@@ -264,8 +279,9 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
             errs[1].append(100 * max(0.0, p.high - p.mean))
             ratios.append(row.throughput_ratio if row.throughput_ratio is not None else np.nan)
         color = colors[j % len(colors)]
-        ax1.bar(offs, means, width, yerr=errs, capsize=3, label=config, color=color)
-        ax2.bar(offs, ratios, width, label=config, color=color)
+        label = short_label(config)
+        ax1.bar(offs, means, width, yerr=errs, capsize=3, label=label, color=color)
+        ax2.bar(offs, ratios, width, label=label, color=color)
     for ax, label in ((ax1, "pass@1 (%)"), (ax2, "accepted tokens/s relative to base")):
         ax.set_xticks(x)
         ax.set_xticklabels(models, rotation=0)
@@ -276,8 +292,12 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
     ax1.set_title("pass@1 (95% CI)")
     ax2.set_title("Throughput")
     ax2.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
+    # Below both panels, so long configuration names never cover the bars.
+    handles, labels = ax1.get_legend_handles_labels()
+    columns = min(len(labels), 3)
+    fig.legend(handles, labels, loc="lower center", ncol=max(columns, 1), fontsize=8)
+    rows_of_legend = -(-len(labels) // max(columns, 1))
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
