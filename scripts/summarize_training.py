@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import itertools
 from pathlib import Path
 
 import yaml
@@ -19,13 +19,18 @@ import yaml
 
 def load_episodes(run: Path) -> list[dict]:
     with (run / "monitor.csv").open(encoding="utf-8") as fh:
-        header = json.loads(fh.readline().lstrip("#"))  # sb3's first line: metadata
-        del header
+        fh.readline()  # sb3's first line: a JSON comment with the start time
         rows = list(csv.DictReader(fh))
     return [
         {"r": float(x["r"]), "l": int(x["l"]), "t": float(x["t"]), "passed": x["passed"] == "True"}
         for x in rows
     ]
+
+
+def deleted_tokens(episode: dict, config: dict) -> float:
+    """Tokens deleted in an episode, from its reward (tests-only judge, no forward cost)."""
+    win, cost = float(config["pass_reward"]), float(config["discard_cost"])
+    return (win * episode["passed"] - episode["r"]) / cost
 
 
 def main() -> None:
@@ -48,23 +53,21 @@ def main() -> None:
     print()
     print("| episodes | steps | pass rate | deleted tokens / episode | steps / episode |")
     print("|---|---|---|---|---|")
+    steps_before = list(itertools.accumulate((e["l"] for e in episodes), initial=0))
     bounds = [round(i * n / args.parts) for i in range(args.parts + 1)]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         part = episodes[lo:hi]
         if not part:
             continue
         rate = sum(e["passed"] for e in part) / len(part)
-        steps = sum(e["l"] for e in part)
+        steps = steps_before[hi] - steps_before[lo]
         if dense:
             deleted = "n/a (dense reward)"
         else:
-            cost, win = float(config["discard_cost"]), float(config["pass_reward"])
-            per = [(win * e["passed"] - e["r"]) / cost for e in part]
-            deleted = f"{sum(per) / len(per):.2f}"
+            deleted = f"{sum(deleted_tokens(e, config) for e in part) / len(part):.2f}"
         print(
-            f"| {lo + 1}-{hi} | {sum(e['l'] for e in episodes[:lo]) + 1}-"
-            f"{sum(e['l'] for e in episodes[:lo]) + steps} | {rate:.3f} | {deleted} | "
-            f"{steps / len(part):.1f} |"
+            f"| {lo + 1}-{hi} | {steps_before[lo] + 1}-{steps_before[hi]} | {rate:.3f} | "
+            f"{deleted} | {steps / len(part):.1f} |"
         )
 
     if args.plot:
@@ -96,8 +99,7 @@ def plot(episodes: list[dict], config: dict, dense: bool, path: Path, smooth: in
         title=f"pass rate ({window}-episode mean)",
     )
     if not dense:
-        cost, win = float(config["discard_cost"]), float(config["pass_reward"])
-        deleted = [(win * e["passed"] - e["r"]) / cost for e in episodes]
+        deleted = [deleted_tokens(e, config) for e in episodes]
         axes[0][1].plot(x, moving(deleted), color="tab:red")
         axes[0][1].set(
             xlabel="agent steps (tokens)",

@@ -294,9 +294,9 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
     ax2.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
     # Below both panels, so long configuration names never cover the bars.
     handles, labels = ax1.get_legend_handles_labels()
-    columns = min(len(labels), 3)
-    fig.legend(handles, labels, loc="lower center", ncol=max(columns, 1), fontsize=8)
-    rows_of_legend = -(-len(labels) // max(columns, 1))
+    columns = max(1, min(len(labels), 3))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8)
+    rows_of_legend = -(-len(labels) // columns)
     fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=120)
