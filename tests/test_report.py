@@ -127,6 +127,10 @@ def test_rescore_flips_verdicts_from_stored_completions(tmp_path: Path) -> None:
     records = load_results(path).records
     assert [r["passed"] for r in records] == [True, False]
     assert records[0]["status"] == "passed"
+    # The synthetic records predate the sandbox field: re-scoring adds it.
+    assert all(
+        set(r["sandbox"]) == {"network", "pid", "filesystem", "privileges_dropped"} for r in records
+    )
     assert json.loads((path / "meta.json").read_text())["timeout_s"] == 5.0
 
 

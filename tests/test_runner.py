@@ -7,6 +7,7 @@ solution fed through the same scoring path.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,8 @@ def test_make_record_marks_a_canonical_pass() -> None:
         settings(Path("unused")),
     )
     assert rec["passed"] is True and rec["status"] == "passed" and rec["config"] == BASE
+    assert set(RECORD_FIELDS) <= set(rec)
+    assert rec["sandbox"] == asdict(score(problem, gen.raw, "completion").sandbox)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import secrets
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +19,8 @@ from backtrack.evaluation.prompts import program_for
 from backtrack.evaluation.sandbox import (
     NOBODY_UID,
     SandboxConfig,
+    _filesystem_private,
+    _parse_verdict,
     detect_isolation,
     run_many,
     run_program,
@@ -23,6 +29,11 @@ from backtrack.evaluation.sandbox import (
 CHECK = "\ndef check(candidate):\n    assert candidate(2) == 4\n\ncheck(double)\n"
 GOOD = "def double(x):\n    return 2 * x\n" + CHECK
 FAST = SandboxConfig(timeout_s=1.5)
+PRIVATE_TMPS = ("/tmp", "/var/tmp", "/dev/shm")
+needs_mount_namespace = pytest.mark.skipif(
+    not detect_isolation().mount_namespace,
+    reason="no private filesystem on this host: `unshare --mount` fails (needs root)",
+)
 
 
 def _nobody_processes() -> list[int]:
@@ -106,7 +117,7 @@ def test_files_outside_the_sandbox_are_untouched(tmp_path: Path) -> None:
     victim = outside / "keep.txt"
     victim.write_text("precious")
     attack = (
-        "import posix\n"
+        "import errno, posix\n"
         "errors = []\n"
         f"for action in (lambda: open({str(outside / 'new.txt')!r}, 'w').write('x'),\n"
         f"               lambda: posix.unlink({str(victim)!r}),\n"
@@ -114,13 +125,115 @@ def test_files_outside_the_sandbox_are_untouched(tmp_path: Path) -> None:
         "    try:\n"
         "        action()\n"
         "    except OSError as exc:\n"
-        "        errors.append(exc)\n"
-        "assert not errors, errors\n"
+        "        errors.append(errno.errorcode[exc.errno])\n"
+        "print(errors)\n"
     )
     result = run_program(attack + GOOD)
-    assert not result.passed and "PermissionError" in result.stderr
+    assert result.passed, result.stderr
+    # nobody lacks permission; with a private filesystem tmp_path (under /tmp) is not even
+    # visible (ENOENT), and anything outside /tmp is read-only (EROFS).
+    errors = ast.literal_eval(result.stdout.strip())
+    assert len(errors) == 3 and set(errors) <= {"EACCES", "EPERM", "ENOENT", "EROFS"}, errors
     assert victim.read_text() == "precious"
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+def _under(path: str, folders: tuple[str, ...]) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+WRITER = """
+import errno, os, posix
+name = {name!r}
+print("cwd", posix.getcwd())
+for folder in ({tmps!r} + (os.environ["HOME"], posix.getcwd(), ".")):
+    with open(os.path.join(folder, name), "w") as handle:
+        handle.write("private")
+    with open(os.path.join(folder, name)) as handle:
+        assert handle.read() == "private"
+for folder in {outside!r}:
+    try:
+        open(os.path.join(folder, name), "w").close()
+    except OSError as exc:
+        print("refused", folder, errno.errorcode[exc.errno])
+    else:
+        print("WROTE", folder)
+"""
+
+
+@needs_mount_namespace
+@pytest.mark.parametrize("drop", [True, False], ids=["as-nobody", "as-root"])
+def test_writes_outside_the_workdir_never_reach_the_host(drop: bool) -> None:
+    """/tmp, /var/tmp and /dev/shm are private tmpfs mounts, the rest is read-only.
+
+    As root (``drop=False``) only the mount namespace can be what refuses the writes.
+    """
+    if drop and not detect_isolation().can_drop_privileges:
+        pytest.skip("needs root to drop privileges")
+    name = f"backtrack-escape-{secrets.token_hex(8)}"
+    home = os.path.realpath(os.path.expanduser("~"))
+    outside = ("/etc", "/") if _under(home, PRIVATE_TMPS) else (home, "/etc", "/")
+    program = WRITER.format(name=name, tmps=PRIVATE_TMPS, outside=outside)
+    result = run_program(program + GOOD, SandboxConfig(drop_privileges=drop))
+    assert result.passed, result.stderr  # every write in /tmp, /var/tmp, /dev/shm, cwd worked
+    assert result.sandbox.filesystem and result.sandbox.privileges_dropped == drop
+    lines = result.stdout.splitlines()
+    cwd = lines[0].removeprefix("cwd ")
+    refused = {line.split()[1]: line.split()[2] for line in lines if line.startswith("refused")}
+    assert "WROTE" not in result.stdout
+    if drop and home in refused:  # nobody may lack permission on the parent's home (0700)
+        assert refused.pop(home) in ("EROFS", "EACCES")
+        outside = outside[1:]
+    assert refused == dict.fromkeys(outside, "EROFS")
+    for folder in (*PRIVATE_TMPS, home, "/etc", "/", cwd):
+        assert not os.path.lexists(os.path.join(folder, name)), folder
+    assert not os.path.lexists(cwd)  # the working directory itself is gone too
+
+
+@needs_mount_namespace
+def test_workdir_outside_tmp_still_works(pytestconfig: pytest.Config) -> None:
+    """tmp_root outside /tmp: the working directory is bound onto itself, still writable."""
+    base = pytestconfig.cache.mkdir("sandbox-tmp-root")
+    if _under(str(base.resolve()), PRIVATE_TMPS):
+        pytest.skip(f"the pytest cache {base} is itself under a private tmp directory")
+    root = Path(tempfile.mkdtemp(prefix="root-", dir=base))
+    root.chmod(0o755)  # the program runs as nobody
+    try:
+        program = (
+            "import posix\n"
+            "cwd = posix.getcwd()\n"
+            f"assert cwd.startswith({str(root) + '/'!r}), cwd\n"
+            "open('relative.txt', 'w').write('a')\n"
+            "open(cwd + '/absolute.txt', 'w').write('b')\n"
+            "print(sorted(posix.listdir('.')))\n"
+        )
+        result = run_program(program + GOOD, SandboxConfig(tmp_root=str(root)))
+        assert result.passed, result.stderr
+        assert "'absolute.txt', 'program.py', 'relative.txt'" in result.stdout
+        assert result.sandbox.filesystem
+        assert list(root.iterdir()) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_filesystem_line_is_not_a_verdict() -> None:
+    nonce = "n0nce"
+    assert _parse_verdict(b"n0nce fs private\n", nonce) is None
+    assert _parse_verdict(b"n0nce fs private\nn0nce passed \n", nonce) == ("passed", "")
+    assert _filesystem_private(b"n0nce fs private\nn0nce failed X\n", nonce)
+    assert not _filesystem_private(b"other fs private\n", nonce)
+    assert not _filesystem_private(b"n0nce passed \n", nonce)
+
+
+def test_result_records_protections() -> None:
+    iso = detect_isolation()
+    result = run_program(GOOD)
+    assert result.sandbox.network == result.network_isolated == iso.network
+    assert result.sandbox.pid == iso.pid_namespace
+    assert result.sandbox.privileges_dropped == iso.can_drop_privileges
+    assert result.sandbox.filesystem <= iso.mount_namespace  # only inside a mount namespace
+    bare = run_program(GOOD, SandboxConfig(isolate_network=False))
+    assert not (bare.sandbox.network or bare.sandbox.pid or bare.sandbox.filesystem)
 
 
 def test_guard_blocks_destructive_calls(tmp_path: Path) -> None:
@@ -228,7 +341,8 @@ def test_check_one_exit_codes_and_json(tmp_path: Path) -> None:
     assert check_one("HumanEval/0", problem.canonical_solution, as_json=True, out=out) == 0
     payload = json.loads(out.getvalue())
     assert payload["passed"] is True and payload["status"] == "passed"
-    assert {"task_id", "duration_s", "stdout", "stderr", "detail"} <= set(payload)
+    assert {"task_id", "duration_s", "stdout", "stderr", "detail", "sandbox"} <= set(payload)
+    assert set(payload["sandbox"]) == {"network", "pid", "filesystem", "privileges_dropped"}
 
     out = io.StringIO()
     assert check_one("0", "    return 'nope'\n", out=out) == 1

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -310,8 +310,9 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
 def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
     """Re-run the sandbox on every stored completion (e.g. after changing the time limit).
 
-    Updates ``passed``/``status``/``detail``/``exec_time_s`` in place (atomic rewrite) and
-    records the limit used in meta.json. Returns (records rescored, verdicts changed).
+    Updates ``passed``/``status``/``detail``/``exec_time_s``/``sandbox`` in place (atomic
+    rewrite; records written before ``sandbox`` existed gain it) and records the limit used in
+    meta.json. Returns (records rescored, verdicts changed).
     """
     from backtrack.evaluation.data import load_dataset
     from backtrack.evaluation.prompts import program_for
@@ -336,6 +337,7 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
             status=verdict.status,
             detail=verdict.detail[:DETAIL_CAP],
             exec_time_s=verdict.duration_s,
+            sandbox=asdict(verdict.sandbox),
         )
     ResultStore(result.path).rewrite(result.records)
     if meta:

