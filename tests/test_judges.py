@@ -423,9 +423,13 @@ def test_local_judge_score_is_expected_digit_rating(tiny: tuple[Any, Any]) -> No
     for (d, _), p in zip(flat, probs.tolist(), strict=True):
         per_digit[d] += p
     expected = sum(d * p for d, p in enumerate(per_digit)) / 9
-    assert judge.rating_distribution(PROBLEM, CODE) == pytest.approx(per_digit, abs=1e-6)
-    assert sum(per_digit) == pytest.approx(1.0)
-    assert judge.score(PROBLEM, CODE) == pytest.approx(expected, abs=1e-6)
+    # The judge goes through log_softmax then softmax in float32, this reference straight
+    # through softmax: measured 2.4e-7 apart (2 float32 ulps of 1.0) per digit, 5e-8 on the
+    # score. 1e-5 leaves room for other CPUs' vectorized exp/log; a wrong digit mapping or
+    # normalisation moves these by 1e-2 or more.
+    assert judge.rating_distribution(PROBLEM, CODE) == pytest.approx(per_digit, abs=1e-5)
+    assert sum(per_digit) == pytest.approx(1.0)  # float64 sum; default rel 1e-6
+    assert judge.score(PROBLEM, CODE) == pytest.approx(expected, abs=1e-5)
     assert judge.last_digit_mass is not None and 0.0 < judge.last_digit_mass <= 1.0
 
 

@@ -503,8 +503,10 @@ def test_int8_quantizes_linear_weights_only():
     reference, _ = load_model(TINY_MODEL_NAME)
     got, want = _logits(model), _logits(reference)
     assert torch.isfinite(got).all()
-    # int8 weights move the logits a little, not a lot.
-    assert (got - want).abs().max() < 0.1 * want.abs().max()
+    # int8 weights move the logits a little, not a lot: measured 1.41 against a largest logit
+    # of 16.5 (8.5%). A broken scale or zero point moves them by the whole range; 25% leaves
+    # room for other CPUs' int8 kernels (fbgemm picks AVX2 or AVX512-VNNI code by CPU).
+    assert (got - want).abs().max() < 0.25 * want.abs().max()
 
 
 def _crop_and_continue(model, prompt, wrong, right):
@@ -543,10 +545,15 @@ def test_kv_cache_stays_float_and_crops_exactly(quantize):
         model(prompt, **{_CACHE_KW: cache}, use_cache=True)
         never_wrong = model(right, **{_CACHE_KW: cache}, use_cache=True).logits
         fresh = model(torch.cat([prompt, right], dim=1)).logits[:, prompt.shape[1] :]
-    torch.testing.assert_close(continued, never_wrong, atol=1e-5, rtol=1e-5)
+    # Same calls on the same shapes after the crop: bitwise equal (measured 0.0, fp32 and int8).
+    torch.testing.assert_close(continued, never_wrong, atol=0, rtol=0)
     if quantize is None:
-        torch.testing.assert_close(continued, fresh, atol=1e-4, rtol=1e-4)
+        # One forward over everything rounds differently: measured 7.6e-6 here (logits up to
+        # 12.5); a loose bound, 100x that, for other CPUs.
+        torch.testing.assert_close(continued, fresh, atol=1e-3, rtol=0)
     else:
+        # int8 with per-call activation scales: measured 2.71 against a scale of 12.7, with
+        # 3 of 4 argmaxes agreeing; these bounds only say "the same model, roughly".
         scale = fresh.abs().max()
         assert (continued - fresh).abs().max() < 0.35 * scale
         assert (continued.argmax(-1) == fresh.argmax(-1)).float().mean() >= 0.5

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fresh_logprobs
+from helpers import max_abs_diff, one_shot_logprobs, replay_logprobs_for
 
 from backtrack.models import SMOLLM2_MODEL, list_models, load_model, prepare_model
 from backtrack.models.cache import MANIFEST_NAME
@@ -80,7 +80,7 @@ def test_smollm2_cache_entry_is_complete_and_reused(
 
 def test_smollm2_backtracking_generation_is_exact(packaged_model_and_tokenizer):
     """A real model, a real operator and random rollbacks: every final token's recorded
-    log-probability equals one fresh forward pass over the final sequence (fp32)."""
+    log-probability equals the incremental replay's bit for bit (fp32)."""
     from backtrack.engine import Decoder, GenerationConfig
     from backtrack.operators import AnyOf, Chaos, ProbabilityTrend
 
@@ -91,13 +91,16 @@ def test_smollm2_backtracking_generation_is_exact(packaged_model_and_tokenizer):
     result = Decoder(model, tokenizer).generate(prompt, operator, cfg)
     assert result.counts.backtracks > 0
     assert result.token_ids
-    fresh = fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
-    assert max(abs(a - b) for a, b in zip(fresh, result.logprobs, strict=True)) <= 1e-4
+    assert result.logprobs == replay_logprobs_for(model, result)
+    # Loose sanity bound against one forward pass over the whole sequence, which rounds
+    # differently: 10x the largest fp32 one-shot gap measured on any machine (1.7e-4).
+    one_shot = one_shot_logprobs(model, result.prompt_token_ids, result.token_ids)
+    assert max_abs_diff(one_shot, result.logprobs) <= 2e-3
 
 
-def test_smollm2_bf16_rollback_matches_fresh_forward_within_bf16_tolerance(smollm2_cache_dir):
-    """In bf16 the incremental and the one-shot forward passes round differently; the
-    rollback itself adds no error, so the gap stays at bf16 rounding level."""
+def test_smollm2_bf16_rollback_equals_the_bf16_replay(smollm2_cache_dir):
+    """In bf16 too the rollback leaves no trace: the log-probabilities equal a bf16
+    incremental replay bit for bit (measured: max difference 0.0)."""
     from backtrack.engine import Decoder, GenerationConfig
     from backtrack.operators import Chaos
 
@@ -105,5 +108,8 @@ def test_smollm2_bf16_rollback_matches_fresh_forward_within_bf16_tolerance(smoll
     cfg = GenerationConfig(max_new_tokens=24, temperature=0.7, top_k=50, seed=1)
     result = Decoder(model, tokenizer).generate("def add(a, b):\n    ", Chaos(p=0.3, seed=1), cfg)
     assert result.counts.backtracks > 0
-    fresh = fresh_logprobs(model, result.prompt_token_ids, result.token_ids)
-    assert max(abs(a - b) for a, b in zip(fresh, result.logprobs, strict=True)) <= 0.15
+    assert result.logprobs == replay_logprobs_for(model, result)
+    # The one-shot pass rounds differently in bf16: measured 0.185 nats on an Intel Xeon and
+    # 0.23 on an AMD EPYC (both AVX512-BF16). Only a loose sanity bound: 4x that.
+    one_shot = one_shot_logprobs(model, result.prompt_token_ids, result.token_ids)
+    assert max_abs_diff(one_shot, result.logprobs) <= 1.0
