@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile(profile)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _profile_line(config: pytest.Config) -> str:
     s = settings.default
     seed = config.getoption("hypothesis_seed", None)
     how = "derandomized" if s.derandomize else f"seed {seed}" if seed is not None else "random"
@@ -56,6 +56,16 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"hypothesis profile: {settings.get_current_profile_name()} "
         f"({how}, max_examples={s.max_examples}, database={'on' if s.database else 'off'})"
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _profile_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    # The header is hidden under -q (the README's command); say it again at the end.
+    if config.get_verbosity() < 0:
+        terminalreporter.write_line(_profile_line(config))
 
 
 @pytest.fixture(scope="session")
