@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from backtrack.models import load_model
-from backtrack.rl import judges
 from backtrack.rl.judges import (
     NEUTRAL_SCORE,
     Judge,
@@ -32,6 +31,7 @@ from backtrack.rl.judges import (
     make_judge,
     parse_rating,
 )
+from backtrack.rl.judges import openai_http as judges  # backoff tests patch its time.sleep
 
 PROBLEM = 'def double(x: int) -> int:\n    """Return twice x."""\n'
 CODE = "    return 2 * x"
