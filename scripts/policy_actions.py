@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from backtrack.engine.generate import Decoder
+from backtrack.engine.decoder import Decoder
 from backtrack.engine.types import GenerationConfig, Step
 from backtrack.evaluation.data import load_mbpp, mbpp_problems
 from backtrack.evaluation.prompts import DEFAULT_STOP, build_prompt

@@ -32,8 +32,8 @@ from backtrack.models import (
     load_model,
     registry,
     resolve_dtype,
+    weight_store,
 )
-from backtrack.models import cache as cache_mod
 from backtrack.models.packaged import PackagedGguf, assemble_parts, locate_parts
 from backtrack.models.registry import BUILTIN_MODELS, ModelSpec, builtin_spec
 
@@ -107,11 +107,11 @@ def fake_model(tmp_path, monkeypatch):
 
 
 def _entry(fake) -> Path:
-    return cache_mod.entry_path(FAKE_NAME, fake["spec"].source.sha256, fake["cache"])
+    return weight_store.entry_path(FAKE_NAME, fake["spec"].source.sha256, fake["cache"])
 
 
 def _leftovers(fake) -> list[str]:
-    models = cache_mod.models_dir(fake["cache"])
+    models = weight_store.models_dir(fake["cache"])
     return sorted(p.name for p in models.iterdir()) if models.exists() else []
 
 
@@ -283,7 +283,7 @@ def test_first_load_builds_and_second_load_reuses(fake_model):
     load_model(FAKE_NAME, progress=False)
     assert converter.calls == 1
     assert _leftovers(fake_model) == [_entry(fake_model).name]
-    manifest = json.loads((_entry(fake_model) / cache_mod.MANIFEST_NAME).read_text())
+    manifest = json.loads((_entry(fake_model) / weight_store.MANIFEST_NAME).read_text())
     assert manifest["source"]["sha256"] == fake_model["spec"].source.sha256
     assert manifest["source"]["packages"] == [
         "bt-fake-model-part1==1.0",
@@ -291,13 +291,13 @@ def test_first_load_builds_and_second_load_reuses(fake_model):
     ]
     weights = manifest["files"]["model.safetensors"]
     assert weights["size"] == (_entry(fake_model) / "model.safetensors").stat().st_size
-    cache_mod.verify_entry(_entry(fake_model), manifest["source"]["sha256"], deep=True)
+    weight_store.verify_entry(_entry(fake_model), manifest["source"]["sha256"], deep=True)
 
 
 def test_entry_is_in_the_cache_named_by_env(fake_model):
     load_model(FAKE_NAME, progress=False)
     assert _entry(fake_model).parent == fake_model["cache"] / "models"
-    assert cache_mod.cache_root() == fake_model["cache"]
+    assert weight_store.cache_root() == fake_model["cache"]
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
@@ -345,9 +345,9 @@ def test_corrupted_entry_is_detected_and_rebuilt(fake_model, damage):
     elif damage == "delete_config":
         (entry / "config.json").unlink()
     elif damage == "delete_manifest":
-        (entry / cache_mod.MANIFEST_NAME).unlink()
+        (entry / weight_store.MANIFEST_NAME).unlink()
     elif damage == "garble_manifest":
-        (entry / cache_mod.MANIFEST_NAME).write_text("{not json")
+        (entry / weight_store.MANIFEST_NAME).write_text("{not json")
     else:
         for child in entry.iterdir():
             child.unlink()
@@ -365,8 +365,8 @@ def test_same_size_damage_is_caught_on_load_and_rebuilt(fake_model, capsys):
     data = bytearray(weights.read_bytes())
     data[:8] = b"\xff" * 8  # safetensors header length: unreadable, size unchanged
     weights.write_bytes(bytes(data))
-    with pytest.raises(cache_mod.CorruptEntryError, match="sha256"):
-        cache_mod.verify_entry(_entry(fake_model), fake_model["spec"].source.sha256, deep=True)
+    with pytest.raises(weight_store.CorruptEntryError, match="sha256"):
+        weight_store.verify_entry(_entry(fake_model), fake_model["spec"].source.sha256, deep=True)
     load_model(FAKE_NAME, progress=False)
     assert fake_model["converter"].calls == 2
     assert "rebuilding" in capsys.readouterr().err
@@ -386,10 +386,10 @@ def test_load_errors_that_are_not_damage_are_not_rebuilt(fake_model, monkeypatch
 
 def test_wrong_shaped_manifest_is_corrupt(fake_model):
     load_model(FAKE_NAME, progress=False)
-    manifest = _entry(fake_model) / cache_mod.MANIFEST_NAME
+    manifest = _entry(fake_model) / weight_store.MANIFEST_NAME
     manifest.write_text(json.dumps({"format": 1, "source": "x", "files": []}))
-    with pytest.raises(cache_mod.CorruptEntryError, match="not a backtrack manifest"):
-        cache_mod.verify_entry(_entry(fake_model), fake_model["spec"].source.sha256)
+    with pytest.raises(weight_store.CorruptEntryError, match="not a backtrack manifest"):
+        weight_store.verify_entry(_entry(fake_model), fake_model["spec"].source.sha256)
     load_model(FAKE_NAME, progress=False)
     assert fake_model["converter"].calls == 2
 
@@ -408,7 +408,7 @@ def test_cached_entry_loads_after_packages_are_removed(fake_model, monkeypatch):
 
 
 def test_stale_temp_dirs_from_killed_builds_are_cleaned(fake_model):
-    models = cache_mod.models_dir(fake_model["cache"])
+    models = weight_store.models_dir(fake_model["cache"])
     stale = models / ".tmp-fake-dead"
     stale.mkdir(parents=True)
     import socket

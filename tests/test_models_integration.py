@@ -17,7 +17,7 @@ import torch
 from helpers import max_abs_diff, one_shot_logprobs, replay_logprobs_for
 
 from backtrack.models import SMOLLM2_MODEL, list_models, load_model, prepare_model
-from backtrack.models.cache import MANIFEST_NAME
+from backtrack.models.weight_store import MANIFEST_NAME
 
 pytestmark = [
     pytest.mark.integration,

@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("sb3_contrib")
 
-from backtrack.engine.generate import Decoder  # noqa: E402
+from backtrack.engine.decoder import Decoder  # noqa: E402
 from backtrack.engine.types import GenerationConfig, RollbackEvent  # noqa: E402
 from backtrack.operators import OperatorSpecError, parse_operator  # noqa: E402
 from backtrack.operators.features import FEATURE_NAMES  # noqa: E402

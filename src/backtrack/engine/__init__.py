@@ -1,7 +1,7 @@
 """The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
 
-from backtrack.engine.cache import CacheNotRollbackableError, check_rollbackable, new_cache
-from backtrack.engine.generate import Decoder, encode_prompt, generate
+from backtrack.engine.decoder import Decoder, encode_prompt, generate
+from backtrack.engine.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.types import (
     Budget,

@@ -2,10 +2,11 @@
 
 :class:`BatchDecoder` runs ``B`` rows through one forward pass per step. Every row is an
 ordinary :class:`~backtrack.engine.session.DecodingSession` (its own operator instance and
-state, sampler, bans, budget, detokenizer, stop condition and trace); only two things are
-swapped out: the forward pass, which is batched, and the KV cache, which is a view of a row of
-one shared cache. The per-row loop (:meth:`_BatchRow.step`) mirrors ``DecodingSession.run``
-line for line, so a row behaves exactly as the single-sequence engine would.
+state, sampler and random generator, bans, budget, detokenizer, stop condition and trace) and
+takes its turns through the session's own :meth:`~DecodingSession.step`; only two things differ:
+the forward pass a row queues is run for all rows at once and handed back with
+:meth:`~DecodingSession.receive_logits`, and the row's KV cache is a view of a row of one
+shared cache. So a row behaves exactly as the single-sequence engine would, by construction.
 
 Ragged lengths: masked holes plus periodic compaction
 ----------------------------------------------------
@@ -31,18 +32,17 @@ key keeps the position it was computed at, and only relative positions matter).
 
 Sampling: each row draws from its own ``torch.Generator`` seeded with the row's
 ``GenerationConfig.seed`` (or, if ``None``, with a seed drawn from torch's global RNG, so
-``torch.manual_seed`` before :meth:`BatchDecoder.generate_many` makes a run reproducible).
-Batched *sampling* is not guaranteed to be token-identical to the single-sequence engine,
-which samples from the global RNG: the batched forward pass reduces in a different order
-(other matrix shapes, masked padding), so logits differ in the last bits and a draw that falls
-near a boundary of the cumulative distribution can pick a neighbouring token; and the single
-engine shares one RNG stream with anything else that draws from it. *Greedy* decoding is
-identical (up to exact ties in the logits, which the last-bit differences could break).
+``torch.manual_seed`` before :meth:`BatchDecoder.generate_many` makes a run reproducible), as a
+seeded single-sequence session does. Batched *sampling* is still not guaranteed to be
+token-identical to the single-sequence engine: the batched forward pass reduces in a different
+order (other matrix shapes, masked padding), so logits differ in the last bits and a draw that
+falls near a boundary of the cumulative distribution can pick a neighbouring token. *Greedy*
+decoding is identical (up to exact ties in the logits, which the last-bit differences could
+break).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,30 +50,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from backtrack.engine.cache import new_cache
-from backtrack.engine.generate import encode_prompt
-from backtrack.engine.sampling import Sampler
+from backtrack.engine.decoder import encode_prompt
+from backtrack.engine.kv_cache import new_cache
 from backtrack.engine.session import DecodingSession, eos_ids_for
 from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationConfig, GenerationResult
 
 Request = tuple[str | Sequence[int], Any, GenerationConfig | None]
-
-
-class _RowSampler(Sampler):
-    """The engine's sampler, drawing from the row's own generator instead of the global RNG."""
-
-    def __init__(self, config: GenerationConfig, generator: torch.Generator) -> None:
-        super().__init__(config)
-        self.generator = generator
-
-    def sample(self, scores: torch.Tensor) -> tuple[int, torch.Tensor]:
-        probs = torch.nn.functional.softmax(scores, dim=-1)
-        if self.greedy:
-            token = torch.argmax(scores, dim=-1)
-        else:
-            token = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
-        return int(token), probs
 
 
 class _RowCache:
@@ -96,32 +79,14 @@ class _RowCache:
 
 
 class _BatchRow(DecodingSession):
-    """A session whose decode-step forward passes are run by the batch, not by itself."""
+    """A session living in a batch: where its request came from and which cache row it uses.
+
+    It adds no behaviour: the batch runs the forward pass each row queues and hands the logits
+    to :meth:`~DecodingSession.receive_logits`; the row then takes its turn with ``step()``.
+    """
 
     index: int = -1  # position of the request in the input
     slot: int = -1  # row of the batch cache
-    pending: int | None = None  # token to feed on the next batched forward pass
-    in_batch: bool = False
-
-    def _forward(self, ids: Sequence[int]) -> None:
-        if not self.in_batch:  # the prefill: batch 1, exactly as the single engine does it
-            super()._forward(ids)
-            return
-        # advance() feeds one token; the batch computes it with every other row's.
-        assert len(ids) == 1
-        self.pending = int(ids[0])
-
-    def step(self) -> bool:
-        """One iteration of ``DecodingSession.run`` after the forward pass; True when done.
-
-        Same order as ``run``: sample, ask the operator when ``consult_due()`` (the period,
-        the budget and the per-position retry cap, shared with ``run``), roll back, else check
-        the stop conditions, then request the next forward pass.
-        """
-        k = self.decide(self.sample())
-        if not k and self.check_stop():
-            return True
-        return not self.advance()
 
 
 class _BatchCache:
@@ -285,7 +250,7 @@ class BatchDecoder:
     the batch stays full while requests remain. See the module docstring for the cache layout.
 
     Args:
-        model, tokenizer: as for :class:`~backtrack.engine.generate.Decoder`.
+        model, tokenizer: as for :class:`~backtrack.engine.decoder.Decoder`.
         compact_fraction: compact the shared cache when the columns compaction would remove
             exceed this fraction of its width (and ``min_compact`` columns).
         min_compact: never compact for fewer removable columns than this (a compaction copies
@@ -328,21 +293,21 @@ class BatchDecoder:
             operator=operator,
             eos_ids=eos_ids_for(self.model, self.tokenizer, config),
             detokenizer=self.detokenizer,
+            generator=None if config.seed is not None else self._unseeded_generator(),
         )
-        generator = torch.Generator(device=self.device)
-        if config.seed is not None:
-            generator.manual_seed(config.seed)
-        else:
-            generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
-        row.sampler = _RowSampler(config, generator)
         row.index = index
         return row
+
+    def _unseeded_generator(self) -> torch.Generator:
+        """For a request without a seed: a generator seeded from torch's global RNG."""
+        generator = torch.Generator(device=self.device)
+        return generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
     @torch.inference_mode()
     def _forward(self, batch: _BatchCache, rows: list[_BatchRow | None]) -> None:
         active = [row is not None for row in rows]
         ids = torch.tensor(
-            [[row.pending if row is not None else self.pad_token_id] for row in rows],
+            [[row.pending_token if row is not None else self.pad_token_id] for row in rows],
             dtype=torch.long,
             device=self.device,
         )
@@ -358,9 +323,7 @@ class BatchDecoder:
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         for slot, row in enumerate(rows):
             if row is not None:
-                row._next_logits = logits[slot : slot + 1]
-                row.pending = None
-                row.counts.forward_passes += 1
+                row.receive_logits(logits[slot : slot + 1])
         self.stats.steps += 1
         self.stats.row_steps += sum(active)
 
@@ -454,7 +417,6 @@ class BatchDecoder:
         batch.insert(slot, row.cache)
         row.slot = slot
         row.cache = _RowCache(batch, row)
-        row.in_batch = True
         return row
 
     @staticmethod
@@ -471,12 +433,3 @@ class BatchDecoder:
         """Like :meth:`generate_many`, but return every result in the order of ``requests``."""
         results: dict[int, GenerationResult] = dict(self.generate_many(requests, batch_size))
         return [results[i] for i in range(len(results))]
-
-
-def run_timed(
-    decoder: BatchDecoder, requests: Sequence[Request], batch_size: int
-) -> tuple[list[GenerationResult], float]:
-    """Results in request order and the wall time of the whole run (for benchmarks)."""
-    t0 = time.perf_counter()
-    results = decoder.generate_all(requests, batch_size)
-    return results, time.perf_counter() - t0

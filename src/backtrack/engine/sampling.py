@@ -38,10 +38,16 @@ def build_warpers(config: GenerationConfig) -> LogitsProcessorList:
 
 
 class Sampler:
-    """Samples one token from a row of raw logits, optionally with some tokens banned."""
+    """Samples one token from a row of raw logits, optionally with some tokens banned.
 
-    def __init__(self, config: GenerationConfig) -> None:
+    ``generator``: the random stream to draw from; ``None`` draws from torch's global RNG.
+    A ``torch.Generator`` seeded with ``S`` gives the same draws as ``torch.manual_seed(S)``
+    followed by ``model.generate``, without touching (or being touched by) the global stream.
+    """
+
+    def __init__(self, config: GenerationConfig, generator: torch.Generator | None = None) -> None:
         self.greedy = config.greedy
+        self.generator = generator
         self.warpers = build_warpers(config)
         # The warpers ignore input_ids; one placeholder avoids an allocation per step.
         self._no_ids = torch.zeros((1, 0), dtype=torch.long)
@@ -66,5 +72,5 @@ class Sampler:
         if self.greedy:
             token = torch.argmax(scores, dim=-1)
         else:
-            token = torch.multinomial(probs, num_samples=1).squeeze(1)
+            token = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
         return int(token), probs

@@ -8,6 +8,22 @@ and deleting every generated token simply leaves the prompt minus its last token
 
 Alongside the ids and the cache, the session keeps, for every completion position, what must
 be put back when that position is deleted: the operator's state and the detokenizer's window.
+
+The loop, once for every driver
+-------------------------------
+One turn of decoding is::
+
+    sample()                      # run the queued forward pass if needed, draw, append
+    k = decision about that token # the operator (decide), an RL agent, or 0
+    conclude(k)                   # roll back k, or else check the stop conditions;
+                                  # then queue the next forward pass (or finish)
+
+:meth:`step` is that turn with the session's own operator; :meth:`run` repeats it and yields
+every event. The batch decoder calls :meth:`step` for each row after handing it the row's
+logits from one batched forward pass (:meth:`receive_logits`), and the RL environment calls
+:meth:`sample` and :meth:`conclude` with the agent's action in between. The forward pass is
+*queued* by :meth:`advance` and run lazily by :meth:`sample`, so a driver that computes it
+elsewhere (the batch) needs no override.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ from typing import Any
 
 import torch
 
-from backtrack.engine.cache import new_cache, rollback_cache
+from backtrack.engine.kv_cache import new_cache, rollback_cache
 from backtrack.engine.sampling import Sampler
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
@@ -63,8 +79,13 @@ class _Position:
 class DecodingSession:
     """Decode one sequence step by step; roll back exactly.
 
-    Most users call :func:`backtrack.engine.generate`. The RL environment drives a session
-    directly: :meth:`sample` one token, then :meth:`rollback` by the agent's action.
+    Most users call :func:`backtrack.engine.decoder`. The RL environment drives a session
+    directly: :meth:`sample` one token, then :meth:`conclude` with the agent's action.
+
+    Sampling draws from ``generator`` when given; otherwise from a ``torch.Generator`` seeded
+    with ``config.seed`` when that is set (the same draws as ``torch.manual_seed(seed)`` and
+    ``model.generate``, isolated from anything else that uses torch's global RNG, e.g. a
+    policy sampling its actions), else from the global RNG.
     """
 
     model: Any
@@ -74,6 +95,7 @@ class DecodingSession:
     operator: Any = None  # backtrack.operators.Operator, or None for plain decoding
     eos_ids: frozenset[int] = frozenset()
     detokenizer: IncrementalDetokenizer | None = None
+    generator: torch.Generator | None = None
 
     completion: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -87,8 +109,10 @@ class DecodingSession:
         if not self.prompt_ids:
             raise ValueError("the prompt must contain at least one token")
         self.budget: Budget = self.config.budget.resolve(self.config.max_new_tokens)
-        self.sampler = Sampler(self.config)
         self.device = next(self.model.parameters()).device
+        if self.generator is None and self.config.seed is not None:
+            self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.sampler = Sampler(self.config, self.generator)
         self.cache = new_cache(self.model)
         if self.detokenizer is None:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
@@ -97,9 +121,14 @@ class DecodingSession:
         self._retries: dict[int, int] = {}
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
+        # The token whose forward pass is queued (see advance); None when none is.
+        self.pending_token: int | None = None
         self._start = time.perf_counter()
         if self.operator is not None:
             self.operator.reset()
+            check = getattr(self.operator, "check_config", None)  # duck-typed operators
+            if check is not None:
+                check(self.config)
 
     # ------------------------------------------------------------------ forward passes
     @torch.inference_mode()
@@ -117,18 +146,32 @@ class DecodingSession:
         self.counts.prefill_time_s = time.perf_counter() - t0
 
     def advance(self) -> bool:
-        """Feed the last token, computing the next distribution; False if out of budget."""
+        """Queue the forward pass that feeds the last token; False (finished) if out of budget.
+
+        The pass itself runs when the next token is sampled, or, in a batch, together with the
+        other rows' (:meth:`receive_logits`).
+        """
         if self.counts.forward_passes >= self.budget.max_forward_passes:
             self._finish("budget")
             return False
-        last = self.completion[-1] if self.completion else self.prompt_ids[-1]
-        self._forward([last])
+        self.pending_token = self.completion[-1] if self.completion else self.prompt_ids[-1]
         return True
+
+    def receive_logits(self, logits: torch.Tensor) -> None:
+        """Hand over the queued forward pass's result, computed elsewhere (``[1, V]`` float32)."""
+        if self.pending_token is None:
+            raise RuntimeError("no forward pass is queued for this session")
+        self._next_logits = logits
+        self.pending_token = None
+        self.counts.forward_passes += 1
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
     def sample(self) -> Step:
         """Sample the next token from the current distribution and append it."""
+        if self._next_logits is None and self.pending_token is not None:
+            self._forward([self.pending_token])
+            self.pending_token = None
         assert self._next_logits is not None, "call prefill() first"
         logits = self._next_logits
         position = len(self.completion)
@@ -213,11 +256,29 @@ class DecodingSession:
         return cap is None or self._retries.get(n - 1, 0) < cap
 
     def decide(self, step: Step) -> int:
-        """Ask the operator about ``step`` when due and roll back; return tokens deleted."""
+        """The session's operator's decision about ``step``: its ``k`` when due, else 0."""
         if self.operator is None or not self.consult_due():
             return 0
-        k = self.operator(step)
-        return self.rollback(k, self.operator.name) if k else 0
+        return self.operator(step)
+
+    def conclude(self, k: int, source: str | None = None) -> bool:
+        """Act on the decision about the token just sampled; True once decoding has finished.
+
+        Roll back ``k`` tokens (clamped to what is allowed); if nothing was deleted, the kept
+        token may end decoding (EOS, stop string, length). Otherwise queue the next forward
+        pass, which can still finish decoding when the forward-pass budget is spent.
+        ``source`` names who decided, for the trace (default: the operator's name).
+        """
+        if source is None:
+            source = self.operator.name if self.operator is not None else "operator"
+        deleted = self.rollback(k, source) if k else 0
+        if not deleted and self.check_stop():
+            return True
+        return not self.advance()
+
+    def step(self) -> bool:
+        """One turn of the loop: sample, ask the operator, conclude; True when finished."""
+        return self.conclude(self.decide(self.sample()))
 
     def rollback(self, k: int, source: str = "operator") -> int:
         """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
@@ -245,6 +306,7 @@ class DecodingSession:
         target = len(self.prompt_ids) + keep - 1
         rollback_cache(self.cache, self.cache.get_seq_length() - target)
         self._next_logits = None
+        self.pending_token = None
         self._on_resume(keep, removed[0])
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
@@ -291,6 +353,13 @@ class DecodingSession:
     def cache_length(self) -> int:
         return self.cache.get_seq_length()
 
+    def text_offset(self, position: int) -> int:
+        """Length of the completion text before the token at ``position`` (``len(text)`` at
+        the end): where that token's text starts."""
+        if position >= len(self.completion):
+            return len(self.text)
+        return self._positions[position].text_len
+
     def final_text(self) -> str:
         """The completion decoded in one go, cut before the stop string."""
         text = self.tokenizer.decode(
@@ -317,17 +386,12 @@ class DecodingSession:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Iterator[Event]:
-        """The decoding loop; yields each event as it happens."""
-        if self.config.seed is not None:
-            torch.manual_seed(self.config.seed)
+        """The decoding loop; yields each event (token, rollback) as its turn ends."""
         self.prefill()
+        seen = 0
         while True:
-            step = self.sample()
-            yield self.trace[-1]
-            k = self.decide(step)
-            if k:
-                yield self.trace[-1]
-            if not k and self.check_stop():
-                return
-            if not self.advance():
+            done = self.step()
+            yield from self.trace[seen:]
+            seen = len(self.trace)
+            if done:
                 return

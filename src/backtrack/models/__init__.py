@@ -4,7 +4,6 @@
 ``format_models_table()`` back the ``backtrack models`` command.
 """
 
-from backtrack.models.cache import cache_root, verify_entry
 from backtrack.models.hardware import (
     cpu_supports_bf16,
     resolve_device,
@@ -25,6 +24,7 @@ from backtrack.models.registry import (
     prepare_model,
 )
 from backtrack.models.tiny import TINY_MODEL_NAME, build_tiny_model
+from backtrack.models.weight_store import cache_root, verify_entry
 
 __all__ = [
     "BUILTIN_MODELS",

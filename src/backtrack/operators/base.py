@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from backtrack.engine.types import Step
+from backtrack.engine.types import GenerationConfig, Step
 
 
 class Operator:
@@ -53,6 +53,13 @@ class Operator:
     def reset(self) -> None:
         """Called by the engine before each generation."""
         self.state = self.initial_state()
+
+    def check_config(self, config: GenerationConfig) -> None:
+        """Called by the engine before each generation with its settings.
+
+        Operators tuned or trained for particular settings (e.g. a learned policy) warn here
+        when used under others; the default accepts anything.
+        """
 
     def __call__(self, step: Step) -> int:
         """Return how many of the most recent tokens to delete (0 = keep going)."""
@@ -96,6 +103,10 @@ class AnyOf(Operator):
     def reset(self) -> None:
         for op in self.operators:
             op.reset()
+
+    def check_config(self, config: GenerationConfig) -> None:
+        for op in self.operators:
+            op.check_config(config)
 
     def __call__(self, step: Step) -> int:
         return max(op(step) for op in self.operators)

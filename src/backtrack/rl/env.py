@@ -1,16 +1,17 @@
 """A Gymnasium environment over the real decoding engine: the agent *is* the operator.
 
 Why drive the engine's own :class:`~backtrack.engine.session.DecodingSession` instead of a
-re-implementation: rollouts must see exactly what inference will see. :class:`BacktrackEnv`
-mirrors :meth:`DecodingSession.run` step for step::
+re-implementation: rollouts must see exactly what inference will see. A turn of the
+environment is a turn of the session's loop with the agent in the operator's place::
 
-    sample -> (every ``period`` tokens, if rollback_allowance() > 0) the agent decides k
-           -> rollback(k) (same clamping, budget and ban rule) -> if nothing was deleted:
-              check_stop -> advance -> sample ...
+    session.sample() -> if session.consult_due(): the agent decides k (one env step)
+                     -> session.conclude(k)   (roll back, or else check the stop conditions;
+                                               then queue the next forward pass)
 
-so an action is asked for exactly where an operator would be called, and nowhere else: tokens
-sampled between decision points (``period > 1``, or once the budget is spent) are decoded
-without consulting the agent, as at inference.
+``consult_due`` and ``conclude`` are the very methods :meth:`DecodingSession.step` uses, so an
+action is asked for exactly where an operator would be called, and nowhere else: tokens sampled
+between decision points (``period > 1``, or once the budget is spent) are concluded with
+``k = 0``, as at inference.
 
 The observation is the :class:`~backtrack.operators.features.FeatureExtractor` vector of the
 token just sampled. The extractor's state lives in a small :class:`FeatureOperator` attached
@@ -34,25 +35,24 @@ Rewards, per :meth:`BacktrackEnv.step`:
   final step is left to the tests); the tests-only judge switches it off;
 * cost: ``-discard_cost`` per token actually deleted and ``-forward_cost`` per forward pass.
 
-Sampling uses a private torch RNG stream seeded per episode (``info["episode_seed"]``), so an
-episode is reproducible and equals ``Decoder.generate(..., seed=episode_seed)`` with the same
-decisions, whatever else (e.g. the policy's own sampling) uses torch's global RNG meanwhile.
+Each episode's session is seeded with ``info["episode_seed"]``, so it samples from its own
+``torch.Generator`` (the session's, as for any seeded generation): an episode is reproducible
+and equals ``Decoder.generate(..., seed=episode_seed)`` with the same decisions, whatever else
+(e.g. the policy's own sampling) uses torch's global RNG meanwhile.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from backtrack.engine.generate import Decoder
+from backtrack.engine.decoder import Decoder
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.types import Budget, GenerationConfig, Step
 from backtrack.evaluation.data import (
@@ -235,7 +235,6 @@ class BacktrackEnv(gym.Env):
             )
         self.model, self.tokenizer = model_and_tokenizer
         self.decoder = Decoder(self.model, self.tokenizer)
-        self._device = next(self.model.parameters()).device
         from backtrack.rl.judges import make_judge
 
         self._owns_judge = judge is None
@@ -252,44 +251,16 @@ class BacktrackEnv(gym.Env):
         self.session: DecodingSession | None = None
         self.problem: Problem | None = None
         self.episode_seed = 0
-        self._rng_cpu: torch.Tensor | None = None
-        self._rng_cuda: torch.Tensor | None = None
         self._last_step: Step | None = None
         self._judged_len = 0
         self._judge_score = 0.0
         self._finished = True
 
-    # ------------------------------------------------------------------ private RNG
-    def _cuda_index(self) -> int | None:
-        return (self._device.index or 0) if self._device.type == "cuda" else None
-
-    @contextlib.contextmanager
-    def _private_rng(self) -> Iterator[None]:
-        """Run engine sampling on this env's own torch RNG stream, leaving the global one be."""
-        cuda = self._cuda_index()
-        with torch.random.fork_rng(devices=[] if cuda is None else [cuda]):
-            torch.set_rng_state(self._rng_cpu)
-            if cuda is not None:
-                torch.cuda.set_rng_state(self._rng_cuda, cuda)
-            yield
-            self._rng_cpu = torch.get_rng_state()
-            if cuda is not None:
-                self._rng_cuda = torch.cuda.get_rng_state(cuda)
-
-    def _seed_private_rng(self, seed: int) -> None:
-        """Same stream as ``torch.manual_seed(seed)`` in ``DecodingSession.run``."""
-        cuda = self._cuda_index()
-        with torch.random.fork_rng(devices=[] if cuda is None else [cuda]):
-            torch.manual_seed(seed)
-            self._rng_cpu = torch.get_rng_state()
-            if cuda is not None:
-                self._rng_cuda = torch.cuda.get_rng_state(cuda)
-
     # ------------------------------------------------------------------ the loop
     def _sample_until_decision(self) -> bool:
         """Decode until the agent must decide (True) or the session finishes (False).
 
-        The body of ``DecodingSession.run`` for tokens where no operator is consulted.
+        Tokens where no decision is due are concluded with ``k = 0``, as ``step()`` does.
         """
         session = self.session
         assert session is not None
@@ -299,7 +270,7 @@ class BacktrackEnv(gym.Env):
                 self.operator(step)  # observation + feature state, as the operator would
                 self._last_step = step
                 return True
-            if session.check_stop() or not session.advance():
+            if session.conclude(0):
                 return False
 
     def _partial_code(self) -> str:
@@ -330,13 +301,13 @@ class BacktrackEnv(gym.Env):
                 self.problem = self.problems[int(self.np_random.integers(len(self.problems)))]
             drawn = int(self.np_random.integers(2**31 - 1))
             self.episode_seed = int(options.get("episode_seed", drawn))
-            self._seed_private_rng(self.episode_seed)
             prompt = build_prompt(self.problem, "completion")
-            self.session = self.decoder.session(prompt, self.operator, self.generation_config)
+            self.session = self.decoder.session(
+                prompt, self.operator, self.generation_config, seed=self.episode_seed
+            )
             self._last_step = None
-            with self._private_rng():
-                self.session.prefill()
-                decided = self._sample_until_decision()
+            self.session.prefill()
+            decided = self._sample_until_decision()
             if decided:
                 break
             if "task_id" in options and "episode_seed" in options:
@@ -365,11 +336,10 @@ class BacktrackEnv(gym.Env):
             raise ValueError(f"action must be in 0..{self.config.max_rollback}, got {requested}")
         session = self.session
         forward_before = session.counts.forward_passes
-        with self._private_rng():
-            deleted = session.rollback(requested, self.operator.name) if requested else 0
-            # As in run(): a kept token may end decoding; otherwise feed it and go on.
-            stopped = (not deleted and session.check_stop()) or not session.advance()
-            decided = False if stopped else self._sample_until_decision()
+        discarded_before = session.counts.tokens_discarded
+        stopped = session.conclude(requested, self.operator.name)
+        deleted = session.counts.tokens_discarded - discarded_before
+        decided = False if stopped else self._sample_until_decision()
 
         reward = -self.config.discard_cost * deleted
         reward -= self.config.forward_cost * (session.counts.forward_passes - forward_before)

@@ -1,4 +1,5 @@
-"""The public entry points: generate, stream events, stream committed text."""
+"""The public entry points (:class:`Decoder`, :func:`generate`): generate, stream events,
+stream committed text."""
 
 from __future__ import annotations
 
@@ -95,11 +96,7 @@ class Decoder:
             committed_tokens = len(session.completion) - session.rollback_allowance()
             if committed_tokens <= 0:
                 continue
-            if committed_tokens < len(session.completion):
-                upto = session._positions[committed_tokens].text_len
-            else:
-                upto = len(session.text)
-            upto = min(upto, len(session.text) - hold)
+            upto = min(session.text_offset(committed_tokens), len(session.text) - hold)
             if upto > sent:
                 yield session.text[sent:upto]
                 sent = upto
