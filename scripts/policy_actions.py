@@ -69,11 +69,12 @@ def main() -> None:
     decoder = Decoder(model, tokenizer)
     problems = mbpp_problems(load_mbpp(args.data_path), args.split, drop_broken=True)
     probe = Probe(policy)
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=float(policy.metadata.get("temperature", 0.5)),
-        top_k=policy.metadata.get("top_k", 50),
-        stop=DEFAULT_STOP,
+    # The policy's own training settings (its metadata), with this script's length and stops.
+    trained = {k: v for k, v in policy.trained_generation().items() if k != "max_new_tokens"}
+    config = GenerationConfig.from_flat(
+        {**trained, "max_new_tokens": args.max_new_tokens, "stop": DEFAULT_STOP},
+        temperature=0.5,
+        top_k=50,
     )
     for i, problem in enumerate(problems[: args.problems]):
         decoder.generate(build_prompt(problem, "completion"), probe, config, seed=i)

@@ -61,7 +61,7 @@ def mbpp(shared_data: Path) -> str:
 def make_env(tiny, mbpp: str, **overrides) -> BacktrackEnv:
     settings = {"data_path": mbpp, "limit": 6, "max_new_tokens": 12, "max_rollback": 3}
     settings.update(overrides)
-    return BacktrackEnv(EnvConfig(**settings), model_and_tokenizer=tiny)
+    return BacktrackEnv(EnvConfig.from_mapping(settings), model_and_tokenizer=tiny)
 
 
 def scripted_action(position: int) -> int:
@@ -160,7 +160,9 @@ class LengthJudge(Judge):
 def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) -> None:
     judge = LengthJudge()
     env = BacktrackEnv(
-        EnvConfig(data_path=mbpp, limit=4, max_new_tokens=12, max_rollback=3, judge_every=1),
+        EnvConfig.from_mapping(
+            dict(data_path=mbpp, limit=4, max_new_tokens=12, max_rollback=3, judge_every=1)
+        ),
         model_and_tokenizer=tiny,
         judge=judge,
     )
@@ -411,3 +413,21 @@ def test_config_files_and_command_errors(tmp_path, capsys) -> None:
     assert train_command(bad, resume=False) == 2
     assert "learning_rat" in capsys.readouterr().err
     assert train_command(tmp_path / "missing.yaml", resume=False) == 2
+
+
+def test_policy_metadata_records_the_whole_generation_config(trained: Path) -> None:
+    meta = json.loads((trained.parent / METADATA_NAME).read_text())
+    trained_with = TrainConfig.load(trained.parent / "config.yaml").env.generation
+    assert GenerationConfig.from_flat(meta["generation"]) == trained_with
+    assert trained_with.max_new_tokens == 12 and trained_with.ban == "accumulate"
+
+
+def test_learned_operator_warns_under_settings_it_was_not_trained_with(trained: Path) -> None:
+    operator = LearnedOperator(str(trained))
+    same = GenerationConfig.from_flat(operator.trained_generation())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        operator.check_config(dataclasses.replace(same, stop=("\n\n",)))  # stops do not count
+    other = dataclasses.replace(same, temperature=0.9, ban="none")
+    with pytest.warns(UserWarning, match=r"temperature: trained 0\.5, now 0\.9.*ban"):
+        operator.check_config(other)

@@ -15,20 +15,15 @@ from typer.testing import CliRunner
 
 from backtrack.cli import app
 from backtrack.evaluation.data import load_humaneval
-from backtrack.evaluation.runner import (
+from backtrack.evaluation.runner import _chunks, plan, run_eval, score
+from backtrack.evaluation.settings import (
     BASE,
-    RECORD_FIELDS,
     EvalError,
     EvalSettings,
-    _chunks,
     build_configurations,
-    make_record,
-    plan,
-    read_records,
-    run_eval,
-    score,
     seed_for,
 )
+from backtrack.evaluation.store import RECORD_FIELDS, make_record, read_records
 
 MODEL = "tiny-random-qwen2"
 
@@ -45,7 +40,7 @@ def settings(out: Path, **overrides) -> EvalSettings:
         workers=2,
     )
     values.update(overrides)
-    return EvalSettings(**values)
+    return EvalSettings.from_flat(values)
 
 
 def keys(path: Path) -> list[tuple]:
@@ -183,7 +178,8 @@ def test_batched_greedy_matches_single(tiny, tmp_path: Path) -> None:
 
 
 def test_make_record_marks_a_canonical_pass() -> None:
-    from backtrack.evaluation.runner import Generated, WorkItem
+    from backtrack.evaluation.runner import WorkItem
+    from backtrack.evaluation.sources import Generated
 
     problem = load_humaneval()[2]
     config = build_configurations([])[0]
@@ -231,3 +227,19 @@ def test_cli_eval_runs_and_resumes(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "0 records written (2 already done" in again.output
     mismatch = CliRunner().invoke(app, [*args, "--temperature", "1.0"])
     assert mismatch.exit_code == 2 and "other settings" in mismatch.output
+
+
+def test_cli_eval_takes_every_generation_setting_and_records_it(tmp_path: Path) -> None:
+    """Ban, retry cap and budget reach the engine through eval too, and meta.json says so."""
+    args = ["eval", "humaneval", "--model", MODEL, "--limit", "1", "--runs", "1",
+            "--max-new-tokens", "4", "--ban", "next", "--max-retries", "1",
+            "--max-discarded", "2", "--max-backtracks", "1", "--min-p", "0.05", "--period", "2",
+            "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (meta["ban"], meta["max_retries_per_position"], meta["min_p"]) == ("next", 1, 0.05)
+    assert (meta["max_discarded_tokens"], meta["max_backtracks"], meta["period"]) == (2, 1, 2)
+    assert meta["temperature"] == 0.5 and meta["top_k"] == 50  # the evaluation defaults
+    bad = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "b"), "--ban", "maybe"])
+    assert bad.exit_code == 2 and "ban must be" in bad.output

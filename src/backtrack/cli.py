@@ -29,6 +29,41 @@ DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda")]
 QuantizeOpt = Annotated[str | None, typer.Option(help="int8 (CPU: dynamic int8; CUDA: 8-bit)")]
 
 
+# Generation flags, shared by every command that decodes; `generation_config` turns them into
+# the one GenerationConfig the command uses. Unset (None) means "the command's default".
+TemperatureOpt = Annotated[float | None, typer.Option(help="0 = greedy.")]
+TopKOpt = Annotated[int | None, typer.Option(help="Top-k filter (0: off).")]
+TopPOpt = Annotated[float | None, typer.Option(help="Nucleus filter.")]
+MinPOpt = Annotated[float | None, typer.Option(help="Min-p filter.")]
+MaxNewTokensOpt = Annotated[int | None, typer.Option(help="Length of the final completion.")]
+StopOpt = Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")]
+PeriodOpt = Annotated[int | None, typer.Option(help="Consult the operator every N tokens.")]
+MaxBacktracksOpt = Annotated[int | None, typer.Option(help="Budget: rollbacks.")]
+MaxDiscardedOpt = Annotated[int | None, typer.Option(help="Budget: deleted tokens.")]
+BanOpt = Annotated[str | None, typer.Option(help="accumulate|next|none (default accumulate).")]
+MaxRetriesOpt = Annotated[
+    int | None, typer.Option(help="Resumes at one position before its token is kept (3).")
+]
+
+
+def generation_config(base, **flags):
+    """The command's GenerationConfig: ``base`` (a GenerationConfig) with every flag that was
+    given. ``top_k=0`` switches top-k off; ``max_discarded`` is the budget's
+    ``max_discarded_tokens``, ``max_retries`` the ``max_retries_per_position``."""
+    from backtrack.engine import GenerationConfig
+
+    renamed = {"max_discarded": "max_discarded_tokens", "max_retries": "max_retries_per_position"}
+    given = {renamed.get(k, k): v for k, v in flags.items() if v is not None}
+    if given.get("top_k") == 0:
+        given["top_k"] = None
+    if "stop" in given:
+        given["stop"] = tuple(given["stop"])
+    try:
+        return GenerationConfig.from_flat(given, **base.to_flat())
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
@@ -70,20 +105,18 @@ def generate(
     operator: Annotated[
         str, typer.Option("--operator", "-o", help="Operator spec; see `backtrack operators`.")
     ] = "probability-trend",
-    seed: Annotated[int | None, typer.Option(help="torch.manual_seed before decoding.")] = None,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 1.0,
-    top_k: Annotated[int | None, typer.Option(help="Top-k filter (0/None: off).")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus filter.")] = None,
-    min_p: Annotated[float | None, typer.Option(help="Min-p filter.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Length of the final completion.")] = 128,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    period: Annotated[int, typer.Option(help="Consult the operator every N tokens.")] = 1,
-    max_backtracks: Annotated[int | None, typer.Option(help="Budget: rollbacks.")] = None,
-    max_discarded: Annotated[int | None, typer.Option(help="Budget: deleted tokens.")] = None,
-    ban: Annotated[str, typer.Option(help="accumulate|next|none (see docs).")] = "accumulate",
-    max_retries: Annotated[
-        int | None, typer.Option(help="Resumes at one position before its token is kept.")
-    ] = 3,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampling (reproducible).")] = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    stop: StopOpt = None,
+    period: PeriodOpt = None,
+    max_backtracks: MaxBacktracksOpt = None,
+    max_discarded: MaxDiscardedOpt = None,
+    ban: BanOpt = None,
+    max_retries: MaxRetriesOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
@@ -92,27 +125,31 @@ def generate(
     ] = None,
 ) -> None:
     """Generate one completion with backtracking, streaming it to the terminal."""
-    from backtrack.engine import Budget, Decoder, GenerationConfig, GenerationResult
+    from dataclasses import replace
+
+    from backtrack.engine import Decoder, GenerationConfig, GenerationResult
     from backtrack.engine.types import RollbackEvent, TokenEvent
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
+    config = generation_config(
+        GenerationConfig(max_new_tokens=128),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        period=period,
+        max_backtracks=max_backtracks,
+        max_discarded=max_discarded,
+        ban=ban,
+        max_retries=max_retries,
+    )
+    config = replace(config, seed=seed)
     try:
         op = parse_operator(operator)
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            stop=tuple(stop or ()),
-            seed=seed,
-            period=period,
-            ban=ban,  # type: ignore[arg-type]
-            max_retries_per_position=max_retries,
-            budget=Budget(max_backtracks=max_backtracks, max_discarded_tokens=max_discarded),
-        )
-    except (OperatorSpecError, ValueError) as exc:
+    except OperatorSpecError as exc:
         raise fail(str(exc)) from exc
     mdl, tok = load(model, dtype, device, quantize)
     decoder = Decoder(mdl, tok)
@@ -222,10 +259,11 @@ def eval_benchmark(
     preset: Annotated[
         str | None, typer.Option(help="paper: temperature 0.5, top-k 50, completion mode.")
     ] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default 0.5).")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Top-k filter (default 50; 0: off).")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus filter.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Length of the final completion.")] = 512,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of (run r, problem i) = S + 10000 r + i.")] = 0,
     problems: Annotated[str | None, typer.Option(help="Problem ids, e.g. 0,5-7.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
@@ -233,7 +271,11 @@ def eval_benchmark(
     stop: Annotated[
         list[str] | None, typer.Option(help="Stop string (repeatable; default: EvalPlus set).")
     ] = None,
-    period: Annotated[int, typer.Option(help="Consult the operator every N tokens.")] = 1,
+    period: PeriodOpt = None,
+    max_backtracks: MaxBacktracksOpt = None,
+    max_discarded: MaxDiscardedOpt = None,
+    ban: BanOpt = None,
+    max_retries: MaxRetriesOpt = None,
     data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Sandbox seconds per program.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows decoded together (BatchDecoder).")] = 1,
@@ -247,11 +289,34 @@ def eval_benchmark(
     ] = True,
 ) -> None:
     """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
-    from backtrack.evaluation.runner import PRESETS, EvalError, EvalSettings, run_eval
+    from backtrack.evaluation.runner import prepare, run_eval
+    from backtrack.evaluation.settings import (
+        PRESETS,
+        EvalError,
+        EvalSettings,
+        default_generation,
+    )
 
     if preset is not None and preset not in PRESETS:
         raise fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    defaults = {"temperature": 0.5, "top_k": 50, "mode": "completion", **PRESETS.get(preset, {})}
+    preset_values = dict(PRESETS.get(preset, {}))
+    mode = mode or preset_values.pop("mode", "completion")
+    preset_values.pop("mode", None)
+    base = generation_config(default_generation(mode), **preset_values)
+    generation = generation_config(
+        base,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        period=period,
+        max_backtracks=max_backtracks,
+        max_discarded=max_discarded,
+        ban=ban,
+        max_retries=max_retries,
+    )
     settings = EvalSettings(
         model=model,
         out=str(out),
@@ -260,16 +325,11 @@ def eval_benchmark(
         dataset=dataset,
         data_path=str(data_path) if data_path else None,
         runs=runs,
-        temperature=defaults["temperature"] if temperature is None else temperature,
-        top_k=defaults["top_k"] if top_k is None else (top_k or None),
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
+        generation=generation,
         seed=seed,
         problems=problems,
         limit=limit,
-        mode=defaults["mode"] if mode is None else mode,
-        stop=list(stop) if stop else None,
-        period=period,
+        mode=mode,
         dtype=dtype,
         device=device,
         quantize=quantize,
@@ -279,8 +339,6 @@ def eval_benchmark(
         force=force,
     )
     try:
-        from backtrack.evaluation.runner import prepare
-
         prepare(settings)  # every usage error before the model loads
         mdl, tok = load(model, dtype, device, quantize)
         summary = run_eval(

@@ -1,8 +1,8 @@
 """The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
 
-from backtrack.engine.decoder import Decoder, encode_prompt, generate
+from backtrack.engine.decoder import Decoder, generate
 from backtrack.engine.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
-from backtrack.engine.session import DecodingSession
+from backtrack.engine.session import DecodingSession, encode_prompt
 from backtrack.engine.types import (
     Budget,
     Counts,

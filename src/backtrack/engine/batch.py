@@ -50,9 +50,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from backtrack.engine.decoder import encode_prompt
 from backtrack.engine.kv_cache import new_cache
-from backtrack.engine.session import DecodingSession, eos_ids_for
+from backtrack.engine.session import DecodingSession
 from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationConfig, GenerationResult
 
@@ -285,13 +284,12 @@ class BatchDecoder:
             raise TypeError("a request is a tuple (prompt, operator, GenerationConfig)")
         prompt, operator, config = request
         config = config or GenerationConfig()
-        row = _BatchRow(
-            model=self.model,
-            tokenizer=self.tokenizer,
-            prompt_ids=encode_prompt(self.tokenizer, prompt),
-            config=config,
-            operator=operator,
-            eos_ids=eos_ids_for(self.model, self.tokenizer, config),
+        row = _BatchRow.for_prompt(
+            self.model,
+            self.tokenizer,
+            prompt,
+            operator,
+            config,
             detokenizer=self.detokenizer,
             generator=None if config.seed is not None else self._unseeded_generator(),
         )

@@ -7,18 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from backtrack.engine.session import DecodingSession, eos_ids_for
+from backtrack.engine.session import DecodingSession
 from backtrack.engine.types import Event, GenerationConfig, GenerationResult
-
-
-def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
-    """Prompt ids: a string is tokenized as is (no special tokens added)."""
-    if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError("the prompt is empty")
-        return list(ids)
-    return [int(i) for i in prompt]
 
 
 class Decoder:
@@ -41,14 +31,7 @@ class Decoder:
         **overrides: Any,
     ) -> DecodingSession:
         config = replace(config or GenerationConfig(), **overrides)
-        return DecodingSession(
-            model=self.model,
-            tokenizer=self.tokenizer,
-            prompt_ids=encode_prompt(self.tokenizer, prompt),
-            config=config,
-            operator=operator,
-            eos_ids=eos_ids_for(self.model, self.tokenizer, config),
-        )
+        return DecodingSession.for_prompt(self.model, self.tokenizer, prompt, operator, config)
 
     def stream(
         self,

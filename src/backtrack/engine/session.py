@@ -66,6 +66,16 @@ def eos_ids_for(model, tokenizer, config: GenerationConfig) -> frozenset[int]:
     return frozenset(ids)
 
 
+def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
+    """Prompt ids: a string is tokenized as is (no special tokens added)."""
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return list(ids)
+    return [int(i) for i in prompt]
+
+
 @dataclass
 class _Position:
     """What a completion position needs to be undone."""
@@ -104,6 +114,31 @@ class DecodingSession:
     finish_reason: FinishReason | None = None
     stop_string: str | None = None
     trace: list[Event] = field(default_factory=list)
+
+    @classmethod
+    def for_prompt(
+        cls,
+        model,
+        tokenizer,
+        prompt: str | Sequence[int],
+        operator: Any = None,
+        config: GenerationConfig | None = None,
+        **fields: Any,
+    ) -> DecodingSession:
+        """A session for ``prompt`` (text or ids), with the EOS ids for this model and config.
+
+        ``fields``: other constructor fields (a shared ``detokenizer``, a ``generator``).
+        """
+        config = config or GenerationConfig()
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            prompt_ids=encode_prompt(tokenizer, prompt),
+            config=config,
+            operator=operator,
+            eos_ids=eos_ids_for(model, tokenizer, config),
+            **fields,
+        )
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:

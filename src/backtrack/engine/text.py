@@ -1,8 +1,9 @@
 """Incremental detokenization and stop-string matching, O(1) work per token.
 
-Decoding the whole output every step (what the existing implementation does) is quadratic,
-and ``endswith`` on the decoded text misses stop strings that a token swallows together with
-the next characters. We decode a short window per token and search only the new tail.
+Decoding the whole output every step would be quadratic, and ``endswith`` on the decoded
+text misses stop strings that a token swallows together with the next characters. So each
+token decodes only a short window, and the stop-string search looks only at the new tail
+(plus the few characters before it that a stop string could straddle).
 """
 
 from __future__ import annotations

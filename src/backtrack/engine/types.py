@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +60,8 @@ class GenerationConfig:
         stop: stop strings, matched across token boundaries in the completion text.
         eos_token_ids: token ids that end decoding; ``None`` takes the model's generation config
             (and the tokenizer's EOS token).
-        seed: if set, ``torch.manual_seed(seed)`` is called right before decoding.
+        seed: if set, sampling draws from a ``torch.Generator`` seeded with it: the same draws
+            as ``torch.manual_seed(seed)`` right before ``model.generate``.
         period: the operator is consulted every ``period`` tokens (the paper's kappa).
         ban: what happens to a token deleted by a rollback at the position where decoding
             resumes. ``"accumulate"`` (default) bans every token rejected at that position
@@ -73,8 +74,8 @@ class GenerationConfig:
             (under the same prefix), the token sampled there is kept without consulting the
             operator. A flat distribution where even the best token looks "too unlikely" would
             otherwise make a probability-based operator reject token after token at the same
-            place until the whole budget is gone (the existing implementation livelocked like
-            this on 9 of 20 HumanEval problems). ``None`` disables the cap.
+            place until the whole budget is gone (a loop without this cap and without bans
+            livelocked like this on 9 of 20 HumanEval problems). ``None`` disables the cap.
         budget: bounds on backtracking work, see :class:`Budget`.
     """
 
@@ -111,14 +112,80 @@ class GenerationConfig:
                 "max_retries_per_position must be >= 0 or None, "
                 f"got {self.max_retries_per_position}"
             )
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
+        # One spelling of the stop strings (a tuple), so equal settings compare equal.
+        object.__setattr__(
+            self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        )
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    # ---------------------------------------------------------------- flat form
+    # Settings files (training YAML, a policy's metadata, an evaluation's meta.json) and the
+    # CLI flags spell a GenerationConfig as one flat mapping: the fields below, with the
+    # budget's three bounds at top level. ``seed`` and ``eos_token_ids`` belong to one call
+    # (a seed per evaluation cell, EOS from the model), so they are not part of it.
+
+    def to_flat(self) -> dict[str, Any]:
+        """The settings as one flat, JSON-ready mapping (keys: :data:`GENERATION_KEYS`)."""
+        flat = {
+            name: getattr(self, name)
+            for name in GENERATION_KEYS
+            if name not in BUDGET_KEYS and name != "stop"
+        }
+        flat["stop"] = list(self.stop)
+        flat.update({name: getattr(self.budget, name) for name in BUDGET_KEYS})
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], **base: Any) -> GenerationConfig:
+        """Build from a flat mapping (:meth:`to_flat`'s keys; others are an error).
+
+        ``base``: defaults for keys the mapping leaves out (flat keys too).
+        """
+        merged = {**base, **dict(flat)}
+        unknown = sorted(set(merged) - set(GENERATION_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown generation settings: {', '.join(unknown)}; "
+                f"allowed: {', '.join(GENERATION_KEYS)}"
+            )
+        budget = Budget(**{k: merged.pop(k) for k in BUDGET_KEYS if k in merged})
+        if "stop" in merged:
+            merged["stop"] = tuple(merged["stop"] or ())
+        return cls(budget=budget, **merged)
+
+    def differences(self, other: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{key: (other's value, ours)}`` for every flat key of ``other`` we disagree on."""
+        ours = self.to_flat()
+        return {
+            key: (value, ours[key])
+            for key, value in other.items()
+            if key in ours and _normalized(value) != _normalized(ours[key])
+        }
+
+
+BUDGET_KEYS = ("max_backtracks", "max_discarded_tokens", "max_forward_passes")
+GENERATION_KEYS = (
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "stop",
+    "period",
+    "ban",
+    "max_retries_per_position",
+    *BUDGET_KEYS,
+)
+
+
+def _normalized(value: Any) -> Any:
+    """Lists and tuples compare alike (JSON turns tuples into lists); 0 and 0.0 too."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from backtrack.evaluation import metrics
-from backtrack.evaluation.runner import BASE, META_FILE, RESULTS_FILE, read_records
+from backtrack.evaluation.settings import BASE
+from backtrack.evaluation.store import META_FILE, RESULTS_FILE, read_records
 
 
 @dataclass(frozen=True)
@@ -316,8 +317,8 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
     """
     from backtrack.evaluation.data import load_dataset
     from backtrack.evaluation.prompts import program_for
-    from backtrack.evaluation.runner import DETAIL_CAP, ResultStore
     from backtrack.evaluation.sandbox import SandboxConfig, run_many
+    from backtrack.evaluation.store import DETAIL_CAP, ResultStore
 
     result = load_results(path)
     meta = result.meta

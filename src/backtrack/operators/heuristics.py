@@ -1,9 +1,10 @@
-"""The eight heuristic operators users know from the existing implementation.
+"""The eight heuristic operators of the local-backtracking paper (its ``backtracking-llm``
+package), with its parameter names and defaults, so results compare with the paper's.
 
 Each looks at the step record the engine already computed (no extra model work, no text
 processing) and returns ``k`` tokens to delete. Probabilities are those of the distribution the
-token was actually sampled from (after temperature and top-k/top-p), as in the original; the
-logit threshold looks at the raw logit. Defaults are the original ones.
+token was actually sampled from (after temperature and top-k/top-p), as the paper's operators
+use them; the logit threshold looks at the raw logit.
 
 Stateful operators keep immutable state in ``self.state`` so the engine can restore it exactly
 on rollback (see :mod:`backtrack.operators.base`).

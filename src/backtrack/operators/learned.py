@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backtrack.engine.types import Step
+from backtrack.engine.types import GenerationConfig, Step
 from backtrack.operators.base import Operator
 from backtrack.operators.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
 
@@ -155,6 +156,35 @@ class LearnedOperator(Operator):
             )
         self.max_rollback = int(self.model.action_space.n) - 1
         self._lstm_shape = tuple(self.model.policy.lstm_hidden_state_shape)
+
+    def trained_generation(self) -> dict[str, Any]:
+        """The decoding settings the policy was trained under, flat (see GenerationConfig).
+
+        Policies saved before the whole config was recorded carry only some of them."""
+        recorded = self.metadata.get("generation")
+        if isinstance(recorded, dict):
+            return dict(recorded)
+        legacy = ("max_new_tokens", "temperature", "top_k", "period")
+        return {k: self.metadata[k] for k in legacy if k in self.metadata}
+
+    def check_config(self, config: GenerationConfig) -> None:
+        """Warn when decoding under settings the policy was not trained with.
+
+        Stop strings are left out: they only cut the completion, the policy never sees them.
+        Python shows a given warning once per call site, so an evaluation warns once.
+        """
+        trained = {k: v for k, v in self.trained_generation().items() if k != "stop"}
+        differences = config.differences(trained)
+        if differences:
+            detail = ", ".join(
+                f"{k}: trained {a!r}, now {b!r}" for k, (a, b) in differences.items()
+            )
+            warnings.warn(
+                f"rl policy {self.path} is used under settings it was not trained with ({detail});"
+                " its decisions may not transfer",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def initial_state(self) -> tuple[Any, ...]:
         zeros = _frozen(np.zeros(self._lstm_shape, dtype=np.float32))

@@ -54,7 +54,7 @@ import numpy as np
 
 from backtrack.engine.decoder import Decoder
 from backtrack.engine.session import DecodingSession
-from backtrack.engine.types import Budget, GenerationConfig, Step
+from backtrack.engine.types import GENERATION_KEYS, GenerationConfig, Step
 from backtrack.evaluation.data import (
     Problem,
     load_mbpp,
@@ -78,6 +78,12 @@ __all__ = ["BacktrackEnv", "EnvConfig", "FeatureOperator"]
 _MAX_EMPTY_EPISODES = 20
 
 
+def default_generation() -> GenerationConfig:
+    """Training's decoding defaults: the paper's sampling (T=0.5, top-k 50), 128 tokens, the
+    completion-mode stop strings."""
+    return GenerationConfig(max_new_tokens=128, temperature=0.5, top_k=50, stop=tuple(DEFAULT_STOP))
+
+
 @dataclass
 class EnvConfig:
     """Everything that defines the environment (the ``env`` half of a training config).
@@ -89,15 +95,18 @@ class EnvConfig:
         split: MBPP split to draw problems from (``train``; ``validation`` for evaluation).
             Problems whose canonical solution fails its own tests are dropped.
         problem_ids: optional explicit subset (task ids) of the split; ``limit``: keep the first N.
-        max_new_tokens, temperature, top_k, top_p, period, ban: the decoding settings, as in
-            :class:`~backtrack.engine.types.GenerationConfig`.
-        max_discarded_tokens, max_backtracks: the rollback budget (``None``: engine defaults).
+        generation: every decoding setting of an episode (sampling, length, stop strings,
+            period, ban, retry cap, budget), the same object ``generate`` and ``eval`` take;
+            each episode adds its own seed. Recorded whole in the trained policy's metadata.
         max_rollback: K, the largest deletion the agent can ask for (actions are ``0..K``).
         window: moving-average window of the feature extractor.
         judge: judge spec for :func:`backtrack.rl.judges.make_judge` (``"tests"``: none).
         judge_every: judge at least every this many new tokens (and at every line end).
         judge_coef, pass_reward, discard_cost, forward_cost: reward weights (see module doc).
         sandbox_timeout_s: time limit of one unit-test run.
+
+    :meth:`from_mapping` builds one from a flat mapping (a YAML file), where the generation
+    settings sit at top level (``temperature: 0.5``, ``max_discarded_tokens: 64``...).
     """
 
     model: str = "tiny-random-qwen2"
@@ -107,14 +116,7 @@ class EnvConfig:
     split: str = "train"
     problem_ids: list[str] | None = None
     limit: int | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.5
-    top_k: int | None = 50
-    top_p: float | None = None
-    period: int = 1
-    ban: str = "accumulate"
-    max_discarded_tokens: int | None = None
-    max_backtracks: int | None = None
+    generation: GenerationConfig = field(default_factory=default_generation)
     max_rollback: int = 4
     window: int = 10
     judge: Any = "tests"
@@ -124,7 +126,6 @@ class EnvConfig:
     discard_cost: float = 0.01
     forward_cost: float = 0.0
     sandbox_timeout_s: float = 3.0
-    stop: Sequence[str] = field(default_factory=lambda: tuple(DEFAULT_STOP))
 
     def __post_init__(self) -> None:
         if self.max_rollback < 1:
@@ -133,30 +134,29 @@ class EnvConfig:
             raise ValueError(f"judge_every must be >= 1, got {self.judge_every}")
         if self.discard_cost < 0 or self.forward_cost < 0:
             raise ValueError("discard_cost and forward_cost must be >= 0")
-        self.stop = tuple(self.stop)
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in dataclasses.fields(cls))
+        """The keys a flat mapping may hold: the fields, with the generation keys flat."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"generation"}
+        return frozenset(own | set(GENERATION_KEYS))
 
-    def generation_config(self) -> GenerationConfig:
-        """The engine settings of every episode (the same a later evaluation should use)."""
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            stop=self.stop,
-            period=self.period,
-            ban=self.ban,  # type: ignore[arg-type]
-            budget=Budget(
-                max_backtracks=self.max_backtracks,
-                max_discarded_tokens=self.max_discarded_tokens,
-            ),
-        )
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> EnvConfig:
+        """From a flat mapping; generation keys on top of :func:`default_generation`."""
+        data = dict(data)
+        flat = {k: data.pop(k) for k in GENERATION_KEYS if k in data}
+        generation = GenerationConfig.from_flat(flat, **default_generation().to_flat())
+        return cls(generation=generation, **data)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_mapping`."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del flat["generation"]
+        return {**flat, **self.generation.to_flat()}
 
     def feature_extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(window=self.window, max_new_tokens=self.max_new_tokens)
+        return FeatureExtractor(window=self.window, max_new_tokens=self.generation.max_new_tokens)
 
 
 class FeatureOperator(Operator):
@@ -222,7 +222,9 @@ class BacktrackEnv(gym.Env):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        config = dataclasses.replace(config or EnvConfig(), **overrides)
+        if overrides:  # flat keys, generation settings included
+            config = EnvConfig.from_mapping({**(config or EnvConfig()).to_flat(), **overrides})
+        config = config or EnvConfig()
         self.config = config
         self.problems = list(problems) if problems is not None else load_problems(config)
         if not self.problems:
@@ -240,7 +242,7 @@ class BacktrackEnv(gym.Env):
         self._owns_judge = judge is None
         self.judge = make_judge(judge if judge is not None else config.judge)
         self._judge_on = bool(getattr(self.judge, "enabled", True))
-        self.generation_config = config.generation_config()
+        self.generation_config = config.generation
         self.extractor = config.feature_extractor()
         self.sandbox = SandboxConfig(timeout_s=config.sandbox_timeout_s)
 
@@ -275,7 +277,9 @@ class BacktrackEnv(gym.Env):
 
     def _partial_code(self) -> str:
         assert self.session is not None and self.problem is not None
-        completion = postprocess(self.problem, self.session.text, "completion", self.config.stop)
+        completion = postprocess(
+            self.problem, self.session.text, "completion", self.generation_config.stop
+        )
         return build_program(self.problem, completion)
 
     def _info(self) -> dict[str, Any]:
@@ -371,7 +375,9 @@ class BacktrackEnv(gym.Env):
         """Run the unit tests on the final completion (cut at the stop strings)."""
         assert self.session is not None and self.problem is not None
         result = self.session.result()
-        completion = postprocess(self.problem, result.text, "completion", self.config.stop)
+        completion = postprocess(
+            self.problem, result.text, "completion", self.generation_config.stop
+        )
         verdict = run_program(_program_for(self.problem, completion), self.sandbox)
         info.update(
             passed=verdict.passed,

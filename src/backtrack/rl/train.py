@@ -137,7 +137,7 @@ class TrainConfig:
                 f"allowed: {', '.join(sorted(own | env_keys))}"
             )
         try:
-            env = EnvConfig(**{k: v for k, v in data.items() if k in env_keys})
+            env = EnvConfig.from_mapping({k: v for k, v in data.items() if k in env_keys})
             return cls(env=env, **{k: v for k, v in data.items() if k in own})
         except (TypeError, ValueError) as exc:
             raise TrainConfigError(f"invalid training config: {exc}") from exc
@@ -163,9 +163,7 @@ class TrainConfig:
     def to_flat_dict(self) -> dict[str, Any]:
         """The resolved configuration as one flat mapping (what config.yaml stores)."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "env"}
-        env = dataclasses.asdict(self.env)
-        env["stop"] = list(env["stop"])
-        return {**own, **env}
+        return {**own, **self.env.to_flat()}
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -185,11 +183,11 @@ def policy_metadata(config: TrainConfig) -> dict[str, Any]:
     return {
         **env.feature_extractor().metadata(),
         "max_rollback": env.max_rollback,
-        "period": env.period,
         "model": env.model,
-        "temperature": env.temperature,
-        "top_k": env.top_k,
         "split": env.split,
+        # Every decoding setting of training, flat; LearnedOperator warns when evaluated
+        # under other ones (stop strings aside).
+        "generation": env.generation.to_flat(),
         "backtrack_version": __version__,
     }
 

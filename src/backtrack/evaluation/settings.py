@@ -1,0 +1,146 @@
+"""What ``backtrack eval`` is asked to do: the settings, the configurations, the seed rule.
+
+Configurations: ``base`` is the ``never`` operator through our engine (always included);
+every ``--operator SPEC`` is named by its spec; optional baselines through transformers'
+``model.generate``: ``beam:N`` (deterministic, decoded once in run 0 and copied to the other
+runs with ``reused_from_run=0``) and ``hf-sample`` (plain sampling seeded like ours).
+
+Pairing and seeds: the seed of (run ``r``, problem ``i``) is ``seed + SEED_STRIDE * r + i`` where
+``i`` is the problem's index in the *full* dataset (so it does not depend on ``--limit`` or
+``--problems``), identical for every configuration. Configurations therefore differ only by the
+operator, and comparisons against ``base`` are paired on the same seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backtrack.engine.types import GENERATION_KEYS, GenerationConfig
+from backtrack.evaluation.prompts import EVALPLUS_STOP
+
+BASE = "base"
+SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"temperature": 0.5, "top_k": 50, "mode": "completion"},
+}
+
+
+class EvalError(RuntimeError):
+    """A usage problem (bad spec, meta mismatch, bad problem ids): the CLI exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One decoding configuration: ``kind`` is ``engine``, ``beam`` or ``hf-sample``."""
+
+    name: str
+    kind: str
+    spec: str
+    beams: int = 1
+
+
+def seed_for(base_seed: int, run: int, problem_index: int) -> int:
+    """The seed of one (run, problem) cell, shared by every configuration (paired design)."""
+    return base_seed + SEED_STRIDE * run + problem_index
+
+
+def build_configurations(operators: Sequence[str], baselines: Sequence[str] = ()) -> list:
+    """``base`` first, then each distinct operator spec, then the transformers baselines.
+
+    Specs are parsed now so a typo fails before the model is loaded.
+    """
+    from backtrack.operators import OperatorSpecError, parse_operator
+
+    configs = [Configuration(BASE, "engine", "never")]
+    seen = {BASE, "never"}
+    for spec in operators:
+        spec = spec.strip()
+        try:
+            parse_operator(spec)
+        except OperatorSpecError as exc:
+            raise EvalError(f"bad operator {spec!r}: {exc}") from exc
+        if spec in seen:
+            continue
+        seen.add(spec)
+        configs.append(Configuration(spec, "engine", spec))
+    for spec in baselines:
+        spec = spec.strip()
+        if spec == "hf-sample":
+            configs.append(Configuration(spec, "hf-sample", spec))
+        elif spec.startswith("beam"):
+            _, _, n = spec.partition(":")
+            if not (n or "2").isdigit() or int(n or "2") < 1:
+                raise EvalError(f"bad baseline {spec!r}: use beam:N with N >= 1")
+            beams = int(n or "2")
+            configs.append(Configuration(f"beam:{beams}", "beam", spec, beams))
+        else:
+            raise EvalError(f"unknown baseline {spec!r}; use beam:N or hf-sample")
+    return configs
+
+
+def default_generation(mode: str = "completion") -> GenerationConfig:
+    """The evaluation's decoding defaults: the paper's sampling (T=0.5, top-k 50), 512 tokens,
+    and the EvalPlus stop strings in completion mode (chat replies are cut by code extraction,
+    so chat mode gets none)."""
+    stop = EVALPLUS_STOP if mode == "completion" else ()
+    return GenerationConfig(max_new_tokens=512, temperature=0.5, top_k=50, stop=tuple(stop))
+
+
+@dataclass
+class EvalSettings:
+    """Everything ``backtrack eval`` was asked to do (stored in meta.json).
+
+    ``generation`` holds every decoding setting (sampling, length, stop strings, period, ban,
+    retry cap, budget) exactly as the engine takes them; each cell's seed is added by the
+    runner (see :func:`seed_for`). ``None`` takes :func:`default_generation` for ``mode``.
+    """
+
+    model: str
+    out: str
+    operators: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
+    dataset: str = "humaneval"
+    data_path: str | None = None
+    runs: int = 1
+    generation: GenerationConfig = None  # type: ignore[assignment]  # filled in __post_init__
+    seed: int = 0
+    problems: str | None = None
+    limit: int | None = None
+    mode: str = "completion"
+    dtype: str = "auto"
+    device: str = "auto"
+    quantize: str | None = None
+    batch_size: int = 1
+    workers: int = 2
+    timeout_s: float | None = None  # None: the dataset's recommended limit
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.generation is None:
+            self.generation = default_generation(self.mode)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> EvalSettings:
+        """Settings from one flat mapping: the generation keys (``temperature``, ``top_k``,
+        ``stop``, ``max_discarded_tokens``...) on top of :func:`default_generation` for the
+        mode, everything else as fields. ``stop=None`` keeps the mode's default stop strings."""
+        values = dict(values)
+        flat = {k: values.pop(k) for k in GENERATION_KEYS if k in values}
+        if flat.get("stop", ()) is None:
+            del flat["stop"]
+        base = default_generation(values.get("mode", "completion")).to_flat()
+        try:
+            values["generation"] = GenerationConfig.from_flat(flat, **base)
+        except (TypeError, ValueError) as exc:
+            raise EvalError(str(exc)) from exc
+        return cls(**values)
+
+    def resolved_timeout(self) -> float:
+        from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S
+
+        if self.timeout_s is not None:
+            return float(self.timeout_s)
+        key = self.dataset.lower().replace("plus", "+").replace("-", "")
+        return RECOMMENDED_TIMEOUT_S.get(key, 3.0)

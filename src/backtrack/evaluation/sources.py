@@ -1,0 +1,131 @@
+"""Where completions come from: the engine (one sequence or batched) and the transformers
+baselines (``model.generate`` beam search and sampling), behind one :class:`CompletionSource`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from backtrack.engine.session import eos_ids_for
+from backtrack.evaluation.data import Problem
+from backtrack.evaluation.prompts import build_prompt
+from backtrack.evaluation.settings import EvalSettings
+
+if TYPE_CHECKING:
+    from backtrack.evaluation.runner import WorkItem
+
+
+@dataclass
+class Generated:
+    """A decoded completion plus its work counts, before execution."""
+
+    raw: str
+    finish_reason: str
+    final_tokens: int
+    forward_passes: int
+    tokens_sampled: int
+    tokens_discarded: int
+    backtracks: int
+    wall_time_s: float
+
+
+def _from_result(result) -> Generated:
+    c = result.counts
+    return Generated(
+        raw=result.text,
+        finish_reason=result.finish_reason,
+        final_tokens=len(result.token_ids),
+        forward_passes=c.forward_passes,
+        tokens_sampled=c.tokens_sampled,
+        tokens_discarded=c.tokens_discarded,
+        backtracks=c.backtracks,
+        wall_time_s=c.wall_time_s,
+    )
+
+
+class CompletionSource:
+    """Decodes work items with the engine (single or batched) or transformers' ``generate``."""
+
+    def __init__(self, model, tokenizer, settings: EvalSettings) -> None:
+        from backtrack.engine import Decoder
+
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.stop = settings.generation.stop
+        self.decoder = Decoder(model, tokenizer)
+        self._batch = None
+        self._prompts: dict[str, str] = {}
+
+    def prompt(self, problem: Problem) -> str:
+        if problem.task_id not in self._prompts:
+            self._prompts[problem.task_id] = build_prompt(
+                problem, self.settings.mode, self.tokenizer
+            )
+        return self._prompts[problem.task_id]
+
+    def engine_config(self, seed: int):
+        """The evaluation's generation settings with this cell's seed."""
+        return replace(self.settings.generation, seed=seed)
+
+    def engine(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
+        """Decode engine items: batched through BatchDecoder when batch_size > 1.
+
+        Every item gets a fresh operator instance (operators carry per-generation state).
+        """
+        from backtrack.operators import parse_operator
+
+        if self.settings.batch_size <= 1:
+            for item in items:
+                op = parse_operator(item.config.spec)
+                config = self.engine_config(item.seed)
+                result = self.decoder.generate(self.prompt(item.problem), op, config)
+                yield item, _from_result(result)
+            return
+        from backtrack.engine.batch import BatchDecoder
+
+        if self._batch is None:
+            self._batch = BatchDecoder(self.model, self.tokenizer)
+        requests = [
+            (self.prompt(i.problem), parse_operator(i.config.spec), self.engine_config(i.seed))
+            for i in items
+        ]
+        for index, result in self._batch.generate_many(requests, self.settings.batch_size):
+            yield items[index], _from_result(result)
+
+    def hf(self, item: WorkItem) -> Generated:
+        """Plain transformers decoding (beam search or sampling), stop strings post-hoc."""
+        import torch
+
+        s, tok = self.settings.generation, self.tokenizer
+        enc = tok(self.prompt(item.problem), return_tensors="pt", add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens}
+        if item.config.kind == "beam":
+            kwargs.update(num_beams=item.config.beams, do_sample=False, early_stopping=True)
+        elif s.temperature == 0:  # transformers rejects sampling at temperature 0: greedy
+            kwargs.update(do_sample=False)
+        else:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_k=s.top_k or 0)
+            kwargs["top_p"] = s.top_p if s.top_p is not None else 1.0
+            if s.min_p is not None:
+                kwargs["min_p"] = s.min_p
+        if self.stop:
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tok)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        torch.manual_seed(item.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**enc, pad_token_id=pad, **kwargs)
+        wall = time.perf_counter() - start
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        eos = eos_ids_for(self.model, tok, s)
+        cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
+        ids = new[:cut]
+        raw = tok.decode(ids, skip_special_tokens=True)
+        finish = "eos" if cut < len(new) or (ids and ids[-1] in eos) else "max_new_tokens"
+        if any(st in raw for st in self.stop):
+            finish = "stop_string"
+        return Generated(raw, finish, len(ids), len(ids), len(ids), 0, 0, wall)
