@@ -64,6 +64,26 @@ def generation_config(base, **flags):
         raise fail(str(exc)) from exc
 
 
+GENERATION_FLAGS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "max_new_tokens",
+    "stop",
+    "period",
+    "max_backtracks",
+    "max_discarded",
+    "ban",
+    "max_retries",
+)
+
+
+def _generation_flags(params: dict) -> dict:
+    """The generation flags among a command's parameters (pass it ``locals()``)."""
+    return {name: params[name] for name in GENERATION_FLAGS}
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
@@ -132,20 +152,7 @@ def generate(
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
-    config = generation_config(
-        GenerationConfig(max_new_tokens=128),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_new_tokens=max_new_tokens,
-        stop=stop,
-        period=period,
-        max_backtracks=max_backtracks,
-        max_discarded=max_discarded,
-        ban=ban,
-        max_retries=max_retries,
-    )
+    config = generation_config(GenerationConfig(max_new_tokens=128), **_generation_flags(locals()))
     config = replace(config, seed=seed)
     try:
         op = parse_operator(operator)
@@ -303,20 +310,7 @@ def eval_benchmark(
     mode = mode or preset_values.pop("mode", "completion")
     preset_values.pop("mode", None)
     base = generation_config(default_generation(mode), **preset_values)
-    generation = generation_config(
-        base,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_new_tokens=max_new_tokens,
-        stop=stop,
-        period=period,
-        max_backtracks=max_backtracks,
-        max_discarded=max_discarded,
-        ban=ban,
-        max_retries=max_retries,
-    )
+    generation = generation_config(base, **_generation_flags(locals()))
     settings = EvalSettings(
         model=model,
         out=str(out),
