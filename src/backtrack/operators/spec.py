@@ -135,6 +135,7 @@ def operator_help() -> str:
             for p in inspect.signature(target).parameters.values()
             if p.default is not inspect.Parameter.empty
         ]
-        doc = (target.__doc__ or "").strip().splitlines()[0]
+        # First docstring line, without the reST literal markup (``x`` -> x) meant for Sphinx.
+        doc = (target.__doc__ or "").strip().splitlines()[0].replace("``", "")
         lines.append(f"{name}: {', '.join(params) or '-'}  {doc}")
     return "\n".join(lines)
