@@ -196,7 +196,6 @@ def generate(
     from dataclasses import replace
 
     from backtrack.engine import Decoder, GenerationConfig, GenerationResult
-    from backtrack.engine.types import RollbackEvent, TokenEvent
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
@@ -216,15 +215,11 @@ def generate(
     result: GenerationResult | None = None
     try:
         if out.is_terminal:
-            # Show everything as it happens: deleted text struck out in red.
-            for event in decoder.stream(text, op, config):
-                if isinstance(event, TokenEvent):
-                    out.print(event.text, end="", markup=False)
-                elif isinstance(event, RollbackEvent):
-                    out.print(event.removed_text, style="strike red", end="", markup=False)
-                else:
-                    result = event
-            out.print()
+            # The screen always shows the current text; a rollback's deleted text is shown
+            # struck out in red until the next token (see backtrack.terminal).
+            from backtrack.terminal import show_live
+
+            result = show_live(out, decoder.stream(text, op, config), config.stop)
         else:
             # Pipes get only text that can no longer change, and exactly the final text.
             session = decoder.session(text, op, config)
