@@ -173,3 +173,36 @@ def test_report_outputs_are_checked_before_reporting(tmp_path: Path) -> None:
     assert "cannot create the directory for --markdown" in one_line_error(
         CliRunner().invoke(app, args)
     )
+
+
+@pytest.mark.parametrize(
+    "split, expected", [(None, ["MBPP/11", "MBPP/12"]), ("validation", ["MBPP/511", "MBPP/512"])]
+)
+def test_eval_mbpp_defaults_to_the_test_split(
+    tmp_path: Path, shared_data: Path, split: str | None, expected: list[str]
+) -> None:
+    args = ["eval", "mbpp", "--data-path", str(shared_data / "mbpp" / "mbpp_release_v1.jsonl"),
+            "--model", "tiny-random-qwen2", "--limit", "2", "--max-new-tokens", "2",
+            "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    if split:
+        args += ["--split", split]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["task_id"] for r in records}) == expected
+    assert json.loads((tmp_path / "meta.json").read_text())["split"] == (split or "test")
+
+
+@pytest.mark.parametrize(
+    "dataset, split, message",
+    [
+        ("humaneval", "test", "--split is for MBPP and MBPP+"),
+        ("mbpp", "nope", "unknown MBPP split 'nope'"),
+    ],
+)
+def test_eval_bad_split_is_a_one_line_error(
+    tmp_path: Path, shared_data: Path, dataset: str, split: str, message: str
+) -> None:
+    args = ["eval", dataset, "--split", split, "--model", "no-such-model", "--out", str(tmp_path),
+            "--data-path", str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")]  # fmt: skip
+    assert message in one_line_error(CliRunner().invoke(app, args))

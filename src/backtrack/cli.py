@@ -331,6 +331,10 @@ def eval_benchmark(
     ban: BanOpt = None,
     max_retries: MaxRetriesOpt = None,
     data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="MBPP split: train|validation|test|prompt (default test, 11-510)."),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Sandbox seconds per program.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows decoded together (BatchDecoder).")] = 1,
     workers: Annotated[int, typer.Option(help="Programs executed in parallel.")] = 2,
@@ -358,27 +362,31 @@ def eval_benchmark(
     preset_values.pop("mode", None)
     base = generation_config(default_generation(mode), **preset_values)
     generation = generation_config(base, **_generation_flags(locals()))
-    settings = EvalSettings(
-        model=model,
-        out=str(out),
-        operators=list(operator or []),
-        baselines=list(baseline or []),
-        dataset=dataset,
-        data_path=str(data_path) if data_path else None,
-        runs=runs,
-        generation=generation,
-        seed=seed,
-        problems=problems,
-        limit=limit,
-        mode=mode,
-        dtype=dtype,
-        device=device,
-        quantize=quantize,
-        batch_size=batch_size,
-        workers=workers,
-        timeout_s=timeout,
-        force=force,
-    )
+    try:
+        settings = EvalSettings(
+            model=model,
+            out=str(out),
+            operators=list(operator or []),
+            baselines=list(baseline or []),
+            dataset=dataset,
+            data_path=str(data_path) if data_path else None,
+            split=split,
+            runs=runs,
+            generation=generation,
+            seed=seed,
+            problems=problems,
+            limit=limit,
+            mode=mode,
+            dtype=dtype,
+            device=device,
+            quantize=quantize,
+            batch_size=batch_size,
+            workers=workers,
+            timeout_s=timeout,
+            force=force,
+        )
+    except EvalError as exc:
+        raise fail(str(exc)) from exc
     try:
         prepare(settings)  # every usage error before the model loads
         mdl, tok = load(model, dtype, device, quantize)

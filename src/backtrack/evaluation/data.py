@@ -41,6 +41,8 @@ MBPP_SPLITS: dict[str, tuple[int, int]] = {
     "test": (11, 510),
     "few-shot": (1, 10),
 }
+# Other names of a split: "prompt" is what the MBPP paper calls the few-shot examples.
+MBPP_SPLIT_ALIASES = {"prompt": "few-shot"}
 # MBPP canonical solutions that fail their own tests at a 3 s limit (123 passes at 20 s):
 # rewards computed on MBPP should skip these problems.
 MBPP_BROKEN_CANONICAL: frozenset[int] = frozenset(
@@ -205,20 +207,24 @@ def select_problems(
 
 
 def mbpp_split(name: str) -> list[str]:
-    """Task ids of an MBPP split: train, validation, test or few-shot."""
+    """Task ids of an MBPP split: train, validation, test or few-shot (alias: prompt)."""
+    name = MBPP_SPLIT_ALIASES.get(name, name)
     if name not in MBPP_SPLITS:
-        raise DataError(f"unknown MBPP split {name!r}; choose from {', '.join(MBPP_SPLITS)}")
+        names = ", ".join([*MBPP_SPLITS, *MBPP_SPLIT_ALIASES])
+        raise DataError(f"unknown MBPP split {name!r}; choose from {names}")
     low, high = MBPP_SPLITS[name]
     return [f"MBPP/{n}" for n in range(low, high + 1)]
 
 
 def mbpp_problems(problems: Sequence[Problem], split: str, drop_broken: bool = False) -> list:
-    """The problems of one MBPP split, optionally without the broken canonical solutions."""
-    wanted = set(mbpp_split(split))
+    """The problems of one MBPP split, optionally without the broken canonical solutions.
+
+    Matched by task number, so MBPP (``MBPP/12``) and MBPP+ (``Mbpp/12``) split alike."""
+    wanted = {task_number(task_id) for task_id in mbpp_split(split)}
     return [
         p
         for p in problems
-        if p.task_id in wanted
+        if task_number(p.task_id) in wanted
         and not (drop_broken and task_number(p.task_id) in MBPP_BROKEN_CANONICAL)
     ]
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backtrack.evaluation.data import DataError, Problem, load_dataset, select_problems
+from backtrack.evaluation.data import (
+    DataError,
+    Problem,
+    load_dataset,
+    mbpp_problems,
+    select_problems,
+)
 from backtrack.evaluation.prompts import postprocess, program_for
 from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_program
 from backtrack.evaluation.settings import (
@@ -74,7 +80,8 @@ def load_problems(settings: EvalSettings) -> tuple[list[Problem], dict[str, int]
         everything = load_dataset(settings.dataset, settings.data_path)
         prefix = everything[0].task_id.split("/")[0] if everything else "HumanEval"
         ids = parse_problem_ids(settings.problems, prefix) if settings.problems else None
-        chosen = select_problems(everything, ids, settings.limit)
+        pool = mbpp_problems(everything, settings.split) if settings.split else everything
+        chosen = select_problems(pool, ids, settings.limit)
     except (DataError, OSError) as exc:
         raise EvalError(str(exc)) from exc
     if not chosen:

@@ -103,6 +103,7 @@ class EvalSettings:
     baselines: list[str] = field(default_factory=list)
     dataset: str = "humaneval"
     data_path: str | None = None
+    split: str | None = None  # MBPP/MBPP+: train|validation|test|prompt; None: test
     runs: int = 1
     generation: GenerationConfig = None  # type: ignore[assignment]  # filled in __post_init__
     seed: int = 0
@@ -120,6 +121,11 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.generation is None:
             self.generation = default_generation(self.mode)
+        is_mbpp = self.dataset.lower().startswith("mbpp")
+        if self.split is None and is_mbpp:
+            self.split = "test"  # MBPP/11..510, the MBPP paper's test split
+        elif self.split is not None and not is_mbpp:
+            raise EvalError(f"--split is for MBPP and MBPP+; {self.dataset} has no splits")
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> EvalSettings:

@@ -44,6 +44,7 @@ META_KEYS = (
     "dtype",
     "quantize",
     "seed",
+    "split",
     "timeout_s",
     # Every generation setting (temperature, top_k, ..., stop, ban, budget), flat. A meta.json
     # written before some of them were recorded simply lacks them; only keys present in both
