@@ -146,7 +146,8 @@ def test_cli_report(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--resamples", "100"])
     assert result.exit_code == 0, result.output
     assert "| m2 | op | 2 x 2 | 75.0 [" in result.output
-    assert md.read_text().count("\n") == 6 and png.stat().st_size > 0
+    # 2 header lines, 4 rows, then a blank line and how throughput is compared.
+    assert md.read_text().count("\n") == 8 and png.stat().st_size > 0
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no results.jsonl" in missing.output
 
@@ -158,3 +159,51 @@ def test_legend_labels_cut_paths_to_file_names() -> None:
         "probability-trend:window=10,drop=0.5"
     )
     assert short_label("beam:2") == "beam:2" and short_label("base") == "base"
+
+
+def write_meta(path: Path, **fields) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, **fields}))
+
+
+def test_several_directories_of_one_model_stay_apart(tmp_path: Path) -> None:
+    """One model on two datasets: a row names its dataset and directory, the plot has a
+    group of bars per directory, and the PNG is written next to the table by default."""
+    from backtrack.evaluation.report import plot_groups
+
+    he = write_dir(tmp_path / "he", synthetic_records(), "m")
+    mb = write_dir(tmp_path / "mb", synthetic_records(), "m")
+    write_meta(he, dataset="humaneval")
+    write_meta(mb, dataset="mbpp", split="test")
+    rows = [*summarize(load_results(he), resamples=50), *summarize(load_results(mb), resamples=50)]
+    assert [(r.dataset, r.directory) for r in rows] == [
+        ("humaneval", str(he)),
+        ("humaneval", str(he)),
+        ("mbpp:test", str(mb)),
+        ("mbpp:test", str(mb)),
+    ]
+    assert plot_groups(rows) == [("humaneval", "m", str(he)), ("mbpp:test", "m", str(mb))]
+    md = tmp_path / "out" / "table.md"
+    args = ["report", str(he), str(mb), "--markdown", str(md), "--resamples", "50"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"| mbpp:test | {mb} | m | op |" in md.read_text()
+    assert (tmp_path / "out" / "pass_at_1.png").stat().st_size > 0  # next to the table
+    alone = CliRunner().invoke(app, ["report", str(he), "--resamples", "50"])
+    assert alone.exit_code == 0 and (he / "pass_at_1.png").is_file()  # in the directory
+
+
+def test_throughput_is_compared_only_between_alike_decodings(tmp_path: Path) -> None:
+    """A batched run's engine rows against an unbatched beam baseline: no 'x base'."""
+    records = synthetic_records()
+    beam = [{**r, "config": "beam:2", "kind": "beam"} for r in records if r["config"] == "base"]
+    path = write_dir(tmp_path / "batched", [*records, *beam], "m")
+    write_meta(path, batch_size=16)
+    result = load_results(path)
+    rows = {r.config: r for r in summarize(result, resamples=50)}
+    assert rows["op"].throughput_ratio == 0.5  # engine vs engine, same batch: comparable
+    assert rows["beam:2"].throughput_ratio is None and rows["beam:2"].tokens_per_s == 10.0
+    assert any("no 'x base' for beam:2" in note for note in result.notes)
+    unbatched = write_dir(tmp_path / "unbatched", [*records, *beam], "m")
+    rows = {r.config: r for r in summarize(load_results(unbatched), resamples=50)}
+    assert rows["beam:2"].throughput_ratio == 1.0

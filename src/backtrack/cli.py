@@ -408,7 +408,14 @@ def eval_benchmark(
 def report(
     dirs: Annotated[list[Path], typer.Argument(help="Result directories of `backtrack eval`.")],
     markdown: Annotated[Path | None, typer.Option(help="Write the Markdown table here.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write the bar charts (PNG) here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the bar charts (PNG) here; default pass_at_1.png next to --markdown, "
+            "else in the result directory (one given) or the current directory."
+        ),
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no PNG.")] = False,
     rescore: Annotated[
         bool, typer.Option(help="Re-run the sandbox on stored completions first.")
     ] = False,
@@ -418,7 +425,16 @@ def report(
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
+    from backtrack.evaluation.store import RESULTS_FILE
 
+    for path in dirs:  # before anything is written or created
+        if not (path / RESULTS_FILE).is_file():
+            raise fail(f"{path}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+    if plot is None and not no_plot:
+        where = markdown.parent if markdown else dirs[0] if len(dirs) == 1 else Path.cwd()
+        plot = where / "pass_at_1.png"
+    if no_plot:
+        plot = None
     for output, what in ((markdown, "--markdown"), (plot, "--plot")):
         if output is not None:
             writable_output(output, what)

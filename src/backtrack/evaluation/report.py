@@ -10,7 +10,16 @@ Per configuration: mean pass@1 with a two-level bootstrap 95% CI (:func:`metrics
 the paired difference to ``base`` with its CI and the problems gained/lost
 (:func:`metrics.compare`), accepted tokens/s (final completion tokens over decoding wall time),
 forward passes per accepted token, throughput relative to ``base``, and mean backtracks and
-discarded tokens per generation.
+discarded tokens per generation. Every row names its dataset and result directory, so several
+directories (datasets, models) can be reported together.
+
+How throughput is compared (:data:`THROUGHPUT_NOTE`): a record's wall time is that of its own
+decoding, so tokens/s is per sequence. With ``--batch-size B > 1`` the engine configurations
+decode B sequences at once (each row's time runs from admission to finish, shared with the
+others), while the transformers baselines (``beam:N``, ``hf-sample``) decode one sequence at a
+time. Their per-sequence figures measure different things, so "x base" is given only between
+configurations decoded the same way; compare the others with a side-by-side benchmark
+(``benchmarks/bench_cost.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class Row:
 
     model: str
     config: str
+    dataset: str
+    directory: str
     n_problems: int
     n_runs: int
     pass1: metrics.Estimate
@@ -60,6 +71,23 @@ class ResultSet:
     @property
     def model(self) -> str:
         return str(self.meta.get("model") or (self.records[0]["model"] if self.records else "?"))
+
+    @property
+    def dataset(self) -> str:
+        name = str(self.meta.get("dataset", "?"))
+        split = self.meta.get("split")
+        return f"{name}:{split}" if split else name
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.meta.get("batch_size", 1) or 1)
+
+
+THROUGHPUT_NOTE = (
+    "tok/s: final tokens over each sequence's own decoding time; x base: only between "
+    "configurations decoded the same way (engine rows share one batch; transformers "
+    "baselines run one sequence at a time)"
+)
 
 
 def load_results(path: str | Path) -> ResultSet:
@@ -125,8 +153,12 @@ def summarize(
     has_base = baseline in configs
     base_tps = _tokens_per_s([r for r in records if r["config"] == baseline]) if has_base else None
     rows = []
+    incomparable = []
     for name in configs:
         recs = [r for r in records if r["config"] == name]
+        # Engine rows of a batched run are timed inside a shared batch; a transformers baseline
+        # decodes alone. Their per-sequence speeds do not compare.
+        batched_apart = result.batch_size > 1 and recs[0].get("kind", "engine") != "engine"
         est = metrics.mean_pass1(records, name, resamples=resamples)
         diff, gained, lost = None, 0, 0
         if has_base and name != baseline:
@@ -140,10 +172,15 @@ def summarize(
             else None
         )
         ratio = metrics.ratio_to_baseline(tps, base_tps) if tps is not None and base_tps else None
+        if batched_apart and ratio is not None:
+            ratio = None
+            incomparable.append(name)
         rows.append(
             Row(
                 model=result.model,
                 config=name,
+                dataset=result.dataset,
+                directory=str(result.path),
                 n_problems=est.n_problems,
                 n_runs=est.n_runs,
                 pass1=est,
@@ -156,6 +193,12 @@ def summarize(
                 backtracks=float(np.mean([r.get("backtracks", 0) for r in recs])),
                 discarded=float(np.mean([r.get("tokens_discarded", 0) for r in recs])),
             )
+        )
+    if incomparable:
+        result.notes.append(
+            f"{result.path}: no 'x base' for {', '.join(incomparable)}: decoded one sequence "
+            f"at a time while the engine rows were batched ({result.batch_size}); compare "
+            "their speed with benchmarks/bench_cost.py"
         )
     return rows
 
@@ -171,6 +214,8 @@ def _tokens_per_s(recs: Sequence[dict]) -> float | None:
 # --------------------------------------------------------------------------- rendering
 
 HEADERS = (
+    "dataset",
+    "directory",
     "model",
     "config",
     "problems x runs",
@@ -197,6 +242,8 @@ def row_cells(row: Row) -> list[str]:
         d = row.diff
         diff = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
     return [
+        row.dataset,
+        row.directory,
         row.model,
         row.config,
         f"{row.n_problems} x {row.n_runs}",
@@ -215,18 +262,22 @@ def markdown_table(rows: Sequence[Row]) -> str:
     """A GitHub-flavoured Markdown table (pass@1 and differences in percentage points)."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + THROUGHPUT_NOTE + ".\n"
 
 
 def rich_table(rows: Sequence[Row]):
     """The same table for the terminal."""
     from rich.table import Table
 
-    table = Table(title="pass@1 (%) with 95% bootstrap CIs; differences paired vs base")
+    table = Table(
+        title="pass@1 (%) with 95% bootstrap CIs; differences paired vs base",
+        caption=THROUGHPUT_NOTE,
+    )
+    names = 4  # dataset, directory, model, config: left-aligned text that may fold
     for i, header in enumerate(HEADERS):
-        # Numbers never wrap; long model/config names fold instead.
+        # Numbers never wrap; long names fold instead.
         table.add_column(
-            header, justify="left" if i < 2 else "right", no_wrap=i >= 2, overflow="fold"
+            header, justify="left" if i < names else "right", no_wrap=i >= names, overflow="fold"
         )
     for row in rows:
         table.add_row(*row_cells(row))
@@ -248,6 +299,11 @@ def short_label(config: str) -> str:
     return ",".join(parts)
 
 
+def plot_groups(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
+    """The plot's groups of bars: one per result directory, as (dataset, model, directory)."""
+    return list(dict.fromkeys((r.dataset, r.model, r.directory) for r in rows))
+
+
 def plot(rows: Sequence[Row], path: str | Path) -> Path:
     """Figure-1-style bars: pass@1 per configuration grouped by model (CI error bars), and
     accepted-token throughput relative to base. Returns the written path."""
@@ -256,9 +312,14 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r.model for r in rows))
+    groups = plot_groups(rows)
     configs = list(dict.fromkeys(r.config for r in rows))
-    lookup = {(r.model, r.config): r for r in rows}
+    lookup = {((r.dataset, r.model, r.directory), r.config): r for r in rows}
+    several_dirs = len({g[2] for g in groups}) > 1
+    models = [
+        f"{model}\n{dataset}" + (f"\n{Path(directory).name}" if several_dirs else "")
+        for dataset, model, directory in groups
+    ]
     x = np.arange(len(models))
     width = 0.8 / max(1, len(configs))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 3 + 2.5 * len(models)), 4.5))
@@ -266,8 +327,8 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
     for j, config in enumerate(configs):
         offs = x - 0.4 + width * (j + 0.5)
         means, errs, ratios = [], [[], []], []
-        for model in models:
-            row = lookup.get((model, config))
+        for group in groups:
+            row = lookup.get((group, config))
             if row is None:
                 means.append(np.nan)
                 errs[0].append(0)
@@ -283,7 +344,8 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
         label = short_label(config)
         ax1.bar(offs, means, width, yerr=errs, capsize=3, label=label, color=color)
         ax2.bar(offs, ratios, width, label=label, color=color)
-    for ax, label in ((ax1, "pass@1 (%)"), (ax2, "accepted tokens/s relative to base")):
+    throughput = "accepted tokens/s relative to base\n(configurations decoded alike)"
+    for ax, label in ((ax1, "pass@1 (%)"), (ax2, throughput)):
         ax.set_xticks(x)
         ax.set_xticklabels(models, rotation=0)
         ax.set_ylabel(label)
