@@ -20,18 +20,14 @@ from __future__ import annotations
 import inspect
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, Qwen2ForCausalLM
 
 # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns).
-_CACHE_KW = None
-
-
-def _cache_kw(model) -> str:
-    global _CACHE_KW
-    if _CACHE_KW is None:
-        params = inspect.signature(type(model).forward).parameters
-        _CACHE_KW = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KW
+CACHE_KW = (
+    "cache"
+    if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters
+    else "past_key_values"
+)
 
 
 def _logprob(last_logits: torch.Tensor, token: int) -> float:
@@ -56,10 +52,10 @@ def replay_logprobs(
     that position's keys and values) come from a one-token pass instead of the prefill.
     """
     device = next(model.parameters()).device
-    kw = {_cache_kw(model): DynamicCache(config=model.config), "use_cache": True}
+    kw = {CACHE_KW: DynamicCache(config=model.config), "use_cache": True}
     out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), **kw)
     if refeed_last_prompt_token:
-        kw[_cache_kw(model)].crop(-1)
+        kw[CACHE_KW].crop(-1)
         out = model(input_ids=torch.tensor([[prompt_ids[-1]]], device=device), **kw)
     logprobs = []
     for i, token in enumerate(token_ids):

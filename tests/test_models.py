@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import inspect
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2ForCausalLM
+from helpers import CACHE_KW
 
 from backtrack.models import (
     DEFAULT_MODEL,
@@ -40,12 +39,6 @@ from backtrack.models.packaged import PackagedGguf, assemble_parts, locate_parts
 from backtrack.models.registry import BUILTIN_MODELS, ModelSpec, builtin_spec
 
 FAKE_NAME = "fake-packaged-model"
-# transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns).
-_CACHE_KW = (
-    "cache"
-    if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters
-    else "past_key_values"
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,14 +511,14 @@ def _crop_and_continue(model, prompt, wrong, right):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(prompt, **{_CACHE_KW: cache}, use_cache=True)
-    model(wrong, **{_CACHE_KW: cache}, use_cache=True)
+    model(prompt, **{CACHE_KW: cache}, use_cache=True)
+    model(wrong, **{CACHE_KW: cache}, use_cache=True)
     assert cache.get_seq_length() == prompt.shape[1] + wrong.shape[1]
     assert all(layer.keys.dtype == torch.float32 for layer in cache.layers)
     assert all(layer.values.dtype == torch.float32 for layer in cache.layers)
     cache.crop(-wrong.shape[1])
     assert cache.get_seq_length() == prompt.shape[1]
-    return model(right, **{_CACHE_KW: cache}, use_cache=True).logits
+    return model(right, **{CACHE_KW: cache}, use_cache=True).logits
 
 
 @pytest.mark.parametrize("quantize", [None, "int8"])
@@ -546,8 +539,8 @@ def test_kv_cache_stays_float_and_crops_exactly(quantize):
     with torch.no_grad():
         continued = _crop_and_continue(model, prompt, wrong, right)
         cache = DynamicCache(config=model.config)
-        model(prompt, **{_CACHE_KW: cache}, use_cache=True)
-        never_wrong = model(right, **{_CACHE_KW: cache}, use_cache=True).logits
+        model(prompt, **{CACHE_KW: cache}, use_cache=True)
+        never_wrong = model(right, **{CACHE_KW: cache}, use_cache=True).logits
         fresh = model(torch.cat([prompt, right], dim=1)).logits[:, prompt.shape[1] :]
     # Same calls on the same shapes after the crop: bitwise equal (measured 0.0, fp32 and int8).
     torch.testing.assert_close(continued, never_wrong, atol=0, rtol=0)

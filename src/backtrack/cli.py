@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from backtrack.paths import OutputPathError, ensure_writable_directory
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -52,8 +54,6 @@ def generation_config(base, **flags):
     """The command's GenerationConfig: ``base`` (a GenerationConfig) with every flag that was
     given. ``top_k=0`` switches top-k off; ``max_discarded`` is the budget's
     ``max_discarded_tokens``, ``max_retries`` the ``max_retries_per_position``."""
-    from backtrack.engine import GenerationConfig
-
     renamed = {"max_discarded": "max_discarded_tokens", "max_retries": "max_retries_per_position"}
     given = {renamed.get(k, k): v for k, v in flags.items() if v is not None}
     if given.get("top_k") == 0:
@@ -61,7 +61,7 @@ def generation_config(base, **flags):
     if "stop" in given:
         given["stop"] = tuple(given["stop"])
     try:
-        return GenerationConfig.from_flat(given, **base.to_flat())
+        return base.updated(given)
     except ValueError as exc:
         raise fail(str(exc)) from exc
 
@@ -100,16 +100,9 @@ def writable_output(path: Path, what: str) -> Path:
     if path.is_dir():
         raise fail(f"{what} {path} is a directory; give a file path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"cannot create the directory for {what} {path}: {exc.strerror}") from exc
-    import tempfile
-
-    try:  # a real write: permission bits say nothing for root or on a read-only mount
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise fail(f"cannot write {what} {path}: {exc.strerror}") from exc
+        ensure_writable_directory(path.parent, f"the directory for {what} {path}")
+    except OutputPathError as exc:
+        raise fail(str(exc)) from exc
     return path
 
 
@@ -199,8 +192,10 @@ def generate(
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
-    # The evaluation's sampling (T=0.5, top-k 50); no stop strings, 128 tokens.
-    base = GenerationConfig(max_new_tokens=128, temperature=0.5, top_k=50)
+    from backtrack.evaluation.settings import PAPER_SAMPLING
+
+    # The evaluation's sampling; no stop strings, 128 tokens.
+    base = GenerationConfig(max_new_tokens=128, **PAPER_SAMPLING)
     config = generation_config(base, **_generation_flags(locals()))
     config = replace(config, seed=seed)
     try:
@@ -358,8 +353,8 @@ def eval_benchmark(
     if preset is not None and preset not in PRESETS:
         raise fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     preset_values = dict(PRESETS.get(preset, {}))
-    mode = mode or preset_values.pop("mode", "completion")
-    preset_values.pop("mode", None)
+    preset_mode = preset_values.pop("mode", "completion")
+    mode = mode or preset_mode
     base = generation_config(default_generation(mode), **preset_values)
     generation = generation_config(base, **_generation_flags(locals()))
     try:

@@ -89,7 +89,7 @@ class _Position:
 class DecodingSession:
     """Decode one sequence step by step; roll back exactly.
 
-    Most users call :func:`backtrack.engine.decoder`. The RL environment drives a session
+    Most users call :func:`backtrack.engine.generate`. The RL environment drives a session
     directly: :meth:`sample` one token, then :meth:`conclude` with the agent's action.
 
     Sampling draws from ``generator`` when given; otherwise from a ``torch.Generator`` seeded
@@ -167,17 +167,18 @@ class DecodingSession:
 
     # ------------------------------------------------------------------ forward passes
     @torch.inference_mode()
-    def _forward(self, ids: Sequence[int]) -> None:
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
+        """Feed ``ids`` on the cache; the last position's logits ``[1, V]``."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True)
         # As in generate(): the last position's logits, copied out in float32.
-        self._next_logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-        self.counts.forward_passes += 1
+        return out.logits[:, -1].to(copy=True, dtype=torch.float32)
 
     def prefill(self) -> None:
         """Run the prompt through the model once."""
         t0 = time.perf_counter()
-        self._forward(self.prompt_ids)
+        self._next_logits = self._forward(self.prompt_ids)
+        self.counts.forward_passes += 1
         self.counts.prefill_time_s = time.perf_counter() - t0
 
     def advance(self) -> bool:
@@ -205,8 +206,7 @@ class DecodingSession:
     def sample(self) -> Step:
         """Sample the next token from the current distribution and append it."""
         if self._next_logits is None and self.pending_token is not None:
-            self._forward([self.pending_token])
-            self.pending_token = None
+            self.receive_logits(self._forward([self.pending_token]))
         assert self._next_logits is not None, "call prefill() first"
         logits = self._next_logits
         position = len(self.completion)

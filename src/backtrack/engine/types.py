@@ -158,6 +158,10 @@ class GenerationConfig:
             merged["stop"] = tuple(merged["stop"] or ())
         return cls(budget=budget, **merged)
 
+    def updated(self, flat: Mapping[str, Any]) -> GenerationConfig:
+        """This config with the settings ``flat`` gives (flat keys) replaced."""
+        return GenerationConfig.from_flat(flat, **self.to_flat())
+
     def differences(self, other: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """``{key: (other's value, ours)}`` for every flat key of ``other`` we disagree on."""
         ours = self.to_flat()
@@ -184,7 +188,7 @@ GENERATION_KEYS = (
 
 
 def _normalized(value: Any) -> Any:
-    """Lists and tuples compare alike (JSON turns tuples into lists); 0 and 0.0 too."""
+    """Lists and tuples compare alike (JSON turns tuples into lists)."""
     return list(value) if isinstance(value, (list, tuple)) else value
 
 

@@ -140,12 +140,16 @@ def load_mbpp_plus(path: str | Path) -> list[Problem]:
     return [_problem(r, build_plus_test(r, "mbpp")) for r in read_jsonl(path)]
 
 
-def load_dataset(name: str, path: str | Path | None = None) -> list[Problem]:
-    """Load one of :data:`DATASETS`; every dataset except HumanEval needs ``path``.
+def dataset_key(name: str) -> str:
+    """The :data:`DATASETS` spelling of a dataset name: ``humaneval-plus``, ``humanevalplus``
+    and ``HumanEval+`` all give ``humaneval+`` (likewise for MBPP)."""
+    return name.lower().replace("-", "").replace("plus", "+")
 
-    ``humaneval-plus``, ``humanevalplus`` and ``humaneval+`` name the same dataset (likewise
-    for MBPP)."""
-    key = name.lower().replace("-", "").replace("plus", "+")
+
+def load_dataset(name: str, path: str | Path | None = None) -> list[Problem]:
+    """Load one of :data:`DATASETS` (any spelling :func:`dataset_key` takes); every dataset
+    except HumanEval needs ``path``."""
+    key = dataset_key(name)
     if key == "humaneval":
         return load_humaneval(path)
     loaders = {"humaneval+": load_humaneval_plus, "mbpp": load_mbpp, "mbpp+": load_mbpp_plus}

@@ -384,7 +384,7 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
 
     result = load_results(path)
     meta = result.meta
-    dataset = str(meta.get("dataset", "humaneval")).lower().replace("-", "")
+    dataset = str(meta.get("dataset", "humaneval"))
     problems = {p.task_id: p for p in load_dataset(dataset, meta.get("data_path"))}
     limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
     programs = [

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from backtrack.evaluation.settings import (
 )
 from backtrack.evaluation.sources import CompletionSource, Generated
 from backtrack.evaluation.store import META_FILE, ResultStore, build_meta, make_record, merge_meta
+from backtrack.paths import OutputPathError, ensure_writable_directory
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,9 @@ def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file, not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EvalError(f"cannot create the result directory {out}: {exc.strerror}") from exc
-    try:  # a real write: permission bits say nothing for root or on a read-only mount
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise EvalError(f"cannot write to the result directory {out}: {exc.strerror}") from exc
+        ensure_writable_directory(out, f"the result directory {out}")
+    except OutputPathError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def run_eval(

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backtrack.engine.types import GENERATION_KEYS, GenerationConfig
+from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S, dataset_key
 from backtrack.evaluation.prompts import EVALPLUS_STOP
 
 BASE = "base"
 SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
+# The paper's sampling protocol, the default of `eval`, `generate` and training.
+PAPER_SAMPLING: dict[str, Any] = {"temperature": 0.5, "top_k": 50}
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"temperature": 0.5, "top_k": 50, "mode": "completion"},
+    "paper": {**PAPER_SAMPLING, "mode": "completion"},
 }
 
 
@@ -85,7 +88,7 @@ def default_generation(mode: str = "completion") -> GenerationConfig:
     and the EvalPlus stop strings in completion mode (chat replies are cut by code extraction,
     so chat mode gets none)."""
     stop = EVALPLUS_STOP if mode == "completion" else ()
-    return GenerationConfig(max_new_tokens=512, temperature=0.5, top_k=50, stop=tuple(stop))
+    return GenerationConfig(max_new_tokens=512, stop=tuple(stop), **PAPER_SAMPLING)
 
 
 @dataclass
@@ -121,7 +124,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.generation is None:
             self.generation = default_generation(self.mode)
-        is_mbpp = self.dataset.lower().startswith("mbpp")
+        is_mbpp = dataset_key(self.dataset) in ("mbpp", "mbpp+")
         if self.split is None and is_mbpp:
             self.split = "test"  # MBPP/11..510, the MBPP paper's test split
         elif self.split is not None and not is_mbpp:
@@ -136,17 +139,14 @@ class EvalSettings:
         flat = {k: values.pop(k) for k in GENERATION_KEYS if k in values}
         if flat.get("stop", ()) is None:
             del flat["stop"]
-        base = default_generation(values.get("mode", "completion")).to_flat()
+        base = default_generation(values.get("mode", "completion"))
         try:
-            values["generation"] = GenerationConfig.from_flat(flat, **base)
+            values["generation"] = base.updated(flat)
         except (TypeError, ValueError) as exc:
             raise EvalError(str(exc)) from exc
         return cls(**values)
 
     def resolved_timeout(self) -> float:
-        from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S
-
         if self.timeout_s is not None:
             return float(self.timeout_s)
-        key = self.dataset.lower().replace("plus", "+").replace("-", "")
-        return RECOMMENDED_TIMEOUT_S.get(key, 3.0)
+        return RECOMMENDED_TIMEOUT_S.get(dataset_key(self.dataset), 3.0)

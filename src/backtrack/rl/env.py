@@ -64,6 +64,7 @@ from backtrack.evaluation.data import (
 from backtrack.evaluation.prompts import DEFAULT_STOP, build_program, build_prompt, postprocess
 from backtrack.evaluation.prompts import program_for as _program_for
 from backtrack.evaluation.sandbox import SandboxConfig, run_program
+from backtrack.evaluation.settings import PAPER_SAMPLING
 from backtrack.operators.base import Operator
 from backtrack.operators.features import (
     FEATURE_HIGH,
@@ -81,7 +82,7 @@ _MAX_EMPTY_EPISODES = 20
 def default_generation() -> GenerationConfig:
     """Training's decoding defaults: the paper's sampling (T=0.5, top-k 50), 128 tokens, the
     completion-mode stop strings."""
-    return GenerationConfig(max_new_tokens=128, temperature=0.5, top_k=50, stop=tuple(DEFAULT_STOP))
+    return GenerationConfig(max_new_tokens=128, stop=tuple(DEFAULT_STOP), **PAPER_SAMPLING)
 
 
 @dataclass
@@ -146,8 +147,7 @@ class EnvConfig:
         """From a flat mapping; generation keys on top of :func:`default_generation`."""
         data = dict(data)
         flat = {k: data.pop(k) for k in GENERATION_KEYS if k in data}
-        generation = GenerationConfig.from_flat(flat, **default_generation().to_flat())
-        return cls(generation=generation, **data)
+        return cls(generation=default_generation().updated(flat), **data)
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of :meth:`from_mapping`."""
