@@ -206,3 +206,31 @@ def test_eval_bad_split_is_a_one_line_error(
     args = ["eval", dataset, "--split", split, "--model", "no-such-model", "--out", str(tmp_path),
             "--data-path", str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")]  # fmt: skip
     assert message in one_line_error(CliRunner().invoke(app, args))
+
+
+def test_unreachable_hub_is_a_one_line_error_at_once(monkeypatch, tmp_path: Path) -> None:
+    """A hub id the hub cannot serve (here: an endpoint where nothing listens) fails in one
+    line instead of after about 50 s of transformers' retries."""
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    args = ["generate", "--model", "some-owner/surely-not-cached", "--prompt", "x"]
+    message = one_line_error(CliRunner().invoke(app, args))
+    assert "is unreachable" in message and "some-owner/surely-not-cached" in message
+
+
+def test_rollback_window_flag_bounds_every_rollback(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator",
+            "chaos:p=0.6,max=8,seed=3", "--seed", "3", "--max-new-tokens", "40",
+            "--rollback-window", "2", "--dtype", "float32", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    counts = json.loads(out.read_text())["counts"]
+    assert counts["backtracks"] > 0 and 1 <= counts["deepest_rollback"] <= 2

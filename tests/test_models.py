@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def test_unknown_name_error_lists_builtins_and_suggests(monkeypatch):
         raise OSError("hub unreachable")
 
     monkeypatch.setattr(registry, "_load_dir", offline)  # never touch the network in tests
+    monkeypatch.setattr(registry, "hub_access", lambda name: {})  # "the hub is reachable"
     with pytest.raises(ModelLoadError) as info:
         load_model("qwen2.5-coder-0.5b")  # a typo: refused at once, no hub attempt
     message = str(info.value)
@@ -181,6 +183,53 @@ def test_unknown_name_error_lists_builtins_and_suggests(monkeypatch):
     with pytest.raises(ModelLoadError, match="not loadable from the Hugging Face hub"):
         load_model("some-owner/some-model")
     assert len(calls) == 1
+
+
+def test_unreachable_hub_fails_at_once_for_an_uncached_id(monkeypatch):
+    """A hub id that is not cached, with the hub unreachable, is a one-line error before any
+    ``from_pretrained`` call (which would retry for about 50 s)."""
+    from huggingface_hub import constants
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("from_pretrained must not be tried")
+
+    monkeypatch.setattr(registry, "_load_dir", must_not_load)
+    # A port nothing listens on stands for the unreachable hub, on any machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelLoadError, match=r"the hub \(http://127.0.0.1:\d+\) is unreachable"):
+        load_model("some-owner/surely-not-cached-model")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set"):
+        load_model("some-owner/surely-not-cached-model")
+
+
+def test_hub_probe_and_cache_decide_how_to_load(tmp_path, monkeypatch):
+    """The probe tells a listening endpoint from a closed one; a cached model loads from the
+    cache (``local_files_only``) when the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        open_url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        assert registry.hub_unreachable_reason(open_url) is None
+    assert "ConnectionRefusedError" in registry.hub_unreachable_reason(open_url)
+    # A cache entry laid out as huggingface_hub writes it.
+    snapshot = tmp_path / "models--owner--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--owner--cached" / "refs").mkdir()
+    (tmp_path / "models--owner--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "ENDPOINT", open_url)  # closed again by now
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    cache = str(tmp_path)
+    assert registry.hub_access("owner/cached", cache_dir=cache) == {"local_files_only": True}
+    with pytest.raises(ModelLoadError, match="unreachable"):
+        registry.hub_access("owner/absent", cache_dir=cache)
 
 
 def test_missing_packages_error_gives_exact_pip_command():

@@ -243,3 +243,28 @@ def test_cli_eval_takes_every_generation_setting_and_records_it(tmp_path: Path) 
     assert meta["temperature"] == 0.5 and meta["top_k"] == 50  # the evaluation defaults
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "b"), "--ban", "maybe"])
     assert bad.exit_code == 2 and "ban must be" in bad.output
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_configuration_settings_apply_to_its_cells_only(tiny, tmp_path: Path, batch_size) -> None:
+    """``SPEC@rollback_window=1`` decodes that configuration's cells with the window, paired on
+    the same seeds, while the plain spec keeps the evaluation's settings."""
+    model, tok = tiny
+    chaos = "chaos:p=0.6,max=6,seed=1"
+    s = settings(
+        tmp_path,
+        operators=[chaos, f"{chaos}@rollback_window=1"],
+        max_new_tokens=24,
+        temperature=1.0,
+        batch_size=batch_size,
+    )
+    run_eval(s, model, tok, progress=False)
+    records, _ = read_records(tmp_path / "results.jsonl")
+    deepest = {}
+    for r in records:
+        deepest.setdefault(r["config"], []).append(r["deepest_rollback"])
+    assert max(deepest[chaos]) > 1
+    assert max(deepest[f"{chaos}@rollback_window=1"]) <= 1
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    windowed = next(c for c in meta["configs"] if c["name"].endswith("@rollback_window=1"))
+    assert windowed["spec"] == chaos and windowed["generation"] == [["rollback_window", 1]]

@@ -48,6 +48,12 @@ BanOpt = Annotated[str | None, typer.Option(help="accumulate|next|none (default 
 MaxRetriesOpt = Annotated[
     int | None, typer.Option(help="Resumes at one position before its token is kept (3).")
 ]
+RollbackWindowOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Deepest rollback, in tokens behind the furthest position reached (unbounded)."
+    ),
+]
 
 
 def generation_config(base, **flags):
@@ -78,6 +84,7 @@ GENERATION_FLAGS = (
     "max_discarded",
     "ban",
     "max_retries",
+    "rollback_window",
 )
 
 
@@ -178,6 +185,7 @@ def generate(
     max_discarded: MaxDiscardedOpt = None,
     ban: BanOpt = None,
     max_retries: MaxRetriesOpt = None,
+    rollback_window: RollbackWindowOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
@@ -297,7 +305,12 @@ def eval_benchmark(
     model: ModelOpt = DEFAULT_MODEL,
     operator: Annotated[
         list[str] | None,
-        typer.Option("--operator", "-o", help="Operator spec to compare with base (repeatable)."),
+        typer.Option(
+            "--operator",
+            "-o",
+            help="Operator spec to compare with base (repeatable); SPEC@KEY=VALUE,... also "
+            "changes generation settings for it, e.g. trend@rollback_window=16.",
+        ),
     ] = None,
     baseline: Annotated[
         list[str] | None,
@@ -325,6 +338,7 @@ def eval_benchmark(
     max_discarded: MaxDiscardedOpt = None,
     ban: BanOpt = None,
     max_retries: MaxRetriesOpt = None,
+    rollback_window: RollbackWindowOpt = None,
     data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
     split: Annotated[
         str | None,

@@ -10,6 +10,10 @@ from typing import Any
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.types import Event, GenerationConfig, GenerationResult
 
+# The rollback window streaming uses when the config sets none: text trails decoding by at
+# most this many tokens. Its cost in pass@1 is measured in the README ("Rollback window").
+INTERACTIVE_ROLLBACK_WINDOW = 32
+
 
 class Decoder:
     """A model and tokenizer ready to decode with backtracking.
@@ -67,19 +71,25 @@ class Decoder:
     ) -> Iterator[str]:
         """Yield completion text as soon as it can no longer be rolled back.
 
-        A token is committed once it lies deeper than the largest rollback still possible
-        (the commit horizon: the remaining discard budget). Text that could still turn out to
-        be the start of a stop string is held back too, so the pieces always concatenate to
-        exactly ``result.text``.
+        A token is final once it lies deeper than any rollback can still reach: behind the
+        rollback window (``GenerationConfig.rollback_window``), or beyond what the budget
+        still allows. Without a window nothing would be final before the budget is spent
+        (usually the end), so a config without one streams with
+        :data:`INTERACTIVE_ROLLBACK_WINDOW` tokens; pass ``rollback_window`` to choose
+        another. Text that could still turn out to be the start of a stop string is held back
+        too, so the pieces always concatenate to exactly ``result.text``.
         """
+        config = config or GenerationConfig()
+        if config.rollback_window is None and "rollback_window" not in overrides:
+            overrides["rollback_window"] = INTERACTIVE_ROLLBACK_WINDOW
         session = self.session(prompt, operator, config, **overrides)
         hold = max((len(s) for s in session.config.stop), default=1) - 1
         sent = 0
         for _ in session.run():
-            committed_tokens = len(session.completion) - session.rollback_allowance()
-            if committed_tokens <= 0:
+            committed = session.committed_length()
+            if committed <= 0:
                 continue
-            upto = min(session.text_offset(committed_tokens), len(session.text) - hold)
+            upto = min(session.text_offset(committed), len(session.text) - hold)
             if upto > sent:
                 yield session.text[sent:upto]
                 sent = upto

@@ -154,6 +154,7 @@ class DecodingSession:
         self._positions: list[_Position] = []
         self._bans: dict[int, set[int]] = {}
         self._retries: dict[int, int] = {}
+        self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
         # The token whose forward pass is queued (see advance); None when none is.
@@ -234,6 +235,7 @@ class DecodingSession:
             )
         )
         self.completion.append(token)
+        self.furthest = max(self.furthest, len(self.completion))
         self.logprobs.append(logprob)
         piece, self._detok = self.detokenizer.next_piece(self.completion, self._detok)
         self.text += piece
@@ -260,22 +262,35 @@ class DecodingSession:
     def rollback_allowance(self) -> int:
         """Most tokens a rollback may delete now (0 once any budget is spent).
 
-        Besides the backtrack and discard budgets, a rollback must leave enough forward passes
-        to regrow the completion to ``max_new_tokens``, so the hard cap never cuts a
-        completion short because of backtracking.
+        Besides the backtrack and discard budgets and the rollback window, a rollback must
+        leave enough forward passes to regrow the completion to ``max_new_tokens``, so the
+        hard cap never cuts a completion short because of backtracking. Each bound only
+        moves the deepest deletable position forward, never back, so
+        ``len(completion) - rollback_allowance()`` (what is final) never decreases.
         """
         if self.counts.backtracks >= self.budget.max_backtracks:
             return 0
         regrow = self.config.max_new_tokens - len(self.completion)
         spare_forward = self.budget.max_forward_passes - self.counts.forward_passes - regrow
+        window = self.config.rollback_window
+        floor = 0 if window is None else max(0, self.furthest - window)
         return max(
             0,
             min(
-                len(self.completion),
+                len(self.completion) - floor,
                 self.budget.max_discarded_tokens - self.counts.tokens_discarded,
                 spare_forward,
             ),
         )
+
+    def committed_length(self) -> int:
+        """How many completion tokens are final: no rollback can delete them any more.
+
+        Without an operator nothing is ever deleted (a driver that rolls back without one,
+        like the RL environment, should not stream from this)."""
+        if self.operator is None:
+            return len(self.completion)
+        return len(self.completion) - self.rollback_allowance()
 
     def consult_due(self) -> bool:
         """Whether the operator (or an RL agent) decides after the token just sampled.
@@ -345,6 +360,7 @@ class DecodingSession:
         self._on_resume(keep, removed[0])
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
+        self.counts.deepest_rollback = max(self.counts.deepest_rollback, self.furthest - keep)
         self.trace.append(RollbackEvent(keep, k, removed_text, tuple(removed), source))
         return k
 

@@ -76,6 +76,14 @@ class GenerationConfig:
             otherwise make a probability-based operator reject token after token at the same
             place until the whole budget is gone (a loop without this cap and without bans
             livelocked like this on 9 of 20 HumanEval problems). ``None`` disables the cap.
+        rollback_window: the deepest a rollback may reach, in tokens behind the furthest
+            position decoding has reached (``None``: unbounded). Everything older is final,
+            so it can be streamed: :meth:`Decoder.stream_text` and the server commit text
+            that falls out of the window. A rollback that would reach further is shortened
+            to the window. An operator that deletes only the token just sampled (``k=1``, the
+            default of most heuristics) never reaches more than one token back, so any window
+            leaves its output unchanged; ``GenerationResult.counts.deepest_rollback`` says
+            how deep a generation's rollbacks went.
         budget: bounds on backtracking work, see :class:`Budget`.
     """
 
@@ -90,6 +98,7 @@ class GenerationConfig:
     period: int = 1
     ban: BanPolicy = "accumulate"
     max_retries_per_position: int | None = 3
+    rollback_window: int | None = None
     budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
@@ -112,6 +121,8 @@ class GenerationConfig:
                 "max_retries_per_position must be >= 0 or None, "
                 f"got {self.max_retries_per_position}"
             )
+        if self.rollback_window is not None and self.rollback_window < 0:
+            raise ValueError(f"rollback_window must be >= 0 or None, got {self.rollback_window}")
         # One spelling of the stop strings (a tuple), so equal settings compare equal.
         object.__setattr__(
             self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -183,6 +194,7 @@ GENERATION_KEYS = (
     "period",
     "ban",
     "max_retries_per_position",
+    "rollback_window",
     *BUDGET_KEYS,
 )
 
@@ -262,6 +274,9 @@ class Counts:
     tokens_sampled: int = 0
     tokens_discarded: int = 0
     backtracks: int = 0
+    # The deepest any rollback reached, in tokens behind the furthest position reached then:
+    # the smallest ``rollback_window`` that would have left this generation unchanged.
+    deepest_rollback: int = 0
     wall_time_s: float = 0.0
     prefill_time_s: float = 0.0
 

@@ -5,6 +5,12 @@ every ``--operator SPEC`` is named by its spec; optional baselines through trans
 ``model.generate``: ``beam:N`` (deterministic, decoded once in run 0 and copied to the other
 runs with ``reused_from_run=0``) and ``hf-sample`` (plain sampling seeded like ours).
 
+A configuration may also change generation settings for itself: ``SPEC@KEY=VALUE,...`` (any
+of :data:`~backtrack.engine.types.GENERATION_KEYS`, e.g.
+``probability-trend@rollback_window=16`` or ``never@temperature=0``). The rest of the
+evaluation's settings apply unchanged, so such a configuration is still paired with ``base``
+on the same seeds: it measures exactly what the changed settings do.
+
 Pairing and seeds: the seed of (run ``r``, problem ``i``) is ``seed + SEED_STRIDE * r + i`` where
 ``i`` is the problem's index in the *full* dataset (so it does not depend on ``--limit`` or
 ``--problems``), identical for every configuration. Configurations therefore differ only by the
@@ -36,12 +42,45 @@ class EvalError(RuntimeError):
 
 @dataclass(frozen=True)
 class Configuration:
-    """One decoding configuration: ``kind`` is ``engine``, ``beam`` or ``hf-sample``."""
+    """One decoding configuration: ``kind`` is ``engine``, ``beam`` or ``hf-sample``.
+
+    ``spec`` is the operator spec; ``generation`` the settings this configuration changes
+    (flat keys, see :meth:`GenerationConfig.updated`), as ``(key, value)`` pairs.
+    """
 
     name: str
     kind: str
     spec: str
     beams: int = 1
+    generation: tuple[tuple[str, Any], ...] = ()
+
+    def generation_config(self, base: GenerationConfig) -> GenerationConfig:
+        """``base`` with this configuration's own settings."""
+        return base.updated(dict(self.generation)) if self.generation else base
+
+
+def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``"SPEC@KEY=VALUE,..."`` -> ``(SPEC, ((KEY, VALUE), ...))``; checks every key and value.
+
+    >>> split_configuration("probability-trend@rollback_window=16")
+    ('probability-trend', (('rollback_window', 16),))
+    """
+    from backtrack.operators.spec import parse_value
+
+    spec, at, settings_text = text.partition("@")
+    if not at:
+        return spec.strip(), ()
+    pairs: list[tuple[str, Any]] = []
+    for item in settings_text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EvalError(f"bad setting {item!r} in {text!r}; expected KEY=VALUE after '@'")
+        pairs.append((key.strip(), parse_value(value.strip())))
+    try:
+        GenerationConfig().updated(dict(pairs))
+    except (TypeError, ValueError) as exc:
+        raise EvalError(f"bad settings in {text!r}: {exc}") from exc
+    return spec.strip(), tuple(pairs)
 
 
 def seed_for(base_seed: int, run: int, problem_index: int) -> int:
@@ -58,16 +97,17 @@ def build_configurations(operators: Sequence[str], baselines: Sequence[str] = ()
 
     configs = [Configuration(BASE, "engine", "never")]
     seen = {BASE, "never"}
-    for spec in operators:
-        spec = spec.strip()
+    for name in operators:
+        name = name.strip()
+        spec, generation = split_configuration(name)
         try:
             parse_operator(spec)
         except OperatorSpecError as exc:
             raise EvalError(f"bad operator {spec!r}: {exc}") from exc
-        if spec in seen:
+        if name in seen:
             continue
-        seen.add(spec)
-        configs.append(Configuration(spec, "engine", spec))
+        seen.add(name)
+        configs.append(Configuration(name, "engine", spec, generation=generation))
     for spec in baselines:
         spec = spec.strip()
         if spec == "hf-sample":

@@ -30,6 +30,7 @@ class Generated:
     tokens_discarded: int
     backtracks: int
     wall_time_s: float
+    deepest_rollback: int = 0  # see Counts.deepest_rollback
 
 
 def _from_result(result) -> Generated:
@@ -43,6 +44,7 @@ def _from_result(result) -> Generated:
         tokens_discarded=c.tokens_discarded,
         backtracks=c.backtracks,
         wall_time_s=c.wall_time_s,
+        deepest_rollback=c.deepest_rollback,
     )
 
 
@@ -65,9 +67,11 @@ class CompletionSource:
             )
         return self._prompts[problem.task_id]
 
-    def engine_config(self, seed: int):
-        """The evaluation's generation settings with this cell's seed."""
-        return replace(self.settings.generation, seed=seed)
+    def engine_config(self, item: WorkItem):
+        """The evaluation's generation settings, with the configuration's own changes and
+        this cell's seed."""
+        config = item.config.generation_config(self.settings.generation)
+        return replace(config, seed=item.seed)
 
     def engine(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
         """Decode engine items: batched through BatchDecoder when batch_size > 1.
@@ -79,7 +83,7 @@ class CompletionSource:
         if self.settings.batch_size <= 1:
             for item in items:
                 op = parse_operator(item.config.spec)
-                config = self.engine_config(item.seed)
+                config = self.engine_config(item)
                 result = self.decoder.generate(self.prompt(item.problem), op, config)
                 yield item, _from_result(result)
             return
@@ -88,7 +92,7 @@ class CompletionSource:
         if self._batch is None:
             self._batch = BatchDecoder(self.model, self.tokenizer)
         requests = [
-            (self.prompt(i.problem), parse_operator(i.config.spec), self.engine_config(i.seed))
+            (self.prompt(i.problem), parse_operator(i.config.spec), self.engine_config(i))
             for i in items
         ]
         for index, result in self._batch.generate_many(requests, self.settings.batch_size):

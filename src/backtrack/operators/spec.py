@@ -77,7 +77,8 @@ def _resolve(name: str) -> Callable[..., Operator]:
     return target
 
 
-def _value(text: str):
+def parse_value(text: str):
+    """A spec value: a Python literal, true/false, or else the text itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -96,7 +97,7 @@ def parse_one(spec: str) -> Operator:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise OperatorSpecError(f"bad parameter {item!r} in {spec!r}; expected KEY=VALUE")
-            kwargs[key.strip()] = _value(value.strip())
+            kwargs[key.strip()] = parse_value(value.strip())
     params = inspect.signature(factory).parameters
     for key in kwargs:
         if key not in params:
