@@ -268,3 +268,16 @@ def test_configuration_settings_apply_to_its_cells_only(tiny, tmp_path: Path, ba
     meta = json.loads((tmp_path / "meta.json").read_text())
     windowed = next(c for c in meta["configs"] if c["name"].endswith("@rollback_window=1"))
     assert windowed["spec"] == chaos and windowed["generation"] == [["rollback_window", 1]]
+
+
+def test_settings_round_trip_through_meta(tiny, tmp_path: Path) -> None:
+    """``EvalSettings.from_meta`` gives back what an evaluation recorded, so a script can
+    extend an evaluation with exactly its settings (scripts/rollback_window_cost.py does)."""
+    model, tok = tiny
+    s = settings(tmp_path, temperature=0.9, rollback_window=8, max_retries_per_position=1)
+    run_eval(s, model, tok, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    again = EvalSettings.from_meta(meta, operators=["never@temperature=0"])
+    assert again.generation == s.generation
+    assert (again.model, again.runs, again.limit, again.seed) == (s.model, 2, 2, 0)
+    assert again.operators == ["never@temperature=0"]

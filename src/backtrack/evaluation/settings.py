@@ -20,7 +20,7 @@ operator, and comparisons against ``base`` are paired on the same seeds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from backtrack.engine.types import GENERATION_KEYS, GenerationConfig
@@ -185,6 +185,14 @@ class EvalSettings:
         except (TypeError, ValueError) as exc:
             raise EvalError(str(exc)) from exc
         return cls(**values)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], **changes: Any) -> EvalSettings:
+        """The settings an evaluation's meta.json records, with ``changes`` (fields or flat
+        generation keys): to extend or repeat that evaluation with the same settings."""
+        names = {f.name for f in fields(cls)} - {"generation", "force"}
+        values = {k: meta[k] for k in (*names, *GENERATION_KEYS) if k in meta}
+        return cls.from_flat({**values, **changes})
 
     def resolved_timeout(self) -> float:
         if self.timeout_s is not None:
