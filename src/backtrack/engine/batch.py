@@ -43,6 +43,7 @@ break).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ import torch
 from transformers import DynamicCache
 
 from backtrack.engine.kv_cache import new_cache
+from backtrack.engine.sampling import draw
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationConfig, GenerationResult
@@ -117,22 +119,34 @@ class _BatchCache:
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
 
     # ------------------------------------------------------------------ rows
-    def insert(self, slot: int, prefilled: DynamicCache) -> None:
-        """Copy a batch-1 prefill cache into ``slot``, right-aligned at column ``T``."""
-        length = prefilled.get_seq_length()
+    def insert(self, slot: int, prefilled: DynamicCache, source: int = 0, length: int = -1) -> None:
+        """Copy row ``source`` of a prefill cache into ``slot``, right-aligned at column ``T``.
+
+        ``length``: the row's prompt length (its valid columns are the last ``length`` of the
+        left-padded prefill); -1 takes the whole width.
+        """
+        if length < 0:
+            length = prefilled.get_seq_length()
         if not self.cache.layers[0].is_initialized:
             for layer, src in zip(self.cache.layers, prefilled.layers, strict=True):
-                layer.lazy_initialization(src.keys, src.values)
-                shape = (self.slots, *src.keys.shape[1:])
-                layer.keys = src.keys.new_zeros(shape)
-                layer.values = src.values.new_zeros((self.slots, *src.values.shape[1:]))
-            self.mask = torch.zeros((self.slots, length), dtype=torch.bool, device=self.device)
-        elif length > self.width:
+                layer.lazy_initialization(src.keys[:1], src.values[:1])
+                layer.keys = src.keys.new_zeros(
+                    (self.slots, *src.keys.shape[1:2], 0, src.keys.shape[3])
+                )
+                layer.values = src.values.new_zeros(
+                    (self.slots, *src.values.shape[1:2], 0, src.values.shape[3])
+                )
+            self.mask = torch.zeros((self.slots, 0), dtype=torch.bool, device=src.keys.device)
+        if length > self.width:
             self._pad_left(length - self.width)
         width = self.width
         for layer, src in zip(self.cache.layers, prefilled.layers, strict=True):
-            layer.keys[slot, :, width - length :] = src.keys[0]
-            layer.values[slot, :, width - length :] = src.values[0]
+            layer.keys[slot, :, width - length :] = src.keys[
+                source, :, src.keys.shape[2] - length :
+            ]
+            layer.values[slot, :, width - length :] = src.values[
+                source, :, src.values.shape[2] - length :
+            ]
         self.mask[slot] = False
         self.mask[slot, width - length :] = True
         self.columns[slot] = list(range(width - length, width))
@@ -230,7 +244,8 @@ class BatchStats:
     """What one :meth:`BatchDecoder.generate_many` run did, for benchmarks and tuning."""
 
     steps: int = 0  # batched decode forward passes
-    prefills: int = 0
+    prefills: int = 0  # batched prefill forward passes
+    prefill_rows: int = 0  # prompts prefilled
     compactions: int = 0
     row_steps: int = 0  # sum over steps of the rows that were active
     peak_cache_bytes: int = 0  # largest size of the shared KV cache
@@ -254,7 +269,11 @@ class BatchDecoder:
             exceed this fraction of its width (and ``min_compact`` columns).
         min_compact: never compact for fewer removable columns than this (a compaction copies
             the whole cache, so doing it for a handful of columns costs more than it saves).
-        pad_token_id: id fed to free rows (any valid id; their output is ignored).
+        pad_token_id: id fed to free rows and to prompt padding (any valid id; masked out).
+        prefill_budget: padded prompt tokens admitted per turn while other rows decode (new
+            prompts are prefilled together, left-padded, in one forward pass); it bounds how
+            long an admission stalls the decoding rows. A prompt longer than the budget is
+            still prefilled whole, on its own.
     """
 
     def __init__(
@@ -264,6 +283,7 @@ class BatchDecoder:
         compact_fraction: float = 0.25,
         min_compact: int = 16,
         pad_token_id: int | None = None,
+        prefill_budget: int = 2048,
     ) -> None:
         if not 0.0 < compact_fraction <= 1.0:
             raise ValueError(f"compact_fraction must be in (0, 1], got {compact_fraction}")
@@ -271,6 +291,9 @@ class BatchDecoder:
         self.tokenizer = tokenizer
         self.compact_fraction = compact_fraction
         self.min_compact = min_compact
+        if prefill_budget < 1:
+            raise ValueError(f"prefill_budget must be >= 1, got {prefill_budget}")
+        self.prefill_budget = prefill_budget
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
@@ -279,10 +302,24 @@ class BatchDecoder:
         self.stats = BatchStats()
 
     # ------------------------------------------------------------------ rows
-    def _new_row(self, index: int, request: Request) -> _BatchRow:
+    def _new_row(
+        self,
+        index: int,
+        request: Request,
+        rows: Sequence[_BatchRow | None],
+        admitting: Sequence[_BatchRow],
+    ) -> _BatchRow:
         if not isinstance(request, tuple) or len(request) != 3:
             raise TypeError("a request is a tuple (prompt, operator, GenerationConfig)")
         prompt, operator, config = request
+        # Checked before the row exists: creating it resets the operator.
+        if operator is not None and any(
+            other is not None and other.operator is operator for other in [*rows, *admitting]
+        ):
+            raise ValueError(
+                f"request {index} shares its operator instance with a running row; every "
+                "row needs its own operator (its state lives on the instance)"
+            )
         config = config or GenerationConfig()
         row = _BatchRow.for_prompt(
             self.model,
@@ -318,10 +355,17 @@ class BatchDecoder:
             use_cache=True,
         )
         batch.after_step(active)
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-        for slot, row in enumerate(rows):
-            if row is not None:
-                row.receive_logits(logits[slot : slot + 1])
+        live = [row for row in rows if row is not None]
+        logits = out.logits[:, -1]
+        if len(live) < len(rows):
+            index = [slot for slot, row in enumerate(rows) if row is not None]
+            logits = logits[torch.tensor(index, device=logits.device)]
+        logits = logits.to(copy=True, dtype=torch.float32)
+        # Every live row's token drawn in one call (each from its own generator), then
+        # handed to the row, which takes its turn with step() as usual.
+        draws = draw(logits, [row.sampler for row in live], [row.banned_now() for row in live])
+        for i, row in enumerate(live):
+            row.receive_draw(draws, i)
         self.stats.steps += 1
         self.stats.row_steps += sum(active)
 
@@ -354,20 +398,38 @@ class BatchDecoder:
         batch = _BatchCache(self.model, batch_size)
         rows: list[_BatchRow | None] = [None] * batch_size
         finished: list[_BatchRow] = []
+        waiting: _BatchRow | None = None  # created, but over this turn's prefill budget
 
         while True:
-            # Refill free slots; a row can finish on its first token and free its slot again.
-            for slot in range(len(rows)):
-                while rows[slot] is None:
-                    item = next_request()
-                    if item is None:
+            # Refill free slots, prefilling the new prompts together. While other rows are
+            # decoding, one turn admits at most `prefill_budget` padded prompt tokens, so
+            # admissions never stall them for longer than that; with none decoding, it fills
+            # every slot. A row can finish on its first token and free its slot again.
+            while any(row is None for row in rows):
+                free = [slot for slot, row in enumerate(rows) if row is None]
+                group: list[_BatchRow] = []
+                longest = 0
+                while len(group) < len(free):
+                    if waiting is None:
+                        item = next_request()
+                        if item is None:
+                            break
+                        waiting = self._new_row(*item, rows, group)
+                    padded = max(longest, len(waiting.prompt_ids)) * (len(group) + 1)
+                    if group and padded > self.prefill_budget:
                         break
-                    row = self._admit(batch, slot, *item, rows)
+                    longest = max(longest, len(waiting.prompt_ids))
+                    group.append(waiting)
+                    waiting = None
+                if not group:
+                    break
+                self._prefill(batch, free, group, rows)
+                for row in group:
                     if row.step():
-                        self._retire(batch, slot, row, rows)
+                        self._retire(batch, row.slot, row, rows)
                         finished.append(row)
-                    else:
-                        rows[slot] = row
+                if any(row is not None for row in rows) and waiting is not None:
+                    break  # the budget is spent; decode a step before admitting more
             while finished:
                 row = finished.pop(0)
                 yield row.index, row.result()
@@ -392,30 +454,43 @@ class BatchDecoder:
                     self._retire(batch, slot, row, rows)
                     yield row.index, row.result()
 
-    def _admit(
+    def _prefill(
         self,
         batch: _BatchCache,
-        slot: int,
-        index: int,
-        request: Request,
+        free: Sequence[int],
+        group: Sequence[_BatchRow],
         rows: list[_BatchRow | None],
-    ) -> _BatchRow:
-        # Checked before the row exists: creating it resets the operator.
-        operator = request[1] if isinstance(request, tuple) and len(request) == 3 else None
-        if operator is not None and any(
-            other is not None and other.operator is operator for other in rows
-        ):
-            raise ValueError(
-                f"request {index} shares its operator instance with a running row; every "
-                "row needs its own operator (its state lives on the instance)"
-            )
-        row = self._new_row(index, request)
-        row.prefill()
+    ) -> None:
+        """Run the prompts of ``group`` in one left-padded forward pass, draw each row's first
+        token, and move each prompt's keys and values into a free slot of the shared cache."""
+        start = time.perf_counter()
+        lengths = [len(row.prompt_ids) for row in group]
+        longest = max(lengths)
+        ids = torch.full((len(group), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(group), longest), dtype=torch.long)
+        for i, row in enumerate(group):
+            ids[i, longest - lengths[i] :] = torch.tensor(row.prompt_ids, dtype=torch.long)
+            mask[i, longest - lengths[i] :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = new_cache(self.model)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            cache=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        draws = draw(logits, [row.sampler for row in group], [row.banned_now() for row in group])
+        seconds = time.perf_counter() - start
+        for i, (slot, row) in enumerate(zip(free, group, strict=False)):
+            row.receive_prefill(draws, i, seconds)
+            batch.insert(slot, cache, source=i, length=lengths[i])
+            row.slot = slot
+            row.cache = _RowCache(batch, row)
+            rows[slot] = row
         self.stats.prefills += 1
-        batch.insert(slot, row.cache)
-        row.slot = slot
-        row.cache = _RowCache(batch, row)
-        return row
+        self.stats.prefill_rows += len(group)
 
     @staticmethod
     def _retire(

@@ -1,13 +1,22 @@
-"""Turning raw logits into the distribution we sample from, exactly as transformers does.
+"""Turning raw logits into drawn tokens, for one row or a whole batch in one call.
 
 We reuse transformers' own logits warpers, in the order ``generate`` applies them
-(temperature, top-k, top-p, min-p), and the same ``softmax`` + ``torch.multinomial`` call, so
-that with the same seed our tokens are identical to ``model.generate``'s.
+(temperature, top-k, top-p, min-p), and draw exactly as ``torch.multinomial(probs, 1)`` does:
+for one sample it divides the probabilities by exponential noise from the generator and takes
+the argmax (``q = Exp(1)``, ``argmax(p / q)``, the PyTorch fast path for a single draw). So
+with the same seed our tokens are identical to ``model.generate``'s.
+
+:func:`draw` serves the single-sequence engine (one row) and the batch decoder (every active
+row) alike: the warpers run once per group of rows with equal settings, each row draws its
+noise from its own generator (so each row stays reproducible from its seed, whatever the
+batch), and the statistics operators read (log-probability, rank, entropy, top-2) are
+computed for all rows at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers.generation.logits_process import (
@@ -38,7 +47,7 @@ def build_warpers(config: GenerationConfig) -> LogitsProcessorList:
 
 
 class Sampler:
-    """Samples one token from a row of raw logits, optionally with some tokens banned.
+    """One row's sampling settings and random stream.
 
     ``generator``: the random stream to draw from; ``None`` draws from torch's global RNG.
     A ``torch.Generator`` seeded with ``S`` gives the same draws as ``torch.manual_seed(S)``
@@ -49,28 +58,97 @@ class Sampler:
         self.greedy = config.greedy
         self.generator = generator
         self.warpers = build_warpers(config)
-        # The warpers ignore input_ids; one placeholder avoids an allocation per step.
-        self._no_ids = torch.zeros((1, 0), dtype=torch.long)
+        # Rows with the same key are warped together in one call.
+        self.key = (config.greedy, config.temperature, config.top_k, config.top_p, config.min_p)
 
-    def distribution(self, logits: torch.Tensor, banned: Collection[int] = ()) -> torch.Tensor:
-        """Processed scores ``[1, V]`` for raw ``logits [1, V]`` with ``banned`` ids excluded.
 
-        A ban that would exclude every candidate is ignored: a ban may redirect decoding,
-        never make it impossible.
-        """
-        if banned:
-            masked = logits.clone()
-            masked[0, list(banned)] = -float("inf")
-            scores = self.warpers(self._no_ids, masked)
-            if torch.isfinite(scores).any():
-                return scores
-        return self.warpers(self._no_ids, logits)
+@dataclass(frozen=True)
+class Draws:
+    """What :func:`draw` drew for ``B`` rows: per-row tensors ``[B]`` and the distributions.
 
-    def sample(self, scores: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """Draw a token from processed ``scores``; return it and the distribution used."""
-        probs = torch.nn.functional.softmax(scores, dim=-1)
-        if self.greedy:
-            token = torch.argmax(scores, dim=-1)
+    ``logits [B, V]`` are the raw logits drawn from; ``probs [B, V]`` is the distribution each
+    row was drawn from (after warpers and bans); ``logprob`` and ``logit`` are the raw model's
+    for the drawn token, ``rank`` its 0-based rank among the raw logits, ``entropy`` (nats) and
+    ``top1``/``top2`` describe ``probs``.
+    """
+
+    logits: torch.Tensor
+    tokens: torch.Tensor
+    probs: torch.Tensor
+    logprob: torch.Tensor
+    logit: torch.Tensor
+    rank: torch.Tensor
+    entropy: torch.Tensor
+    top1: torch.Tensor
+    top2: torch.Tensor
+
+
+def _scores(
+    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+) -> torch.Tensor:
+    """Warped scores ``[B, V]``: each group of rows with equal settings in one warper call.
+
+    A ban that would exclude every candidate of a row is ignored for that row: a ban may
+    redirect decoding, never make it impossible.
+    """
+    no_ids = logits.new_zeros((logits.shape[0], 0), dtype=torch.long)
+    masked = logits
+    if any(banned):
+        masked = logits.clone()
+        for row, ids in enumerate(banned):
+            if ids:
+                masked[row, list(ids)] = -float("inf")
+    groups: dict[tuple, list[int]] = {}
+    for row, sampler in enumerate(samplers):
+        groups.setdefault(sampler.key, []).append(row)
+    if len(groups) == 1:
+        scores = samplers[0].warpers(no_ids, masked)
+    else:
+        scores = torch.empty_like(logits)
+        for rows in groups.values():
+            index = torch.tensor(rows, device=logits.device)
+            warpers = samplers[rows[0]].warpers
+            scores[index] = warpers(no_ids[index], masked.index_select(0, index))
+    if masked is not logits:
+        # Rows whose bans left nothing to draw from are warped again without them.
+        empty = [
+            r for r in range(len(samplers)) if banned[r] and not torch.isfinite(scores[r]).any()
+        ]
+        for row in empty:
+            scores[row] = samplers[row].warpers(no_ids[row : row + 1], logits[row : row + 1])[0]
+    return scores
+
+
+def draw(
+    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+) -> Draws:
+    """Draw one token for each row of raw ``logits [B, V]`` (float32).
+
+    Row ``r`` uses ``samplers[r]`` (its warpers and generator) and excludes ``banned[r]``.
+    """
+    scores = _scores(logits, samplers, banned)
+    probs = torch.nn.functional.softmax(scores, dim=-1)
+    # torch.multinomial(p, 1) is argmax(p / q) for q ~ Exp(1) drawn over the whole row from
+    # the generator; drawing q row by row keeps every row's stream its own.
+    noise = torch.empty_like(probs)
+    for row, sampler in enumerate(samplers):
+        if sampler.greedy:
+            noise[row] = 1.0  # unused; keeps the division finite
         else:
-            token = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
-        return int(token), probs
+            noise[row].exponential_(generator=sampler.generator)
+    sampled = (probs / noise).argmax(dim=-1)
+    greedy = torch.tensor([s.greedy for s in samplers], device=logits.device)
+    tokens = torch.where(greedy, scores.argmax(dim=-1), sampled) if greedy.any() else sampled
+    logit = logits.gather(1, tokens[:, None])[:, 0]
+    top = torch.topk(probs, min(2, probs.shape[-1]), dim=-1).values
+    return Draws(
+        logits=logits,
+        tokens=tokens,
+        probs=probs,
+        logprob=logit - torch.logsumexp(logits, dim=-1),
+        logit=logit,
+        rank=(logits > logit[:, None]).sum(dim=-1),
+        entropy=-torch.special.xlogy(probs, probs).sum(dim=-1),
+        top1=top[:, 0],
+        top2=top[:, 1] if top.shape[1] > 1 else torch.zeros_like(top[:, 0]),
+    )

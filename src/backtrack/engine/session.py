@@ -29,14 +29,14 @@ elsewhere (the batch) needs no override.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from backtrack.engine.kv_cache import new_cache, rollback_cache
-from backtrack.engine.sampling import Sampler
+from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
     Budget,
@@ -157,6 +157,8 @@ class DecodingSession:
         self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
+        # A draw made elsewhere for this session (the batch draws every row at once).
+        self._drawn: tuple[Draws, int] | None = None
         # The token whose forward pass is queued (see advance); None when none is.
         self.pending_token: int | None = None
         self._start = time.perf_counter()
@@ -182,6 +184,14 @@ class DecodingSession:
         self.counts.forward_passes += 1
         self.counts.prefill_time_s = time.perf_counter() - t0
 
+    def receive_prefill(self, draws: Draws, row: int, seconds: float) -> None:
+        """The prompt was run elsewhere (a batched prefill): its result, the first token drawn
+        from it (as in :meth:`receive_draw`) and the time it took."""
+        self._next_logits = draws.logits[row : row + 1]
+        self._drawn = (draws, row)
+        self.counts.forward_passes += 1
+        self.counts.prefill_time_s = seconds
+
     def advance(self) -> bool:
         """Queue the forward pass that feeds the last token; False (finished) if out of budget.
 
@@ -202,30 +212,35 @@ class DecodingSession:
         self.pending_token = None
         self.counts.forward_passes += 1
 
+    def receive_draw(self, draws: Draws, row: int) -> None:
+        """Hand over the queued forward pass's result and the token drawn from it, computed
+        elsewhere (row ``row`` of a batched :func:`~backtrack.engine.sampling.draw` made with
+        this session's :attr:`sampler` and :meth:`banned_now`)."""
+        self.receive_logits(draws.logits[row : row + 1])
+        self._drawn = (draws, row)
+
+    def banned_now(self) -> Collection[int]:
+        """Token ids banned at the position about to be sampled."""
+        return self._bans.get(len(self.completion), ())
+
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
     def sample(self) -> Step:
         """Sample the next token from the current distribution and append it."""
-        if self._next_logits is None and self.pending_token is not None:
-            self.receive_logits(self._forward([self.pending_token]))
-        assert self._next_logits is not None, "call prefill() first"
-        logits = self._next_logits
+        if self._drawn is None:
+            if self._next_logits is None and self.pending_token is not None:
+                self.receive_logits(self._forward([self.pending_token]))
+            assert self._next_logits is not None, "call prefill() first"
+            self._drawn = (draw(self._next_logits, [self.sampler], [self.banned_now()]), 0)
+        draws, row = self._drawn
+        self._drawn = None
         position = len(self.completion)
-        banned = self._bans.get(position, ())
-        scores = self.sampler.distribution(logits, banned)
-        token, probs = self.sampler.sample(scores)
         if self.config.ban == "next":
             self._bans.pop(position, None)
-
-        row, prow = logits[0], probs[0]
-        logit = row[token]
-        logprob = float(logit - torch.logsumexp(row, dim=-1))
-        rank = int((row > logit).sum())
-        # Entropy and top-2 over the support only: with top-k it is a few dozen entries, and
-        # full-vocabulary passes here would cost more than the rest of the loop together.
-        support = prow[prow > 0]
-        top2 = torch.topk(support, min(2, support.numel())).values.tolist() + [0.0]
-        entropy = float(-(support * support.log()).sum())
+        token = int(draws.tokens[row])
+        prow = draws.probs[row]
+        prob = float(prow[token])
+        logprob = float(draws.logprob[row])
 
         self._positions.append(
             _Position(
@@ -241,19 +256,19 @@ class DecodingSession:
         self.text += piece
         self.counts.tokens_sampled += 1
         self._next_logits = None
-        self.trace.append(TokenEvent(position, token, piece, float(prow[token])))
+        self.trace.append(TokenEvent(position, token, piece, prob))
         return Step(
             position=position,
             token_id=token,
             text=piece,
-            prob=float(prow[token]),
+            prob=prob,
             logprob=logprob,
-            logit=float(logit),
-            rank=rank,
-            entropy=entropy,
-            top1_prob=top2[0],
-            top2_prob=top2[1],
-            logits=row,
+            logit=float(draws.logit[row]),
+            rank=int(draws.rank[row]),
+            entropy=float(draws.entropy[row]),
+            top1_prob=float(draws.top1[row]),
+            top2_prob=float(draws.top2[row]),
+            logits=draws.logits[row],
             probs=prow,
             generated=self.completion,
         )
