@@ -144,13 +144,20 @@ def main() -> None:
     )
 
     rows: list[Measured] = []
+
+    def measured(row: Measured) -> None:
+        rows.append(row)
+        print(f"  {row.label}: {row.tokens} tokens in {row.wall_s:.1f} s", flush=True)
+
     if not args.no_single:
-        rows.append(run_generate(model, tok, single, 1, args))
-        rows += [run_ours(model, tok, single, 1, spec, args) for spec in specs]
+        measured(run_generate(model, tok, single, 1, args))
+        for spec in specs:
+            measured(run_ours(model, tok, single, 1, spec, args))
     for size in sizes:
         if size == sizes[0]:
-            rows.append(run_generate(model, tok, requests, size, args))
-        rows += [run_ours(model, tok, requests, size, spec, args) for spec in specs]
+            measured(run_generate(model, tok, requests, size, args))
+        for spec in specs:
+            measured(run_ours(model, tok, requests, size, spec, args))
 
     print(
         f"model={args.model} dtype={next(model.parameters()).dtype} quantize={args.quantize} "

@@ -281,3 +281,22 @@ def test_settings_round_trip_through_meta(tiny, tmp_path: Path) -> None:
     assert again.generation == s.generation
     assert (again.model, again.runs, again.limit, again.seed) == (s.model, 2, 2, 0)
     assert again.operators == ["never@temperature=0"]
+
+
+def test_meta_records_what_auto_became_and_refuses_to_mix(tiny, tmp_path: Path) -> None:
+    """``dtype=auto`` is bf16 on a CPU with native bf16 and fp32 elsewhere; the meta records
+    which, so resuming a directory on the other kind of CPU is an error, not a silent mix."""
+    from backtrack.models.hardware import resolve_dtype
+
+    model, tok = tiny
+    s = settings(tmp_path, runs=1, limit=1)
+    run_eval(s, model, tok, progress=False)
+    meta_path = tmp_path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["dtype_resolved"] == str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+    assert meta["device_resolved"] == "cpu"
+    assert isinstance(meta["machine"]["cpu_native_bf16"], bool) and meta["machine"]["cpu"]
+    other = "float32" if meta["dtype_resolved"] == "bfloat16" else "bfloat16"
+    meta_path.write_text(json.dumps({**meta, "dtype_resolved": other}))
+    with pytest.raises(EvalError, match="dtype_resolved"):
+        run_eval(settings(tmp_path, runs=2, limit=1), model, tok, progress=False)

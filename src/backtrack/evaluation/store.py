@@ -46,6 +46,10 @@ META_KEYS = (
     "seed",
     "split",
     "timeout_s",
+    # What "auto" became on the machine that decoded: a result directory resumed on a CPU
+    # without native bf16 would otherwise silently mix bf16 and fp32 records.
+    "dtype_resolved",
+    "device_resolved",
     # Every generation setting (temperature, top_k, ..., stop, ban, budget), flat. A meta.json
     # written before some of them were recorded simply lacks them; only keys present in both
     # are compared.
@@ -79,10 +83,22 @@ RECORD_FIELDS = (
 )
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict[str, Any]:
     """Where the numbers were measured (throughput is only comparable on the same machine)."""
     import torch
     import transformers
+
+    from backtrack.models.hardware import cpu_supports_bf16
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -92,8 +108,21 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": _cpu_name(),
+        "cpu_native_bf16": cpu_supports_bf16(),
     }
     return info
+
+
+def resolved_plan(settings: EvalSettings) -> dict[str, str]:
+    """The device and dtype ``settings`` resolve to here (``auto`` depends on the machine)."""
+    from backtrack.models.hardware import resolve_load_plan
+
+    try:
+        device, dtype, _ = resolve_load_plan(settings.dtype, settings.device, settings.quantize)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+    return {"dtype_resolved": str(dtype).removeprefix("torch."), "device_resolved": device.type}
 
 
 def build_meta(settings: EvalSettings, configs: Sequence[Configuration], tasks: list[str]) -> dict:
@@ -102,6 +131,7 @@ def build_meta(settings: EvalSettings, configs: Sequence[Configuration], tasks: 
     meta.pop("force")
     meta.pop("generation")
     meta.update(settings.generation.to_flat())  # flat, as meta.json always had them
+    meta.update(resolved_plan(settings))
     meta.update(
         timeout_s=settings.resolved_timeout(),
         configs=[asdict(c) for c in configs],
