@@ -3,13 +3,14 @@
 The peer a user would pick instead of us is ``model.generate``: one prompt at a time, or a
 left-padded batch. Every configuration decodes HumanEval prompts (the first ``--prompts``,
 each ``--copies`` times with other seeds) with the same sampling settings and only EOS as a
-stop; batch-1 configurations decode the first copy only, to save time (same prompts, same
-settings: their tokens per second compare with the others'). Throughput counts the tokens of
-final completions (up to and including EOS; for ``generate``, its padding after EOS is not
-output) over the configuration's whole wall time, prefill included. ``KV/row`` is our shared
-cache's peak size over the rows it held (padding and holes included).
+stop; batch-1 configurations decode the first copy only (or the first ``--single-prompts``), to
+save time (same prompts, same settings: their tokens per second compare with the others').
+Throughput counts the tokens of final completions (up to and including EOS; for ``generate``,
+its padding after EOS is not output) over the configuration's whole wall time, prefill
+included. ``KV/row`` is our shared cache's peak size over the rows it held (padding and holes
+included).
 
-    python benchmarks/bench_vs_generate.py                      # the default model, bf16
+    python benchmarks/bench_vs_generate.py                      # the default model
     python benchmarks/bench_vs_generate.py --quantize int8      # both sides in int8
 """
 
@@ -103,6 +104,13 @@ def run_ours(model, tok, requests, batch_size: int, spec: str, args) -> Measured
     return Measured(f"ours {spec} B={batch_size}", len(jobs), tokens, wall, passes / tokens, kv)
 
 
+def _cpu() -> str:
+    from backtrack.evaluation.store import machine_info
+
+    info = machine_info()
+    return f"{info['cpu']} (native bf16: {info['cpu_native_bf16']})"
+
+
 def peak_rss_gib() -> float:
     import resource
 
@@ -112,7 +120,7 @@ def peak_rss_gib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bf16 only with native bf16")
     parser.add_argument("--quantize", default=None, choices=[None, "int8"])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--copies", type=int, default=2, help="seeds per prompt (batched runs)")
@@ -122,6 +130,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="16,32", help="batched sizes besides 1")
     parser.add_argument("--operators", default="never,probability-trend")
     parser.add_argument("--no-single", action="store_true", help="skip the batch-1 rows")
+    parser.add_argument(
+        "--single-prompts", type=int, default=0, help="batch-1 rows decode only the first N"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -129,7 +140,7 @@ def main() -> None:
     model, tok = load_model(args.model, dtype=args.dtype, quantize=args.quantize, progress=False)
     prompts = humaneval_prompts(args.prompts)
     requests = [(p, 1000 * copy + i) for copy in range(args.copies) for i, p in enumerate(prompts)]
-    single = requests[: len(prompts)]
+    single = requests[: args.single_prompts or len(prompts)]
     specs = args.operators.split(",")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
 
@@ -160,7 +171,8 @@ def main() -> None:
             measured(run_ours(model, tok, requests, size, spec, args))
 
     print(
-        f"model={args.model} dtype={next(model.parameters()).dtype} quantize={args.quantize} "
+        f"cpu={_cpu()} model={args.model} dtype={next(model.parameters()).dtype} "
+        f"quantize={args.quantize} "
         f"threads={torch.get_num_threads()} prompts={args.prompts} (HumanEval) copies="
         f"{args.copies} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
         f"top_k={args.top_k} peak RSS {peak_rss_gib():.1f} GiB"

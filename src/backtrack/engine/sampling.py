@@ -59,6 +59,7 @@ class Sampler:
         self.generator = generator
         self.warpers = build_warpers(config)
         # Rows with the same key are warped together in one call.
+        self.top_k = None if config.greedy else config.top_k
         self.key = (config.greedy, config.temperature, config.top_k, config.top_p, config.min_p)
 
 
@@ -136,11 +137,24 @@ def draw(
             noise[row] = 1.0  # unused; keeps the division finite
         else:
             noise[row].exponential_(generator=sampler.generator)
-    sampled = (probs / noise).argmax(dim=-1)
+    sampled = torch.div(probs, noise, out=noise).argmax(dim=-1)
     greedy = torch.tensor([s.greedy for s in samplers], device=logits.device)
     tokens = torch.where(greedy, scores.argmax(dim=-1), sampled) if greedy.any() else sampled
     logit = logits.gather(1, tokens[:, None])[:, 0]
-    top = torch.topk(probs, min(2, probs.shape[-1]), dim=-1).values
+    # Entropy and top-2 over the support. Under top-k the support is a few dozen entries, so
+    # the k largest probabilities hold all of it (checked: ties at the k-th value can keep a
+    # few more) and a pass over the whole vocabulary is saved.
+    widest = max((s.top_k or 0) if not s.greedy else 0 for s in samplers)
+    top = None
+    if widest > 0 and all(s.top_k for s in samplers if not s.greedy):
+        top = torch.topk(probs, min(widest, probs.shape[-1]), dim=-1).values
+        if bool((top[:, -1] > 0).any()) and int((probs > 0).sum(dim=-1).max()) > top.shape[1]:
+            top = None
+    if top is not None:
+        entropy = -torch.special.xlogy(top, top).sum(dim=-1)
+    else:
+        entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
+        top = torch.topk(probs, min(2, probs.shape[-1]), dim=-1).values
     return Draws(
         logits=logits,
         tokens=tokens,
@@ -148,7 +162,7 @@ def draw(
         logprob=logit - torch.logsumexp(logits, dim=-1),
         logit=logit,
         rank=(logits > logit[:, None]).sum(dim=-1),
-        entropy=-torch.special.xlogy(probs, probs).sum(dim=-1),
+        entropy=entropy,
         top1=top[:, 0],
         top2=top[:, 1] if top.shape[1] > 1 else torch.zeros_like(top[:, 0]),
     )
