@@ -231,8 +231,11 @@ def test_openai_timeout_raises_after_retries(server: FakeOpenAIServer) -> None:
 
 
 def test_openai_timeout_then_success(server: FakeOpenAIServer) -> None:
-    server.script = [Reply(delay=0.5), Reply('{"score": 3}')]
-    judge = _judge(server, timeout=0.2)
+    # The timeout must be long enough for a prompt reply on a loaded machine (0.2 s was not:
+    # the second, undelayed reply also timed out once under a parallel test run), and the
+    # delay well beyond it.
+    server.script = [Reply(delay=2.5), Reply('{"score": 3}')]
+    judge = _judge(server, timeout=1.0)
     assert judge.score(PROBLEM, CODE) == pytest.approx(0.3)
     assert len(server.requests) == 2
 
