@@ -53,7 +53,8 @@ def replay_logprobs(
     """
     device = next(model.parameters()).device
     kw = {CACHE_KW: DynamicCache(config=model.config), "use_cache": True}
-    out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), **kw)
+    # logits_to_keep=1 as the engine's prefill: the LM head over the last position only.
+    out = model(input_ids=torch.tensor([list(prompt_ids)], device=device), logits_to_keep=1, **kw)
     if refeed_last_prompt_token:
         kw[CACHE_KW].crop(-1)
         out = model(input_ids=torch.tensor([[prompt_ids[-1]]], device=device), **kw)

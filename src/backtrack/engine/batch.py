@@ -479,6 +479,7 @@ class BatchDecoder:
             position_ids=positions.to(self.device),
             cache=cache,
             use_cache=True,
+            logits_to_keep=1,  # the LM head for the last positions only (see DecodingSession)
         )
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         draws = draw(logits, [row.sampler for row in group], [row.banned_now() for row in group])

@@ -173,7 +173,9 @@ class DecodingSession:
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
         """Feed ``ids`` on the cache; the last position's logits ``[1, V]``."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True)
+        # Only the last position's logits: the LM head over every prompt position (as
+        # model.generate also avoids) would cost more than the rest of the prefill.
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
         # As in generate(): the last position's logits, copied out in float32.
         return out.logits[:, -1].to(copy=True, dtype=torch.float32)
 
