@@ -73,7 +73,7 @@ def generation_config(base, **flags):
 
 
 # eval's default batch size, from benchmarks/bench_vs_generate.py on 2 cores (README,
-# Benchmarks): B=32 gave 4.0x the tokens/s of B=1 and 1.3x B=16 for the default model, at
+# Benchmarks): B=32 gave 3.9x the tokens/s of B=1 and 1.15x B=16 for the default model, at
 # 4.7 MiB of KV cache per row.
 EVAL_BATCH_SIZE = 32
 
