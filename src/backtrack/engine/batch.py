@@ -4,9 +4,10 @@
 ordinary :class:`~backtrack.engine.session.DecodingSession` (its own operator instance and
 state, sampler and random generator, bans, budget, detokenizer, stop condition and trace) and
 takes its turns through the session's own :meth:`~DecodingSession.step`; only two things differ:
-the forward pass a row queues is run for all rows at once and handed back with
-:meth:`~DecodingSession.receive_logits`, and the row's KV cache is a view of a row of one
-shared cache. So a row behaves exactly as the single-sequence engine would, by construction.
+the forward pass a row queues is run for all rows at once, and every row's token drawn from it
+in one :func:`~backtrack.engine.sampling.draw` call, handed back with
+:meth:`~DecodingSession.receive_draw`; and the row's KV cache is a view of a row of one shared
+cache. So a row behaves exactly as the single-sequence engine would, by construction.
 
 Ragged lengths: masked holes plus periodic compaction
 ----------------------------------------------------
@@ -21,9 +22,10 @@ key keeps the position it was computed at, and only relative positions matter).
 * Rollback of ``k`` in row ``r``: the last ``k`` valid columns of row ``r`` are masked out.
   Nothing is recomputed and no other row is touched; masked keys get exactly zero attention
   weight, so the row computes what a cache cropped by ``k`` would.
-* Refill: a new request's prompt is prefilled on its own (batch 1, same code path as the
-  single engine) and its cache is copied into the free row, right-aligned at column ``T``
-  (left padding; if the prompt is longer than ``T`` every row is padded on the left first).
+* Refill: new requests' prompts are prefilled together in one left-padded forward pass (at
+  most ``prefill_budget`` padded tokens per turn while other rows decode), and each prompt's
+  keys and values are copied into a free row, right-aligned at column ``T`` (left padding; if
+  the prompt is longer than ``T`` every row is padded on the left first).
 * Compaction: holes (and columns left of the longest row) cost attention work and memory.
   When the columns beyond the longest row's valid count exceed ``compact_fraction`` of ``T``,
   every row's valid columns are gathered and right-aligned (left-padded) into a cache of
@@ -52,7 +54,7 @@ import torch
 from transformers import DynamicCache
 
 from backtrack.engine.kv_cache import new_cache
-from backtrack.engine.sampling import draw
+from backtrack.engine.sampling import Draws, draw
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationConfig, GenerationResult
@@ -82,8 +84,9 @@ class _RowCache:
 class _BatchRow(DecodingSession):
     """A session living in a batch: where its request came from and which cache row it uses.
 
-    It adds no behaviour: the batch runs the forward pass each row queues and hands the logits
-    to :meth:`~DecodingSession.receive_logits`; the row then takes its turn with ``step()``.
+    It adds no behaviour: the batch runs the forward pass each row queues, draws every row's
+    token and hands it to :meth:`~DecodingSession.receive_draw` (or, for a new row,
+    :meth:`~DecodingSession.receive_prefill`); the row then takes its turn with ``step()``.
     """
 
     index: int = -1  # position of the request in the input
@@ -119,14 +122,12 @@ class _BatchCache:
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
 
     # ------------------------------------------------------------------ rows
-    def insert(self, slot: int, prefilled: DynamicCache, source: int = 0, length: int = -1) -> None:
+    def insert(self, slot: int, prefilled: DynamicCache, source: int, length: int) -> None:
         """Copy row ``source`` of a prefill cache into ``slot``, right-aligned at column ``T``.
 
         ``length``: the row's prompt length (its valid columns are the last ``length`` of the
-        left-padded prefill); -1 takes the whole width.
+        left-padded prefill).
         """
-        if length < 0:
-            length = prefilled.get_seq_length()
         if not self.cache.layers[0].is_initialized:
             for layer, src in zip(self.cache.layers, prefilled.layers, strict=True):
                 layer.lazy_initialization(src.keys[:1], src.values[:1])
@@ -338,6 +339,12 @@ class BatchDecoder:
         generator = torch.Generator(device=self.device)
         return generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
+    @staticmethod
+    def _draw(logits: torch.Tensor, rows: Sequence[_BatchRow]) -> Draws:
+        """The next token of each of ``rows`` (row ``i`` of ``logits``), with its own sampler
+        and bans."""
+        return draw(logits, [row.sampler for row in rows], [row.banned_now() for row in rows])
+
     @torch.inference_mode()
     def _forward(self, batch: _BatchCache, rows: list[_BatchRow | None]) -> None:
         active = [row is not None for row in rows]
@@ -363,7 +370,7 @@ class BatchDecoder:
         logits = logits.to(copy=True, dtype=torch.float32)
         # Every live row's token drawn in one call (each from its own generator), then
         # handed to the row, which takes its turn with step() as usual.
-        draws = draw(logits, [row.sampler for row in live], [row.banned_now() for row in live])
+        draws = self._draw(logits, live)
         for i, row in enumerate(live):
             row.receive_draw(draws, i)
         self.stats.steps += 1
@@ -482,7 +489,7 @@ class BatchDecoder:
             logits_to_keep=1,  # the LM head for the last positions only (see DecodingSession)
         )
         logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-        draws = draw(logits, [row.sampler for row in group], [row.banned_now() for row in group])
+        draws = self._draw(logits, group)
         seconds = time.perf_counter() - start
         for i, (slot, row) in enumerate(zip(free, group, strict=False)):
             row.receive_prefill(draws, i, seconds)

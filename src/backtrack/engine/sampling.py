@@ -142,15 +142,12 @@ def draw(
     tokens = torch.where(greedy, scores.argmax(dim=-1), sampled) if greedy.any() else sampled
     logit = logits.gather(1, tokens[:, None])[:, 0]
     # Entropy and top-2 over the support. Under top-k the support is a few dozen entries, so
-    # the k largest probabilities hold all of it (checked: ties at the k-th value can keep a
-    # few more) and a pass over the whole vocabulary is saved.
-    widest = max((s.top_k or 0) if not s.greedy else 0 for s in samplers)
-    top = None
-    if widest > 0 and all(s.top_k for s in samplers if not s.greedy):
-        top = torch.topk(probs, min(widest, probs.shape[-1]), dim=-1).values
-        if bool((top[:, -1] > 0).any()) and int((probs > 0).sum(dim=-1).max()) > top.shape[1]:
-            top = None
-    if top is not None:
+    # when every row's support fits in the largest k (ties at the k-th value, or a row without
+    # top-k, can make it wider: checked) the k largest probabilities hold all of it and a pass
+    # over the whole vocabulary is saved.
+    widest = min(max((s.top_k or 0 for s in samplers), default=0), probs.shape[-1])
+    if widest and int((probs > 0).sum(dim=-1).max()) <= widest:
+        top = torch.topk(probs, widest, dim=-1).values
         entropy = -torch.special.xlogy(top, top).sum(dim=-1)
     else:
         entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)

@@ -20,7 +20,7 @@ One turn of decoding is::
 
 :meth:`step` is that turn with the session's own operator; :meth:`run` repeats it and yields
 every event. The batch decoder calls :meth:`step` for each row after handing it the row's
-logits from one batched forward pass (:meth:`receive_logits`), and the RL environment calls
+token drawn from one batched forward pass (:meth:`receive_draw`), and the RL environment calls
 :meth:`sample` and :meth:`conclude` with the agent's action in between. The forward pass is
 *queued* by :meth:`advance` and run lazily by :meth:`sample`, so a driver that computes it
 elsewhere (the batch) needs no override.
@@ -198,7 +198,7 @@ class DecodingSession:
         """Queue the forward pass that feeds the last token; False (finished) if out of budget.
 
         The pass itself runs when the next token is sampled, or, in a batch, together with the
-        other rows' (:meth:`receive_logits`).
+        other rows' (:meth:`receive_draw`).
         """
         if self.counts.forward_passes >= self.budget.max_forward_passes:
             self._finish("budget")

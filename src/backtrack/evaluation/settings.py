@@ -65,22 +65,17 @@ def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     >>> split_configuration("probability-trend@rollback_window=16")
     ('probability-trend', (('rollback_window', 16),))
     """
-    from backtrack.operators.spec import parse_value
+    from backtrack.operators.spec import parse_params
 
     spec, at, settings_text = text.partition("@")
     if not at:
         return spec.strip(), ()
-    pairs: list[tuple[str, Any]] = []
-    for item in settings_text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise EvalError(f"bad setting {item!r} in {text!r}; expected KEY=VALUE after '@'")
-        pairs.append((key.strip(), parse_value(value.strip())))
     try:
-        GenerationConfig().updated(dict(pairs))
+        flat = parse_params(settings_text, text)  # its errors are ValueErrors too
+        GenerationConfig().updated(flat)
     except (TypeError, ValueError) as exc:
-        raise EvalError(f"bad settings in {text!r}: {exc}") from exc
-    return spec.strip(), tuple(pairs)
+        raise EvalError(f"bad settings after '@' in {text!r}: {exc}") from exc
+    return spec.strip(), tuple(flat.items())
 
 
 def seed_for(base_seed: int, run: int, problem_index: int) -> int:

@@ -15,6 +15,7 @@ import ast
 import importlib
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
@@ -88,16 +89,22 @@ def parse_value(text: str):
         return text
 
 
-def parse_one(spec: str) -> Operator:
-    name, _, params_text = spec.strip().partition(":")
-    factory = _resolve(name.strip())
-    kwargs = {}
-    if params_text.strip():
-        for item in params_text.split(","):
+def parse_params(text: str, spec: str) -> dict[str, Any]:
+    """``"KEY=VALUE,..."`` (from ``spec``, for the error message) as a dict of parsed values."""
+    params: dict[str, Any] = {}
+    if text.strip():
+        for item in text.split(","):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise OperatorSpecError(f"bad parameter {item!r} in {spec!r}; expected KEY=VALUE")
-            kwargs[key.strip()] = parse_value(value.strip())
+            params[key.strip()] = parse_value(value.strip())
+    return params
+
+
+def parse_one(spec: str) -> Operator:
+    name, _, params_text = spec.strip().partition(":")
+    factory = _resolve(name.strip())
+    kwargs = parse_params(params_text, spec)
     params = inspect.signature(factory).parameters
     for key in kwargs:
         if key not in params:
