@@ -17,7 +17,9 @@ included).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +136,9 @@ def main() -> None:
         "--single-prompts", type=int, default=0, help="batch-1 rows decode only the first N"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over every configuration (round-robin)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -154,43 +159,71 @@ def main() -> None:
         argparse.Namespace(**{**vars(args), "max_new_tokens": 4}),
     )
 
-    rows: list[Measured] = []
-
-    def measured(row: Measured) -> None:
-        rows.append(row)
-        print(f"  {row.label}: {row.tokens} tokens in {row.wall_s:.1f} s", flush=True)
-
+    # Every configuration runs --repeats times, round-robin, so that drift of the machine
+    # (other load, thermal) falls on all of them alike; ratios pair the runs of one round.
+    jobs: list[tuple[str, Callable[[], Measured]]] = []
     if not args.no_single:
-        measured(run_generate(model, tok, single, 1, args))
+        jobs.append(("generate B=1", lambda: run_generate(model, tok, single, 1, args)))
         for spec in specs:
-            measured(run_ours(model, tok, single, 1, spec, args))
+            jobs.append(
+                (f"ours {spec} B=1", lambda s=spec: run_ours(model, tok, single, 1, s, args))
+            )
     for size in sizes:
         if size == sizes[0]:
-            measured(run_generate(model, tok, requests, size, args))
+            jobs.append(
+                (f"generate B={size}", lambda b=size: run_generate(model, tok, requests, b, args))
+            )
         for spec in specs:
-            measured(run_ours(model, tok, requests, size, spec, args))
+            jobs.append(
+                (
+                    f"ours {spec} B={size}",
+                    lambda s=spec, b=size: run_ours(model, tok, requests, b, s, args),
+                )
+            )
+    rounds: list[dict[str, Measured]] = []
+    for repeat in range(args.repeats):
+        rounds.append({})
+        for label, job in jobs:
+            row = job()
+            rounds[-1][label] = row
+            print(
+                f"  [{repeat + 1}/{args.repeats}] {label}: {row.tokens} tokens in "
+                f"{row.wall_s:.1f} s ({row.tokens_per_s:.1f} tok/s)",
+                flush=True,
+            )
 
     print(
         f"cpu={_cpu()} model={args.model} dtype={next(model.parameters()).dtype} "
         f"quantize={args.quantize} "
         f"threads={torch.get_num_threads()} prompts={args.prompts} (HumanEval) copies="
         f"{args.copies} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
-        f"top_k={args.top_k} peak RSS {peak_rss_gib():.1f} GiB"
+        f"top_k={args.top_k} repeats={args.repeats} peak RSS {peak_rss_gib():.1f} GiB"
     )
-    by_label = {r.label: r for r in rows}
-    gen1 = by_label.get("generate B=1")
-    genb = by_label.get(f"generate B={sizes[0]}")
+    peer1, peerb = "generate B=1", f"generate B={sizes[0]}"
+
+    def ratio(label: str, peer: str) -> str:
+        if peer not in rounds[0]:
+            return "-"
+        values = sorted(r[label].tokens_per_s / r[peer].tokens_per_s for r in rounds)
+        text = f"{statistics.median(values):.2f}x"
+        return text + (f" ({values[0]:.2f}-{values[-1]:.2f})" if len(values) > 1 else "")
+
     print("| configuration | requests | tokens | wall s | tok/s | vs generate B=1 | "
           f"vs generate B={sizes[0]} | forward passes/token | KV/row |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        v1 = f"{r.tokens_per_s / gen1.tokens_per_s:.2f}x" if gen1 else "-"
-        vb = f"{r.tokens_per_s / genb.tokens_per_s:.2f}x" if genb else "-"
-        kv = f"{r.kv_bytes_per_row / 2**20:.1f} MiB" if r.kv_bytes_per_row else "-"
+    for label, _ in jobs:
+        runs = [r[label] for r in rounds]
+        first = runs[0]
+        wall = statistics.median(r.wall_s for r in runs)
+        speed = statistics.median(r.tokens_per_s for r in runs)
+        kv = f"{first.kv_bytes_per_row / 2**20:.1f} MiB" if first.kv_bytes_per_row else "-"
         print(
-            f"| {r.label} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tokens_per_s:.1f} |"
-            f" {v1} | {vb} | {r.forward_per_token:.3f} | {kv} |"
+            f"| {label} | {first.requests} | {first.tokens} | {wall:.1f} | {speed:.1f} |"
+            f" {ratio(label, peer1)} | {ratio(label, peerb)} | "
+            f"{statistics.median(r.forward_per_token for r in runs):.3f} | {kv} |"
         )
+    if args.repeats > 1:
+        print("Ratios: median over the rounds (min-max); wall s and tok/s: medians.")
 
 
 if __name__ == "__main__":

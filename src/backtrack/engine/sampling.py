@@ -143,11 +143,12 @@ def draw(
     logit = logits.gather(1, tokens[:, None])[:, 0]
     # Entropy and top-2 over the support. Under top-k the support is a few dozen entries, so
     # when every row's support fits in the largest k (ties at the k-th value, or a row without
-    # top-k, can make it wider: checked) the k largest probabilities hold all of it and a pass
-    # over the whole vocabulary is saved.
-    widest = min(max((s.top_k or 0 for s in samplers), default=0), probs.shape[-1])
-    if widest and int((probs > 0).sum(dim=-1).max()) <= widest:
-        top = torch.topk(probs, widest, dim=-1).values
+    # top-k, can make it wider: checked by the (k+1)-th largest being 0) the k largest
+    # probabilities hold all of it and a pass over the whole vocabulary is saved.
+    widest = min(max((s.top_k or 0 for s in samplers), default=0), probs.shape[-1] - 1)
+    top = torch.topk(probs, widest + 1, dim=-1).values if widest else None
+    if top is not None and not bool(top[:, widest].any()):
+        top = top[:, :widest]
         entropy = -torch.special.xlogy(top, top).sum(dim=-1)
     else:
         entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
