@@ -94,3 +94,23 @@ def max_abs_diff(a: list[float], b: list[float]) -> float:
     """Largest absolute difference of two equally long lists (0.0 when both are empty)."""
     assert len(a) == len(b), (len(a), len(b))
     return max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+def backend_replay_logprobs(backend, result) -> list[float]:
+    """:func:`replay_logprobs_for` through a backend's own interface (any backend): prefill
+    the prompt on a fresh cache, then feed the final tokens one at a time."""
+    from backtrack.engine import RollbackEvent
+
+    emptied = any(isinstance(e, RollbackEvent) and e.position == 0 for e in result.trace)
+    prompt, tokens = result.prompt_token_ids, result.token_ids
+    cache = backend.new_cache()
+    logits = backend.forward(cache, prompt)
+    if emptied:
+        cache.crop(-1)
+        logits = backend.forward(cache, prompt[-1:])
+    logprobs = []
+    for i, token in enumerate(tokens):
+        logprobs.append(float(logits[0, token] - torch.logsumexp(logits[0], dim=-1)))
+        if i + 1 < len(tokens):
+            logits = backend.forward(cache, [token])
+    return logprobs

@@ -111,7 +111,7 @@ def test_off_by_one_row_crop_is_caught(monkeypatch, dtype, off_by):
 
     Measured over the 7 prompts: the smallest such gap was 7.6 nats (fp32) and 8.1 (bf16).
     """
-    from backtrack.engine.batch import _BatchCache
+    from backtrack.backends.transformers_backend import _BatchCache
     from backtrack.models.tiny import build_tiny_model
 
     exact_drop = _BatchCache.drop_last

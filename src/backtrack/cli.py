@@ -31,6 +31,20 @@ ModelOpt = Annotated[
 DtypeOpt = Annotated[str, typer.Option(help="auto|bfloat16|float16|float32")]
 DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda")]
 QuantizeOpt = Annotated[str | None, typer.Option(help="int8 (CPU: dynamic int8; CUDA: 8-bit)")]
+# The backend a command uses unless told: llama.cpp for GGUF models on the CPU when
+# llama-cpp-python is installed (several times faster there; see the README), else transformers.
+DEFAULT_BACKEND = "auto"
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        help="transformers|llama.cpp|auto (auto: llama.cpp for GGUF models on the CPU, when "
+        "installed)."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="llama.cpp: CPU threads (default: every core).")
+]
+NCtxOpt = Annotated[int | None, typer.Option(help="llama.cpp: tokens per sequence (default 4096).")]
 
 
 # Generation flags, shared by every command that decodes; `generation_config` turns them into
@@ -157,11 +171,21 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return text
 
 
-def load(model: str, dtype: str = "auto", device: str = "auto", quantize: str | None = None):
+def load(
+    model: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    quantize: str | None = None,
+    backend: str = DEFAULT_BACKEND,
+    threads: int | None = None,
+    n_ctx: int | None = None,
+):
     """Load a model for a command, turning every loading problem into a clear exit."""
     from backtrack.models import ModelLoadError, load_model
 
-    kwargs = {"dtype": dtype, "device": device}
+    kwargs: dict = {"dtype": dtype, "device": device, "backend": backend}
+    if threads is not None or n_ctx is not None:
+        kwargs.update(threads=threads, n_ctx=n_ctx)
     if quantize:
         kwargs["quantize"] = quantize
     try:
@@ -194,6 +218,9 @@ def generate(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    threads: ThreadsOpt = None,
+    n_ctx: NCtxOpt = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full result as JSON here.")
     ] = None,
@@ -217,7 +244,7 @@ def generate(
         raise fail(str(exc)) from exc
     if json_out is not None:
         writable_output(json_out, "--json")
-    mdl, tok = load(model, dtype, device, quantize)
+    mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
     decoder = Decoder(mdl, tok)
     out = Console(highlight=False)
     result: GenerationResult | None = None
@@ -357,6 +384,9 @@ def eval_benchmark(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     quantize: QuantizeOpt = None,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    threads: ThreadsOpt = None,
+    n_ctx: NCtxOpt = None,
     force: Annotated[bool, typer.Option(help="Resume even if meta.json differs.")] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")
@@ -396,6 +426,7 @@ def eval_benchmark(
             dtype=dtype,
             device=device,
             quantize=quantize,
+            backend=backend,
             batch_size=batch_size,
             workers=workers,
             timeout_s=timeout,
@@ -405,7 +436,7 @@ def eval_benchmark(
         raise fail(str(exc)) from exc
     try:
         prepare(settings)  # every usage error before the model loads
-        mdl, tok = load(model, dtype, device, quantize)
+        mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
         summary = run_eval(
             settings, mdl, tok, progress=progress, log=lambda m: err.print(m, markup=False)
         )

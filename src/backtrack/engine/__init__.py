@@ -1,7 +1,7 @@
 """The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
 
+from backtrack.backends.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
 from backtrack.engine.decoder import Decoder, generate
-from backtrack.engine.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
 from backtrack.engine.session import DecodingSession, encode_prompt
 from backtrack.engine.types import (
     Budget,

@@ -9,28 +9,11 @@ in one :func:`~backtrack.engine.sampling.draw` call, handed back with
 :meth:`~DecodingSession.receive_draw`; and the row's KV cache is a view of a row of one shared
 cache. So a row behaves exactly as the single-sequence engine would, by construction.
 
-Ragged lengths: masked holes plus periodic compaction
-----------------------------------------------------
-One ``DynamicCache`` holds ``[B, heads, T, head_dim]`` per layer, and a boolean mask ``[B, T]``
-says which columns are valid for which row. Each row keeps the list of its valid columns, in
-order; its position ids are simply its number of valid tokens, so RoPE sees every row as one
-contiguous sequence whatever holes lie between its columns (keys are cached after RoPE, so a
-key keeps the position it was computed at, and only relative positions matter).
-
-* Decode step: every active row feeds exactly one token, so the new keys land in column ``T``
-  for all rows at once and columns stay aligned.
-* Rollback of ``k`` in row ``r``: the last ``k`` valid columns of row ``r`` are masked out.
-  Nothing is recomputed and no other row is touched; masked keys get exactly zero attention
-  weight, so the row computes what a cache cropped by ``k`` would.
-* Refill: new requests' prompts are prefilled together in one left-padded forward pass (at
-  most ``prefill_budget`` padded tokens per turn while other rows decode), and each prompt's
-  keys and values are copied into a free row, right-aligned at column ``T`` (left padding; if
-  the prompt is longer than ``T`` every row is padded on the left first).
-* Compaction: holes (and columns left of the longest row) cost attention work and memory.
-  When the columns beyond the longest row's valid count exceed ``compact_fraction`` of ``T``,
-  every row's valid columns are gathered and right-aligned (left-padded) into a cache of
-  exactly that longest length. When no request is waiting, finished rows are dropped from the
-  batch dimension instead of being computed for nothing.
+The backend keeps the rows' caches (:class:`~backtrack.backends.base.BatchState`): on
+transformers, one shared masked ``DynamicCache`` with holes and periodic compaction; on
+llama.cpp, one sequence id per row. Rows that finish free their slot and the next request is
+admitted into it (continuous refill); new prompts are prefilled together, at most
+``prefill_budget`` padded tokens per turn while other rows decode.
 
 Sampling: each row draws from its own ``torch.Generator`` seeded with the row's
 ``GenerationConfig.seed`` (or, if ``None``, with a seed drawn from torch's global RNG, so
@@ -51,9 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from backtrack.engine.kv_cache import new_cache
+from backtrack.backends.base import BatchState, as_backend
 from backtrack.engine.sampling import Draws, draw
 from backtrack.engine.session import DecodingSession
 from backtrack.engine.text import IncrementalDetokenizer
@@ -62,182 +44,17 @@ from backtrack.engine.types import GenerationConfig, GenerationResult
 Request = tuple[str | Sequence[int], Any, GenerationConfig | None]
 
 
-class _RowCache:
-    """What a row's session sees as its cache while it lives in the batch.
-
-    ``DecodingSession.rollback`` only calls ``get_seq_length()`` and ``crop(-k)``; both act on
-    the row's valid columns of the shared cache.
-    """
-
-    def __init__(self, batch: _BatchCache, row: _BatchRow) -> None:
-        self.batch, self.row = batch, row
-
-    def get_seq_length(self) -> int:
-        return len(self.batch.columns[self.row.slot])
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative number of tokens to remove")
-        self.batch.drop_last(self.row.slot, -tokens_to_remove)
-
-
 class _BatchRow(DecodingSession):
     """A session living in a batch: where its request came from and which cache row it uses.
 
     It adds no behaviour: the batch runs the forward pass each row queues, draws every row's
     token and hands it to :meth:`~DecodingSession.receive_draw` (or, for a new row,
     :meth:`~DecodingSession.receive_prefill`); the row then takes its turn with ``step()``.
+    Its ``cache`` is its slot's view of the batch's caches.
     """
 
     index: int = -1  # position of the request in the input
     slot: int = -1  # row of the batch cache
-
-
-class _BatchCache:
-    """The shared KV cache, its validity mask, and each row's valid columns (in order)."""
-
-    def __init__(self, model, slots: int) -> None:
-        self.cache: DynamicCache = new_cache(model)
-        self.slots = slots
-        self.mask = torch.zeros((slots, 0), dtype=torch.bool)
-        self.columns: list[list[int]] = [[] for _ in range(slots)]
-        self.peak_bytes = 0
-
-    # ------------------------------------------------------------------ shape
-    @property
-    def width(self) -> int:
-        """``T``: columns of the shared cache."""
-        return self.mask.shape[1]
-
-    def nbytes(self) -> int:
-        total = 0
-        for layer in self.cache.layers:
-            if layer.is_initialized:
-                total += layer.keys.numel() * layer.keys.element_size()
-                total += layer.values.numel() * layer.values.element_size()
-        return total
-
-    def _map(self, fn) -> None:
-        for layer in self.cache.layers:
-            layer.keys, layer.values = fn(layer.keys), fn(layer.values)
-
-    # ------------------------------------------------------------------ rows
-    def insert(self, slot: int, prefilled: DynamicCache, source: int, length: int) -> None:
-        """Copy row ``source`` of a prefill cache into ``slot``, right-aligned at column ``T``.
-
-        ``length``: the row's prompt length (its valid columns are the last ``length`` of the
-        left-padded prefill).
-        """
-        if not self.cache.layers[0].is_initialized:
-            for layer, src in zip(self.cache.layers, prefilled.layers, strict=True):
-                layer.lazy_initialization(src.keys[:1], src.values[:1])
-                layer.keys = src.keys.new_zeros(
-                    (self.slots, *src.keys.shape[1:2], 0, src.keys.shape[3])
-                )
-                layer.values = src.values.new_zeros(
-                    (self.slots, *src.values.shape[1:2], 0, src.values.shape[3])
-                )
-            self.mask = torch.zeros((self.slots, 0), dtype=torch.bool, device=src.keys.device)
-        if length > self.width:
-            self._pad_left(length - self.width)
-        width = self.width
-        for layer, src in zip(self.cache.layers, prefilled.layers, strict=True):
-            layer.keys[slot, :, width - length :] = src.keys[
-                source, :, src.keys.shape[2] - length :
-            ]
-            layer.values[slot, :, width - length :] = src.values[
-                source, :, src.values.shape[2] - length :
-            ]
-        self.mask[slot] = False
-        self.mask[slot, width - length :] = True
-        self.columns[slot] = list(range(width - length, width))
-        self.peak_bytes = max(self.peak_bytes, self.nbytes())
-
-    @property
-    def device(self) -> torch.device:
-        layer = self.cache.layers[0]
-        return layer.keys.device if layer.is_initialized else torch.device("cpu")
-
-    def _pad_left(self, n: int) -> None:
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            zeros = t.new_zeros((*t.shape[:2], n, t.shape[3]))
-            return torch.cat([zeros, t], dim=2)
-
-        self._map(pad)
-        self.mask = torch.cat([self.mask.new_zeros((self.slots, n)), self.mask], dim=1)
-        self.columns = [[c + n for c in cols] for cols in self.columns]
-
-    def free(self, slot: int) -> None:
-        self.mask[slot] = False
-        self.columns[slot] = []
-
-    def drop_last(self, slot: int, k: int) -> None:
-        """A rollback: the row's last ``k`` valid columns become holes (mask 0)."""
-        if k <= 0:
-            return
-        cols = self.columns[slot]
-        if k > len(cols):
-            raise ValueError(f"cannot drop {k} positions from a row of {len(cols)}")
-        removed = cols[-k:]
-        del cols[-k:]
-        self.mask[slot, removed] = False
-
-    def select(self, keep: Sequence[int]) -> None:
-        """Keep only the rows ``keep`` (in that order) in the batch dimension."""
-        index = torch.tensor(list(keep), dtype=torch.long, device=self.device)
-        if self.cache.layers[0].is_initialized:
-            self._map(lambda t: t.index_select(0, index))
-        self.mask = self.mask.index_select(0, index)
-        self.columns = [self.columns[s] for s in keep]
-        self.slots = len(keep)
-
-    def holes(self) -> int:
-        """Columns compaction would remove: ``T`` minus the longest row's valid count."""
-        return self.width - max((len(c) for c in self.columns), default=0)
-
-    def compact(self) -> None:
-        """Gather every row's valid columns, right-aligned, into ``T' = longest row``."""
-        new_width = max((len(c) for c in self.columns), default=0)
-        index = torch.zeros((self.slots, new_width), dtype=torch.long)
-        for slot, cols in enumerate(self.columns):
-            if cols:
-                index[slot, new_width - len(cols) :] = torch.tensor(cols, dtype=torch.long)
-        index = index.to(self.device)
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            b, h, _, d = t.shape
-            return t.gather(2, index[:, None, :, None].expand(b, h, new_width, d))
-
-        self._map(gather)
-        lengths = torch.tensor([len(c) for c in self.columns], device=self.device)
-        positions = torch.arange(new_width, device=self.device)
-        self.mask = positions[None, :] >= (new_width - lengths)[:, None]
-        self.columns = [list(range(new_width - len(c), new_width)) for c in self.columns]
-
-    # ------------------------------------------------------------------ decode step
-    def step_inputs(self, active: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention mask ``[B, T+1]`` and position ids ``[B, 1]`` for one decode step.
-
-        The new column is valid for every row (a free row attends to its own dummy token
-        only, so its attention stays finite); a row's position is its count of valid tokens.
-        """
-        mask = torch.cat([self.mask, self.mask.new_ones((self.slots, 1))], dim=1)
-        positions = torch.tensor(
-            [[len(c) if on else 0] for c, on in zip(self.columns, active, strict=True)],
-            dtype=torch.long,
-            device=self.device,
-        )
-        return mask, positions
-
-    def after_step(self, active: Sequence[bool]) -> None:
-        """The forward pass appended column ``T``: valid for the active rows only."""
-        column = self.width
-        flags = torch.tensor(list(active), dtype=torch.bool, device=self.device)
-        self.mask = torch.cat([self.mask, flags[:, None]], dim=1)
-        for cols, on in zip(self.columns, active, strict=True):
-            if on:
-                cols.append(column)
-        self.peak_bytes = max(self.peak_bytes, self.nbytes())
 
 
 @dataclass
@@ -289,6 +106,7 @@ class BatchDecoder:
         if not 0.0 < compact_fraction <= 1.0:
             raise ValueError(f"compact_fraction must be in (0, 1], got {compact_fraction}")
         self.model = model
+        self.backend = as_backend(model)
         self.tokenizer = tokenizer
         self.compact_fraction = compact_fraction
         self.min_compact = min_compact
@@ -298,7 +116,7 @@ class BatchDecoder:
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
-        self.device = next(model.parameters()).device
+        self.device = self.backend.device
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stats = BatchStats()
 
@@ -323,7 +141,7 @@ class BatchDecoder:
             )
         config = config or GenerationConfig()
         row = _BatchRow.for_prompt(
-            self.model,
+            self.backend,
             self.tokenizer,
             prompt,
             operator,
@@ -345,36 +163,16 @@ class BatchDecoder:
         and bans."""
         return draw(logits, [row.sampler for row in rows], [row.banned_now() for row in rows])
 
-    @torch.inference_mode()
-    def _forward(self, batch: _BatchCache, rows: list[_BatchRow | None]) -> None:
-        active = [row is not None for row in rows]
-        ids = torch.tensor(
-            [[row.pending_token if row is not None else self.pad_token_id] for row in rows],
-            dtype=torch.long,
-            device=self.device,
-        )
-        mask, positions = batch.step_inputs(active)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=batch.cache,
-            use_cache=True,
-        )
-        batch.after_step(active)
+    def _forward(self, batch: BatchState, rows: list[_BatchRow | None]) -> None:
+        """One forward pass for every row, each live row's token drawn in one call (each from
+        its own generator) and handed to the row, which takes its turn with step() as usual."""
+        logits = batch.step([row.pending_token if row is not None else None for row in rows])
         live = [row for row in rows if row is not None]
-        logits = out.logits[:, -1]
-        if len(live) < len(rows):
-            index = [slot for slot, row in enumerate(rows) if row is not None]
-            logits = logits[torch.tensor(index, device=logits.device)]
-        logits = logits.to(copy=True, dtype=torch.float32)
-        # Every live row's token drawn in one call (each from its own generator), then
-        # handed to the row, which takes its turn with step() as usual.
         draws = self._draw(logits, live)
         for i, row in enumerate(live):
             row.receive_draw(draws, i)
         self.stats.steps += 1
-        self.stats.row_steps += sum(active)
+        self.stats.row_steps += len(live)
 
     # ------------------------------------------------------------------ the loop
     # torch wraps every resumption of a decorated generator in the mode, so the mask and
@@ -402,7 +200,12 @@ class BatchDecoder:
             exhausted = item is None
             return item
 
-        batch = _BatchCache(self.model, batch_size)
+        batch = self.backend.new_batch(
+            batch_size,
+            pad_token_id=self.pad_token_id,
+            compact_fraction=self.compact_fraction,
+            min_compact=self.min_compact,
+        )
         rows: list[_BatchRow | None] = [None] * batch_size
         finished: list[_BatchRow] = []
         waiting: _BatchRow | None = None  # created, but over this turn's prefill budget
@@ -445,13 +248,11 @@ class BatchDecoder:
             # With nothing left to admit, free rows only cost compute: drop them.
             if exhausted and any(row is None for row in rows):
                 keep = [slot for slot, row in enumerate(rows) if row is not None]
-                batch.select(keep)
+                batch.keep_rows(keep)
                 rows = [rows[slot] for slot in keep]
                 for slot, row in enumerate(rows):
-                    row.slot = slot
-            holes = batch.holes()
-            if holes >= max(1, self.min_compact) and holes >= self.compact_fraction * batch.width:
-                batch.compact()
+                    row.slot, row.cache = slot, batch.row_cache(slot)
+            if batch.maintain():
                 self.stats.compactions += 1
             self._forward(batch, rows)
             self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, batch.peak_bytes)
@@ -463,50 +264,31 @@ class BatchDecoder:
 
     def _prefill(
         self,
-        batch: _BatchCache,
+        batch: BatchState,
         free: Sequence[int],
         group: Sequence[_BatchRow],
         rows: list[_BatchRow | None],
     ) -> None:
-        """Run the prompts of ``group`` in one left-padded forward pass, draw each row's first
-        token, and move each prompt's keys and values into a free slot of the shared cache."""
+        """Prefill the prompts of ``group`` together into free slots and draw each row's first
+        token."""
         start = time.perf_counter()
-        lengths = [len(row.prompt_ids) for row in group]
-        longest = max(lengths)
-        ids = torch.full((len(group), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(group), longest), dtype=torch.long)
-        for i, row in enumerate(group):
-            ids[i, longest - lengths[i] :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            mask[i, longest - lengths[i] :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = new_cache(self.model)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,  # the LM head for the last positions only (see DecodingSession)
-        )
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        slots = list(free[: len(group)])
+        logits = batch.admit(slots, [row.prompt_ids for row in group])
         draws = self._draw(logits, group)
         seconds = time.perf_counter() - start
-        for i, (slot, row) in enumerate(zip(free, group, strict=False)):
+        for i, (slot, row) in enumerate(zip(slots, group, strict=True)):
             row.receive_prefill(draws, i, seconds)
-            batch.insert(slot, cache, source=i, length=lengths[i])
             row.slot = slot
-            row.cache = _RowCache(batch, row)
+            row.cache = batch.row_cache(slot)
             rows[slot] = row
         self.stats.prefills += 1
         self.stats.prefill_rows += len(group)
 
     @staticmethod
-    def _retire(
-        batch: _BatchCache, slot: int, row: _BatchRow, rows: list[_BatchRow | None]
-    ) -> None:
+    def _retire(batch: BatchState, slot: int, row: _BatchRow, rows: list[_BatchRow | None]) -> None:
         batch.free(slot)
         rows[slot] = None
-        row.cache = None  # the row's KV lives in the shared cache; nothing to keep
+        row.cache = None  # the row's KV lived in the batch; nothing to keep
 
     def generate_all(
         self, requests: Iterable[Request], batch_size: int = 8

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from backtrack.engine.kv_cache import new_cache, rollback_cache
+from backtrack.backends.base import SequenceCache, as_backend
+from backtrack.backends.kv_cache import rollback_cache
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
@@ -144,11 +145,13 @@ class DecodingSession:
         if not self.prompt_ids:
             raise ValueError("the prompt must contain at least one token")
         self.budget: Budget = self.config.budget.resolve(self.config.max_new_tokens)
-        self.device = next(self.model.parameters()).device
+        self.backend = as_backend(self.model)
+        self.device = self.backend.device
         if self.generator is None and self.config.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.sampler = Sampler(self.config, self.generator)
-        self.cache = new_cache(self.model)
+        # Opened by prefill() (a batch row gets a view of the batch's caches instead).
+        self.cache: SequenceCache | None = None
         if self.detokenizer is None:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
         self._positions: list[_Position] = []
@@ -169,19 +172,15 @@ class DecodingSession:
                 check(self.config)
 
     # ------------------------------------------------------------------ forward passes
-    @torch.inference_mode()
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
-        """Feed ``ids`` on the cache; the last position's logits ``[1, V]``."""
-        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        # Only the last position's logits: the LM head over every prompt position (as
-        # model.generate also avoids) would cost more than the rest of the prefill.
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        # As in generate(): the last position's logits, copied out in float32.
-        return out.logits[:, -1].to(copy=True, dtype=torch.float32)
+        """Feed ``ids`` on the cache; the last position's logits ``[1, V]`` (float32)."""
+        assert self.cache is not None, "call prefill() first"
+        return self.backend.forward(self.cache, ids)
 
     def prefill(self) -> None:
-        """Run the prompt through the model once."""
+        """Open the cache and run the prompt through the model once."""
         t0 = time.perf_counter()
+        self.cache = self.backend.new_cache()
         self._next_logits = self._forward(self.prompt_ids)
         self.counts.forward_passes += 1
         self.counts.prefill_time_s = time.perf_counter() - t0
@@ -371,6 +370,7 @@ class DecodingSession:
         # Restore the invariant (cache = every token but the last); the next forward pass,
         # feeding the new last token, gives the distribution at position `keep` again.
         target = len(self.prompt_ids) + keep - 1
+        assert self.cache is not None
         rollback_cache(self.cache, self.cache.get_seq_length() - target)
         self._next_logits = None
         self.pending_token = None
@@ -419,7 +419,7 @@ class DecodingSession:
         return self.finish_reason is not None
 
     def cache_length(self) -> int:
-        return self.cache.get_seq_length()
+        return 0 if self.cache is None else self.cache.get_seq_length()
 
     def text_offset(self, position: int) -> int:
         """Length of the completion text before the token at ``position`` (``len(text)`` at

@@ -118,6 +118,13 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
     out = Path(settings.out)
     check_output_dir(out)
     meta = build_meta(settings, configs, [p.task_id for p in problems])
+    hf_only = [c.name for c in configs if c.kind != "engine"]
+    if meta["backend_resolved"] != "transformers" and hf_only:
+        raise EvalError(
+            f"{', '.join(hf_only)} run(s) transformers' model.generate, which the "
+            f"{meta['backend_resolved']} backend cannot run; evaluate it with --backend "
+            "transformers (in another --out: one result directory holds one backend)"
+        )
     meta_path = out / META_FILE
     if meta_path.exists():
         try:
@@ -170,7 +177,11 @@ def run_eval(
     if model is None:
         from backtrack.models import load_model
 
-        kwargs: dict[str, Any] = {"dtype": settings.dtype, "device": settings.device}
+        kwargs: dict[str, Any] = {
+            "dtype": settings.dtype,
+            "device": settings.device,
+            "backend": settings.backend,
+        }
         if settings.quantize:
             kwargs["quantize"] = settings.quantize
         model, tokenizer = load_model(settings.model, **kwargs)

@@ -151,6 +151,7 @@ class EvalSettings:
     dtype: str = "auto"
     device: str = "auto"
     quantize: str | None = None
+    backend: str = "transformers"  # transformers | llama.cpp | auto (see load_model)
     batch_size: int = 1
     workers: int = 2
     timeout_s: float | None = None  # None: the dataset's recommended limit

@@ -50,6 +50,8 @@ META_KEYS = (
     # without native bf16 would otherwise silently mix bf16 and fp32 records.
     "dtype_resolved",
     "device_resolved",
+    # The backend that decoded (transformers or llama.cpp): other weights, other numbers.
+    "backend_resolved",
     # Every generation setting (temperature, top_k, ..., stop, ban, budget), flat. A meta.json
     # written before some of them were recorded simply lacks them; only keys present in both
     # are compared.
@@ -114,15 +116,32 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# meta.json written before a key existed means this value (a resumed run is compared with it).
+META_DEFAULTS = {"backend_resolved": "transformers"}
+
+
 def resolved_plan(settings: EvalSettings) -> dict[str, str]:
-    """The device and dtype ``settings`` resolve to here (``auto`` depends on the machine)."""
+    """The backend, device and dtype ``settings`` resolve to here (``auto`` depends on the
+    machine and on what is installed)."""
+    from backtrack.models import ModelLoadError
     from backtrack.models.hardware import resolve_load_plan
+    from backtrack.models.registry import resolve_backend
 
     try:
+        backend = resolve_backend(
+            settings.model, settings.backend, settings.dtype, settings.device, settings.quantize
+        )
+        if backend == "llama.cpp":
+            # GGUF weights keep their own quantization; llama.cpp computes on the CPU.
+            return {"backend_resolved": backend, "dtype_resolved": "gguf", "device_resolved": "cpu"}
         device, dtype, _ = resolve_load_plan(settings.dtype, settings.device, settings.quantize)
-    except ValueError as exc:
+    except (ValueError, ModelLoadError) as exc:
         raise EvalError(str(exc)) from exc
-    return {"dtype_resolved": str(dtype).removeprefix("torch."), "device_resolved": device.type}
+    return {
+        "backend_resolved": backend,
+        "dtype_resolved": str(dtype).removeprefix("torch."),
+        "device_resolved": device.type,
+    }
 
 
 def build_meta(settings: EvalSettings, configs: Sequence[Configuration], tasks: list[str]) -> dict:
@@ -149,9 +168,17 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     Configurations, runs and problems are merged (union); any :data:`META_KEYS` difference is
     an error unless ``force``.
     """
-    diffs = [k for k in META_KEYS if k in old and old.get(k) != new.get(k)]
+
+    def old_value(key: str) -> Any:
+        return old.get(key, META_DEFAULTS.get(key))
+
+    diffs = [
+        k
+        for k in META_KEYS
+        if (k in old or k in META_DEFAULTS) and k in new and old_value(k) != new.get(k)
+    ]
     if diffs and not force:
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
+        detail = "; ".join(f"{k}: {old_value(k)!r} -> {new.get(k)!r}" for k in diffs)
         raise EvalError(
             f"the result directory was made with other settings ({detail}); use another --out "
             "or --force to mix them"
@@ -165,7 +192,7 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     merged["runs"] = max(int(old.get("runs", 0)), int(new["runs"]))
     merged["created"] = old.get("created", new["created"])
     if diffs:
-        merged["forced_over"] = {k: old.get(k) for k in diffs}
+        merged["forced_over"] = {k: old_value(k) for k in diffs}
     return merged
 
 

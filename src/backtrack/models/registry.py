@@ -23,6 +23,7 @@ import torch
 
 from backtrack.models.hardware import (
     quantize_int8_cpu,
+    resolve_device,
     resolve_dtype,
     resolve_load_plan,
 )
@@ -348,12 +349,81 @@ def build_from_parts(
 # Loading
 
 
+BACKENDS = ("auto", "transformers", "llama.cpp")
+
+
+def _is_gguf_source(name: str) -> bool:
+    spec = builtin_spec(name)
+    return (spec is not None and spec.source is not None) or name.strip().lower().endswith(".gguf")
+
+
+def resolve_backend(
+    name: str,
+    backend: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    quantize: str | None = None,
+) -> str:
+    """The backend ``load_model`` would use: ``"transformers"`` or ``"llama.cpp"``.
+
+    ``auto`` picks llama.cpp for a GGUF model (a packaged built-in or a ``.gguf`` file) on
+    the CPU with ``dtype``/``quantize`` left alone, when llama-cpp-python is installed; else
+    transformers. An explicit ``llama.cpp`` that cannot hold raises ``ValueError`` (or
+    :class:`ModelLoadError` naming the install command) before anything is loaded.
+    """
+    from backtrack.backends.llama_cpp_backend import INSTALL_HINT, llama_cpp_available
+
+    choice = (
+        backend.strip().lower().replace("llamacpp", "llama.cpp").replace("llama-cpp", "llama.cpp")
+    )
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    dtype_auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    on_cpu = resolve_device(device).type == "cpu"
+    if choice == "auto":
+        usable = _is_gguf_source(name) and on_cpu and dtype_auto and quantize is None
+        return "llama.cpp" if usable and llama_cpp_available() else "transformers"
+    if choice == "transformers":
+        if name.strip().lower().endswith(".gguf"):
+            raise ValueError(
+                f"{name!r} is a GGUF file: load it with --backend llama.cpp (transformers loads "
+                "model directories, hub ids and the built-in names)"
+            )
+        return choice
+    if not _is_gguf_source(name):
+        raise ValueError(
+            f"the llama.cpp backend loads GGUF weights: {name!r} is neither a packaged "
+            "built-in model nor a .gguf file (use --backend transformers)"
+        )
+    if not dtype_auto:
+        raise ValueError(
+            f"dtype={dtype!r} is for the transformers backend; GGUF weights on llama.cpp keep "
+            "their own quantization (leave dtype at auto)"
+        )
+    if quantize is not None:
+        raise ValueError(
+            f"quantize={quantize!r} is for the transformers backend; GGUF weights are already "
+            "quantized"
+        )
+    if not on_cpu:
+        raise ValueError(
+            f"the llama.cpp backend runs on the CPU here; device={str(device)!r} needs "
+            "--backend transformers"
+        )
+    if not llama_cpp_available():
+        raise ModelLoadError(INSTALL_HINT)
+    return choice
+
+
 def load_model(
     name: str,
     *,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
     quantize: str | None = None,
+    backend: str = "transformers",
+    threads: int | None = None,
+    n_ctx: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> tuple[Any, Any]:
@@ -365,7 +435,19 @@ def load_model(
     ``quantize``: ``None`` or ``"int8"`` (CPU: dynamic int8 Linear weights over a float32
     model, so ``dtype`` must be auto/float32; CUDA: bitsandbytes 8-bit). Bad combinations raise
     ``ValueError`` before anything is loaded. The KV cache is never quantized.
+    ``backend``: ``transformers``, ``llama.cpp`` (GGUF models on the CPU: the model is then a
+    :class:`~backtrack.backends.llama_cpp_backend.LlamaCppModel`) or ``auto`` (see
+    :func:`resolve_backend`). ``threads`` and ``n_ctx`` (tokens per sequence) are llama.cpp's.
     """
+    chosen = resolve_backend(name, backend, dtype, device, quantize)
+    if chosen == "llama.cpp":
+        if backend.strip().lower() == "auto":
+            report_step(progress, f"backend: llama.cpp (GGUF weights of {name} on the CPU)")
+        return _load_llama(
+            name, threads=threads, n_ctx=n_ctx, cache_dir=cache_dir, progress=progress
+        )
+    if threads is not None or n_ctx is not None:
+        raise ValueError("threads and n_ctx are settings of the llama.cpp backend")
     is_tiny = name.strip().lower() == TINY_MODEL_NAME
     if is_tiny and isinstance(dtype, str) and dtype.strip().lower() == "auto":
         dtype = "float32"
@@ -403,6 +485,88 @@ def load_model(
             entry = prepare_model(spec.name, cache_dir=cache_dir, progress=progress, rebuild=True)
             return _load_dir(entry, dev, load_dtype, quant)
     return _load_hf(name, dev, load_dtype, quant)
+
+
+def prepare_gguf(
+    name: str, *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> tuple[Path, Path]:
+    """``(gguf file, tokenizer directory)`` of a packaged built-in model, for llama.cpp.
+
+    The parts are assembled and verified once into a cache entry (no dequantized copy is
+    made), with the tokenizer transformers reads from the GGUF saved beside it.
+    """
+    spec = builtin_spec(name)
+    if spec is None or spec.source is None:
+        raise ModelLoadError(f"{name!r} is not a packaged built-in model")
+    src = spec.source
+    entry = entry_path(f"{spec.name}-gguf", src.sha256, cache_dir)
+    try:
+        verify_entry(entry, src.sha256, kind="gguf")
+        return entry / src.gguf_name, entry
+    except CorruptEntryError as exc:
+        if entry.exists():
+            report_step(True, f"cached GGUF of {spec.name} is damaged ({exc}); rebuilding")
+    parts = locate_parts(src, spec.name)
+    remove_entry(entry)
+
+    def build(work: Path, out: Path) -> None:
+        del work
+        gguf_path = out / src.gguf_name
+        report_step(progress, f"assembling {len(parts)} part(s) into {gguf_path.name}")
+        assemble_parts(
+            parts,
+            gguf_path,
+            expected_sha256=src.sha256,
+            expected_size=src.size,
+            part_sizes=src.part_sizes,
+            reinstall_hint=reinstall_command(src),
+            progress=progress,
+        )
+        from transformers import AutoTokenizer
+
+        report_step(progress, "reading the tokenizer from the GGUF (about 10 s, once)")
+        AutoTokenizer.from_pretrained(str(out), gguf_file=src.gguf_name).save_pretrained(out)
+
+    build_entry(
+        entry,
+        build,
+        source={"sha256": src.sha256, "size": src.size, "gguf_name": src.gguf_name},
+        extra={"kind": "gguf"},
+        progress=progress,
+        kind="gguf",
+    )
+    return entry / src.gguf_name, entry
+
+
+def _load_llama(
+    name: str,
+    *,
+    threads: int | None,
+    n_ctx: int | None,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+) -> tuple[Any, Any]:
+    """A GGUF model on llama.cpp, with the transformers tokenizer of the same GGUF."""
+    from transformers import AutoTokenizer
+
+    from backtrack.backends.llama_cpp_backend import LlamaCppModel
+
+    spec = builtin_spec(name)
+    eos: list[int] | None = None
+    if spec is not None and spec.source is not None:
+        gguf_path, tokenizer_dir = prepare_gguf(spec.name, cache_dir=cache_dir, progress=progress)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        overrides = spec.source.generation_overrides.get("eos_token_id")
+        eos = list(overrides) if overrides is not None else None
+    else:
+        gguf_path = Path(name).expanduser()
+        if not gguf_path.is_file():
+            raise ModelLoadError(f"GGUF file {name!r} does not exist")
+        report_step(progress, "reading the tokenizer from the GGUF (about 10 s)")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = LlamaCppModel(gguf_path, n_threads=threads, n_ctx=n_ctx, eos_token_ids=eos)
+    model.check_tokenizer(tokenizer)
+    return model, tokenizer
 
 
 def _load_dir(

@@ -88,11 +88,14 @@ def read_manifest(entry: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_entry(entry: Path, source_sha256: str, *, deep: bool = False) -> dict[str, Any]:
+def verify_entry(
+    entry: Path, source_sha256: str, *, deep: bool = False, kind: str = "transformers"
+) -> dict[str, Any]:
     """Check an entry against its manifest; raise :class:`CorruptEntryError` with the reason.
 
     The default checks presence and exact size of every recorded file (milliseconds);
-    ``deep=True`` also re-hashes them (seconds per gigabyte).
+    ``deep=True`` also re-hashes them (seconds per gigabyte). ``kind``: ``transformers`` (a
+    converted model directory) or ``gguf`` (the assembled GGUF and its tokenizer).
     """
     if not entry.is_dir():
         raise CorruptEntryError(f"{entry} does not exist")
@@ -103,8 +106,11 @@ def verify_entry(entry: Path, source_sha256: str, *, deep: bool = False) -> dict
     if recorded != source_sha256:
         raise CorruptEntryError(f"{entry}: built from {recorded}, expected {source_sha256}")
     files: Mapping[str, Any] = manifest["files"]
-    if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
-        raise CorruptEntryError(f"{entry}: manifest lists no config.json or no weights")
+    config, weights = (
+        ("tokenizer_config.json", ".gguf") if kind == "gguf" else ("config.json", ".safetensors")
+    )
+    if config not in files or not any(f.endswith(weights) for f in files):
+        raise CorruptEntryError(f"{entry}: manifest lists no {config} or no weights")
     for rel, info in files.items():
         path = entry / rel
         try:
@@ -195,6 +201,7 @@ def build_entry(
     source: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     progress: bool = False,
+    kind: str = "transformers",
 ) -> Path:
     """Run ``build(work_dir, out_dir)`` in a temp dir and publish ``out_dir`` as ``entry``.
 
@@ -221,7 +228,7 @@ def build_entry(
         except OSError:
             # Another process published the same entry first; keep theirs if it is sound.
             try:
-                verify_entry(entry, str(source.get("sha256")))
+                verify_entry(entry, str(source.get("sha256")), kind=kind)
             except CorruptEntryError:
                 remove_entry(entry)
                 out.rename(entry)

