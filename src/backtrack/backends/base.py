@@ -81,6 +81,9 @@ class Backend(Protocol):
 
     is_backtrack_backend: bool
     name: str
+    # Whether sampling should replay model.generate's random stream (transformers), rather
+    # than draw top-k rows over their k candidates only (cheaper; see engine.sampling).
+    matches_generate: bool
     device: torch.device
     generation_config: Any  # ``eos_token_id`` (int or list) is read from it
 

@@ -210,6 +210,7 @@ class LlamaCppModel:
     """
 
     is_backtrack_backend = True
+    matches_generate = False
     name = "llama.cpp"
     device = torch.device("cpu")
 

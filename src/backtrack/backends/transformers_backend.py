@@ -46,6 +46,7 @@ class TransformersBackend:
     """A transformers causal LM as a backend (see :mod:`backtrack.backends.base`)."""
 
     is_backtrack_backend = True
+    matches_generate = True
     name = "transformers"
 
     def __init__(self, model: Any) -> None:

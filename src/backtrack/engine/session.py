@@ -149,7 +149,9 @@ class DecodingSession:
         self.device = self.backend.device
         if self.generator is None and self.config.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.sampler = Sampler(self.config, self.generator)
+        self.sampler = Sampler(
+            self.config, self.generator, match_generate=self.backend.matches_generate
+        )
         # Opened by prefill() (a batch row gets a view of the batch's caches instead).
         self.cache: SequenceCache | None = None
         if self.detokenizer is None:
