@@ -201,3 +201,69 @@ def test_tokenizer_mismatch_is_refused(smol, tiny):
     _, qwen_tok = tiny
     with pytest.raises(ValueError, match="does not match"):
         model.check_tokenizer(qwen_tok)
+
+
+def test_cli_generate_on_llama_cpp(tmp_path):
+    """`backtrack generate --backend llama.cpp` decodes through the same engine: the JSON
+    result has the tokens, counts and trace of a backtracking run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    out = tmp_path / "r.json"
+    args = ["generate", "--model", SMOLLM2_MODEL, "--backend", "llama.cpp", "--threads", "2"]
+    args += ["--prompt", PROMPTS[0], "--operator", "chaos:p=0.3,max=3", "--seed", "1"]
+    args += ["--max-new-tokens", "20", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert len(record["token_ids"]) <= 20 and record["counts"]["backtracks"] > 0
+
+
+def test_cli_refuses_bad_backend_combinations():
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    result = CliRunner().invoke(
+        app, ["generate", "--model", "tiny-random-qwen2", "--backend", "llama.cpp", "-p", "x"]
+    )
+    assert result.exit_code != 0 and "GGUF" in result.output
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            SMOLLM2_MODEL,
+            "--backend",
+            "llama.cpp",
+            "--dtype",
+            "bfloat16",
+            "-p",
+            "x",
+        ],  # fmt: skip
+    )
+    assert result.exit_code != 0 and "dtype" in result.output
+
+
+def test_eval_on_llama_cpp_records_the_backend_and_refuses_beam(smol, tmp_path):
+    """eval decodes on llama.cpp (batched), records backend_resolved, and refuses a beam
+    baseline (model.generate) before decoding anything."""
+    import json
+
+    from backtrack.evaluation.runner import prepare, run_eval
+    from backtrack.evaluation.settings import EvalError, EvalSettings
+
+    model, tok = smol
+    base = dict(model=SMOLLM2_MODEL, backend="llama.cpp", runs=1, limit=2, max_new_tokens=8)
+    s = EvalSettings.from_flat({**base, "out": str(tmp_path / "a"), "operators": ["chaos"],
+                                "batch_size": 2})  # fmt: skip
+    summary = run_eval(s, model, tok, progress=False)
+    assert summary.written == 4  # base + chaos, 2 problems
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert (meta["backend_resolved"], meta["dtype_resolved"]) == ("llama.cpp", "gguf")
+    beam = EvalSettings.from_flat({**base, "out": str(tmp_path / "b"), "baselines": ["beam:2"]})
+    with pytest.raises(EvalError, match="model.generate"):
+        prepare(beam)

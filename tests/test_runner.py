@@ -300,3 +300,19 @@ def test_meta_records_what_auto_became_and_refuses_to_mix(tiny, tmp_path: Path) 
     meta_path.write_text(json.dumps({**meta, "dtype_resolved": other}))
     with pytest.raises(EvalError, match="dtype_resolved"):
         run_eval(settings(tmp_path, runs=2, limit=1), model, tok, progress=False)
+
+
+def test_meta_without_a_backend_means_transformers(tiny, tmp_path: Path) -> None:
+    """Result directories written before backends existed were decoded by transformers: they
+    resume on transformers and refuse another backend."""
+    model, tok = tiny
+    run_eval(settings(tmp_path, runs=1, limit=1), model, tok, progress=False)
+    meta_path = tmp_path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["backend_resolved"] == "transformers"
+    del meta["backend_resolved"]
+    meta_path.write_text(json.dumps(meta))
+    run_eval(settings(tmp_path, runs=2, limit=1), model, tok, progress=False)  # resumes
+    meta_path.write_text(json.dumps({**meta, "backend_resolved": "llama.cpp"}))
+    with pytest.raises(EvalError, match="backend_resolved"):
+        run_eval(settings(tmp_path, runs=3, limit=1), model, tok, progress=False)

@@ -6,8 +6,8 @@ state, sampler and random generator, bans, budget, detokenizer, stop condition a
 takes its turns through the session's own :meth:`~DecodingSession.step`; only two things differ:
 the forward pass a row queues is run for all rows at once, and every row's token drawn from it
 in one :func:`~backtrack.engine.sampling.draw` call, handed back with
-:meth:`~DecodingSession.receive_draw`; and the row's KV cache is a view of a row of one shared
-cache. So a row behaves exactly as the single-sequence engine would, by construction.
+:meth:`~DecodingSession.receive_draw`; and the row's KV cache is its slot of the backend's
+batch. So a row behaves exactly as the single-sequence engine would, by construction.
 
 The backend keeps the rows' caches (:class:`~backtrack.backends.base.BatchState`): on
 transformers, one shared masked ``DynamicCache`` with holes and periodic compaction; on

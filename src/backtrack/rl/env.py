@@ -91,7 +91,8 @@ class EnvConfig:
 
     Attributes:
         model: model name for :func:`backtrack.models.load_model`.
-        dtype, device: passed to ``load_model``.
+        dtype, device, backend: passed to ``load_model`` (``backend="llama.cpp"`` decodes
+            episodes on GGUF weights, several times faster on a CPU).
         data_path: the MBPP jsonl file (HumanEval layout); required unless problems are given.
         split: MBPP split to draw problems from (``train``; ``validation`` for evaluation).
             Problems whose canonical solution fails its own tests are dropped.
@@ -113,6 +114,7 @@ class EnvConfig:
     model: str = "tiny-random-qwen2"
     dtype: str = "auto"
     device: str = "cpu"
+    backend: str = "transformers"
     data_path: str | None = None
     split: str = "train"
     problem_ids: list[str] | None = None
@@ -233,7 +235,11 @@ class BacktrackEnv(gym.Env):
             from backtrack.models import load_model
 
             model_and_tokenizer = load_model(
-                config.model, dtype=config.dtype, device=config.device, progress=False
+                config.model,
+                dtype=config.dtype,
+                device=config.device,
+                backend=config.backend,
+                progress=False,
             )
         self.model, self.tokenizer = model_and_tokenizer
         self.decoder = Decoder(self.model, self.tokenizer)

@@ -279,7 +279,9 @@ def train(
     if model_and_tokenizer is None:
         from backtrack.models import load_model
 
-        model_and_tokenizer = load_model(cfg.env.model, dtype=cfg.env.dtype, device=cfg.env.device)
+        model_and_tokenizer = load_model(
+            cfg.env.model, dtype=cfg.env.dtype, device=cfg.env.device, backend=cfg.env.backend
+        )
     judge = make_judge(cfg.env.judge)
     start = latest_checkpoint(out) if resume else None
 
