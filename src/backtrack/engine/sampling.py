@@ -151,6 +151,28 @@ def _exponential(shape_like: torch.Tensor, samplers: Sequence[Sampler]) -> torch
     return noise
 
 
+def _draws(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    probs: torch.Tensor,
+    entropy: torch.Tensor,
+    top: torch.Tensor,
+) -> Draws:
+    """The :class:`Draws` of ``tokens``; ``top``: each row's largest probabilities, sorted."""
+    logit = logits.gather(1, tokens[:, None])[:, 0]
+    return Draws(
+        logits=logits,
+        tokens=tokens,
+        probs=probs,
+        logprob=logit - torch.logsumexp(logits, dim=-1),
+        logit=logit,
+        rank=(logits > logit[:, None]).sum(dim=-1),
+        entropy=entropy,
+        top1=top[:, 0],
+        top2=top[:, 1] if top.shape[1] > 1 else torch.zeros_like(top[:, 0]),
+    )
+
+
 def _draw_support(
     logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
 ) -> Draws:
@@ -172,19 +194,8 @@ def _draw_support(
     choice = torch.div(support, noise).argmax(dim=-1, keepdim=True)
     tokens = index.gather(1, choice)[:, 0]
     probs = logits.new_zeros(logits.shape).scatter_(1, index, support)
-    logit = logits.gather(1, tokens[:, None])[:, 0]
-    top = support.topk(min(2, k), dim=-1).values
-    return Draws(
-        logits=logits,
-        tokens=tokens,
-        probs=probs,
-        logprob=logit - torch.logsumexp(logits, dim=-1),
-        logit=logit,
-        rank=(logits > logit[:, None]).sum(dim=-1),
-        entropy=-torch.special.xlogy(support, support).sum(dim=-1),
-        top1=top[:, 0],
-        top2=top[:, 1] if top.shape[1] > 1 else torch.zeros_like(top[:, 0]),
-    )
+    entropy = -torch.special.xlogy(support, support).sum(dim=-1)
+    return _draws(logits, tokens, probs, entropy, support.topk(min(2, k), dim=-1).values)
 
 
 def draw(
@@ -204,7 +215,6 @@ def draw(
     sampled = torch.div(probs, noise, out=noise).argmax(dim=-1)
     greedy = torch.tensor([s.greedy for s in samplers], device=logits.device)
     tokens = torch.where(greedy, scores.argmax(dim=-1), sampled) if greedy.any() else sampled
-    logit = logits.gather(1, tokens[:, None])[:, 0]
     # Entropy and top-2 over the support. Under top-k the support is a few dozen entries, so
     # when every row's support fits in the largest k (ties at the k-th value, or a row without
     # top-k, can make it wider: checked by the (k+1)-th largest being 0) the k largest
@@ -217,14 +227,4 @@ def draw(
     else:
         entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
         top = torch.topk(probs, min(2, probs.shape[-1]), dim=-1).values
-    return Draws(
-        logits=logits,
-        tokens=tokens,
-        probs=probs,
-        logprob=logit - torch.logsumexp(logits, dim=-1),
-        logit=logit,
-        rank=(logits > logit[:, None]).sum(dim=-1),
-        entropy=entropy,
-        top1=top[:, 0],
-        top2=top[:, 1] if top.shape[1] > 1 else torch.zeros_like(top[:, 0]),
-    )
+    return _draws(logits, tokens, probs, entropy, top)
