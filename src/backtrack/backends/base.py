@@ -71,6 +71,10 @@ class BatchState(Protocol):
         """Keep only slots ``keep``, renumbered ``0..len(keep)-1`` in that order."""
         ...
 
+    def grow(self, n: int) -> None:
+        """Append ``n`` free slots (never more slots in all than the batch was opened with)."""
+        ...
+
     def maintain(self) -> bool:
         """Housekeeping between steps (compaction); True if it did any."""
         ...

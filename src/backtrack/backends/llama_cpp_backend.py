@@ -374,5 +374,13 @@ class LlamaBatch:
                 self.free(slot)
         self.rows = [self.rows[slot] for slot in keep]
 
+    def grow(self, n: int) -> None:
+        if len(self.rows) + n > self.context.n_seq:
+            raise ValueError(
+                f"cannot grow a batch of {len(self.rows)} rows by {n}: it was opened with "
+                f"{self.context.n_seq}"
+            )
+        self.rows.extend([None] * n)
+
     def maintain(self) -> bool:
         return False

@@ -194,6 +194,14 @@ class _BatchCache:
         self.columns = [self.columns[s] for s in keep]
         self.slots = len(keep)
 
+    def grow(self, n: int) -> None:
+        """Append ``n`` free rows in the batch dimension."""
+        if self.cache.layers[0].is_initialized:
+            self._map(lambda t: torch.cat([t, t.new_zeros((n, *t.shape[1:]))], dim=0))
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((n, self.width))], dim=0)
+        self.columns.extend([] for _ in range(n))
+        self.slots += n
+
     def holes(self) -> int:
         """Columns compaction would remove: ``T`` minus the longest row's valid count."""
         return self.width - max((len(c) for c in self.columns), default=0)
@@ -320,6 +328,9 @@ class TransformersBatch:
 
     def keep_rows(self, keep: Sequence[int]) -> None:
         self.cache.select(keep)
+
+    def grow(self, n: int) -> None:
+        self.cache.grow(n)
 
     def maintain(self) -> bool:
         holes = self.cache.holes()

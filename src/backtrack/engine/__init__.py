@@ -1,8 +1,9 @@
 """The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
 
 from backtrack.backends.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
+from backtrack.engine.banned import BannedStrings
 from backtrack.engine.decoder import Decoder, generate
-from backtrack.engine.session import DecodingSession, encode_prompt
+from backtrack.engine.session import CommittedText, DecodingSession, encode_prompt
 from backtrack.engine.types import (
     Budget,
     Counts,
@@ -15,8 +16,10 @@ from backtrack.engine.types import (
 )
 
 __all__ = [
+    "BannedStrings",
     "Budget",
     "CacheNotRollbackableError",
+    "CommittedText",
     "Counts",
     "Decoder",
     "DecodingSession",

@@ -28,10 +28,11 @@ break).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -42,6 +43,40 @@ from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationConfig, GenerationResult
 
 Request = tuple[str | Sequence[int], Any, GenerationConfig | None]
+
+
+class RequestSource(Protocol):
+    """Where a :class:`BatchRun` takes its requests from, between steps."""
+
+    def next_request(self) -> tuple[int, Request] | None:
+        """The next ``(index, request)`` if one is waiting now, else ``None`` (never blocks)."""
+        ...
+
+    def waiting(self) -> int:
+        """About how many requests are waiting now (0: none; a batch drops its free rows)."""
+        ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True once no request will ever come again."""
+        ...
+
+
+class IterableSource:
+    """The requests of an iterable, in order, numbered from 0 (:meth:`generate_many`'s)."""
+
+    def __init__(self, requests: Iterable[Request]) -> None:
+        self._items = iter(enumerate(requests))
+        self.exhausted = False
+
+    def next_request(self) -> tuple[int, Request] | None:
+        item = None if self.exhausted else next(self._items, None)
+        self.exhausted = item is None
+        return item
+
+    def waiting(self) -> int:
+        # Unknown until pulled: as many as the batch can take, until the iterable runs out.
+        return 0 if self.exhausted else sys.maxsize
 
 
 class _BatchRow(DecodingSession):
@@ -175,6 +210,15 @@ class BatchDecoder:
         self.stats.row_steps += len(live)
 
     # ------------------------------------------------------------------ the loop
+    def open(self, batch_size: int, source: RequestSource) -> BatchRun:
+        """A continuous batch of up to ``batch_size`` rows fed by ``source``: call
+        :meth:`BatchRun.turn` repeatedly (the server's scheduler does; so does
+        :meth:`generate_many`)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.stats = BatchStats()
+        return BatchRun(self, batch_size, source)
+
     # torch wraps every resumption of a decorated generator in the mode, so the mask and
     # cache tensors (inference tensors) can be updated in place between forward passes.
     @torch.inference_mode()
@@ -188,79 +232,10 @@ class BatchDecoder:
         row needs its own operator instance, since the operator's state lives on it.
         ``counts.wall_time_s`` of a result runs from the request's admission to its finish.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.stats = BatchStats()
-        queue = iter(enumerate(requests))
-        exhausted = False
-
-        def next_request() -> tuple[int, Request] | None:
-            nonlocal exhausted
-            item = None if exhausted else next(queue, None)
-            exhausted = item is None
-            return item
-
-        batch = self.backend.new_batch(
-            batch_size,
-            pad_token_id=self.pad_token_id,
-            compact_fraction=self.compact_fraction,
-            min_compact=self.min_compact,
-        )
-        rows: list[_BatchRow | None] = [None] * batch_size
-        finished: list[_BatchRow] = []
-        waiting: _BatchRow | None = None  # created, but over this turn's prefill budget
-
-        while True:
-            # Refill free slots, prefilling the new prompts together. While other rows are
-            # decoding, one turn admits at most `prefill_budget` padded prompt tokens, so
-            # admissions never stall them for longer than that; with none decoding, it fills
-            # every slot. A row can finish on its first token and free its slot again.
-            while any(row is None for row in rows):
-                free = [slot for slot, row in enumerate(rows) if row is None]
-                group: list[_BatchRow] = []
-                longest = 0
-                while len(group) < len(free):
-                    if waiting is None:
-                        item = next_request()
-                        if item is None:
-                            break
-                        waiting = self._new_row(*item, rows, group)
-                    padded = max(longest, len(waiting.prompt_ids)) * (len(group) + 1)
-                    if group and padded > self.prefill_budget:
-                        break
-                    longest = max(longest, len(waiting.prompt_ids))
-                    group.append(waiting)
-                    waiting = None
-                if not group:
-                    break
-                self._prefill(batch, free, group, rows)
-                for row in group:
-                    if row.step():
-                        self._retire(batch, row.slot, row, rows)
-                        finished.append(row)
-                if any(row is not None for row in rows) and waiting is not None:
-                    break  # the budget is spent; decode a step before admitting more
-            while finished:
-                row = finished.pop(0)
+        run = self.open(batch_size, IterableSource(requests))
+        while not run.done:
+            for row in run.turn():
                 yield row.index, row.result()
-            if all(row is None for row in rows):
-                return
-            # With nothing left to admit, free rows only cost compute: drop them.
-            if exhausted and any(row is None for row in rows):
-                keep = [slot for slot, row in enumerate(rows) if row is not None]
-                batch.keep_rows(keep)
-                rows = [rows[slot] for slot in keep]
-                for slot, row in enumerate(rows):
-                    row.slot, row.cache = slot, batch.row_cache(slot)
-            if batch.maintain():
-                self.stats.compactions += 1
-            self._forward(batch, rows)
-            self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, batch.peak_bytes)
-            self.stats.peak_rows = max(self.stats.peak_rows, sum(r is not None for r in rows))
-            for slot, row in enumerate(rows):
-                if row is not None and row.step():
-                    self._retire(batch, slot, row, rows)
-                    yield row.index, row.result()
 
     def _prefill(
         self,
@@ -284,15 +259,138 @@ class BatchDecoder:
         self.stats.prefills += 1
         self.stats.prefill_rows += len(group)
 
-    @staticmethod
-    def _retire(batch: BatchState, slot: int, row: _BatchRow, rows: list[_BatchRow | None]) -> None:
-        batch.free(slot)
-        rows[slot] = None
-        row.cache = None  # the row's KV lived in the batch; nothing to keep
-
     def generate_all(
         self, requests: Iterable[Request], batch_size: int = 8
     ) -> list[GenerationResult]:
         """Like :meth:`generate_many`, but return every result in the order of ``requests``."""
         results: dict[int, GenerationResult] = dict(self.generate_many(requests, batch_size))
         return [results[i] for i in range(len(results))]
+
+
+class BatchRun:
+    """A continuous batch: rows join from a :class:`RequestSource` and leave as they finish
+    (or are cancelled), between decode steps. Made by :meth:`BatchDecoder.open`.
+
+    Each :meth:`turn` admits waiting requests into free rows (prefilled together, within the
+    decoder's ``prefill_budget`` while other rows decode), then runs one forward pass for every
+    row and lets each row take its turn. Free rows cost compute on transformers (they are
+    padded through the forward pass), so when no request is waiting the batch drops them, and
+    it grows again, up to ``batch_size``, when requests wait.
+    """
+
+    def __init__(self, decoder: BatchDecoder, batch_size: int, source: RequestSource) -> None:
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.source = source
+        self.batch = decoder.backend.new_batch(
+            batch_size,
+            pad_token_id=decoder.pad_token_id,
+            compact_fraction=decoder.compact_fraction,
+            min_compact=decoder.min_compact,
+        )
+        self.rows: list[_BatchRow | None] = [None] * batch_size
+        self._waiting: _BatchRow | None = None  # created, but over this turn's prefill budget
+
+    @property
+    def live(self) -> list[_BatchRow]:
+        """The rows being decoded."""
+        return [row for row in self.rows if row is not None]
+
+    @property
+    def done(self) -> bool:
+        """Nothing is decoding or waiting, and nothing ever will."""
+        return self._waiting is None and not self.live and self.source.exhausted
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is decoding or waiting right now."""
+        return self._waiting is None and not self.live and not self.source.waiting()
+
+    def cancel(self, index: int) -> bool:
+        """Drop the request ``index`` (its row is freed at once); False if it is not here."""
+        if self._waiting is not None and self._waiting.index == index:
+            self._waiting = None
+            return True
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.index == index:
+                self._retire(slot, row)
+                return True
+        return False
+
+    @torch.inference_mode()
+    def turn(self) -> list[_BatchRow]:
+        """Admit what is waiting, then decode one step; the rows that finished (their
+        :meth:`~DecodingSession.result` is ready)."""
+        finished = self._admit()
+        if not self.live:
+            return finished
+        stats = self.decoder.stats
+        if self.batch.maintain():
+            stats.compactions += 1
+        self.decoder._forward(self.batch, self.rows)
+        stats.peak_cache_bytes = max(stats.peak_cache_bytes, self.batch.peak_bytes)
+        stats.peak_rows = max(stats.peak_rows, len(self.live))
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.step():
+                self._retire(slot, row)
+                finished.append(row)
+        return finished
+
+    def _admit(self) -> list[_BatchRow]:
+        """Refill free slots, prefilling the new prompts together. While other rows are
+        decoding, one turn admits at most ``prefill_budget`` padded prompt tokens, so
+        admissions never stall them for longer than that; with none decoding, it fills every
+        slot. A row can finish on its first token and free its slot again."""
+        decoder, finished = self.decoder, []
+        while True:
+            self._fit()
+            free = [slot for slot, row in enumerate(self.rows) if row is None]
+            if not free:
+                break
+            group: list[_BatchRow] = []
+            longest = 0
+            while len(group) < len(free):
+                if self._waiting is None:
+                    item = self.source.next_request()
+                    if item is None:
+                        break
+                    self._waiting = decoder._new_row(*item, self.rows, group)
+                waiting = self._waiting
+                padded = max(longest, len(waiting.prompt_ids)) * (len(group) + 1)
+                if group and padded > decoder.prefill_budget:
+                    break
+                longest = max(longest, len(waiting.prompt_ids))
+                group.append(waiting)
+                self._waiting = None
+            if not group:
+                break
+            decoder._prefill(self.batch, free, group, self.rows)
+            for row in group:
+                if row.step():
+                    self._retire(row.slot, row)
+                    finished.append(row)
+            if self.live and self._waiting is not None:
+                break  # the budget is spent; decode a step before admitting more
+        return finished
+
+    def _fit(self) -> None:
+        """Grow the batch for waiting requests (up to ``batch_size`` rows); with none waiting,
+        drop the free rows, which would only cost compute."""
+        wanted = (self._waiting is not None) + self.source.waiting()
+        free = sum(row is None for row in self.rows)
+        if wanted > free and len(self.rows) < self.batch_size:
+            grow = min(self.batch_size - len(self.rows), wanted - free)
+            self.batch.grow(grow)
+            self.rows.extend([None] * grow)
+        elif not wanted and free:
+            keep = [slot for slot, row in enumerate(self.rows) if row is not None]
+            self.batch.keep_rows(keep)
+            self.rows = [self.rows[slot] for slot in keep]
+            for slot, row in enumerate(self.rows):
+                assert row is not None
+                row.slot, row.cache = slot, self.batch.row_cache(slot)
+
+    def _retire(self, slot: int, row: _BatchRow) -> None:
+        self.batch.free(slot)
+        self.rows[slot] = None
+        row.cache = None  # the row's KV lived in the batch; nothing to keep

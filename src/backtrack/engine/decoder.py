@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from backtrack.engine.session import DecodingSession
+from backtrack.engine.session import CommittedText, DecodingSession
 from backtrack.engine.types import Event, GenerationConfig, GenerationResult
 
 # The rollback window streaming uses when the config sets none: text trails decoding by at
@@ -83,19 +83,12 @@ class Decoder:
         if config.rollback_window is None and "rollback_window" not in overrides:
             overrides["rollback_window"] = INTERACTIVE_ROLLBACK_WINDOW
         session = self.session(prompt, operator, config, **overrides)
-        hold = max((len(s) for s in session.config.stop), default=1) - 1
-        sent = 0
+        stream = CommittedText(session)
         for _ in session.run():
-            committed = session.committed_length()
-            if committed <= 0:
-                continue
-            upto = min(session.text_offset(committed), len(session.text) - hold)
-            if upto > sent:
-                yield session.text[sent:upto]
-                sent = upto
-        final = session.final_text()
-        if len(final) > sent:
-            yield final[sent:]
+            if piece := stream.new():
+                yield piece
+        if piece := stream.rest():
+            yield piece
 
 
 def generate(

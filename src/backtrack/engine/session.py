@@ -28,6 +28,7 @@ elsewhere (the batch) needs no override.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
             raise ValueError("the prompt is empty")
         return list(ids)
     return [int(i) for i in prompt]
+
+
+def _text_start(position: _Position) -> int:
+    return position.text_len
 
 
 @dataclass
@@ -158,6 +163,14 @@ class DecodingSession:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
         self._positions: list[_Position] = []
         self._bans: dict[int, set[int]] = {}
+        # Tokens rejected at a position because they began a banned string: banned there for
+        # as long as the prefix stands, whatever ``config.ban`` says, so the ban makes progress.
+        self._string_bans: dict[int, set[int]] = {}
+        self.bans = self.config.bans()
+        # The first token a banned string could still begin at (from the last scan), and the
+        # high-water mark of committed_length(): nothing before it is ever deleted again.
+        self._ban_hold = 0
+        self._final = 0
         self._retries: dict[int, int] = {}
         self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
@@ -224,7 +237,10 @@ class DecodingSession:
 
     def banned_now(self) -> Collection[int]:
         """Token ids banned at the position about to be sampled."""
-        return self._bans.get(len(self.completion), ())
+        position = len(self.completion)
+        rejected = self._bans.get(position, ())
+        phrase = self._string_bans.get(position)
+        return rejected if not phrase else {*rejected, *phrase}
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
@@ -305,10 +321,16 @@ class DecodingSession:
         """How many completion tokens are final: no rollback can delete them any more.
 
         Without an operator nothing is ever deleted (a driver that rolls back without one,
-        like the RL environment, should not stream from this)."""
+        like the RL environment, should not stream from this). With banned strings, the text
+        that could still grow into a banned match is held back too, and what was once final
+        stays final (a ban rollback never reaches behind it)."""
         if self.operator is None:
-            return len(self.completion)
-        return len(self.completion) - self.rollback_allowance()
+            final = len(self.completion)
+        else:
+            final = len(self.completion) - self.rollback_allowance()
+        if self.bans is not None:
+            final = max(self._final, min(final, self._ban_hold))
+        return final
 
     def consult_due(self) -> bool:
         """Whether the operator (or an RL agent) decides after the token just sampled.
@@ -340,24 +362,66 @@ class DecodingSession:
         if source is None:
             source = self.operator.name if self.operator is not None else "operator"
         deleted = self.rollback(k, source) if k else 0
+        if self.bans is not None:
+            deleted += self._enforce_bans()
         if not deleted and self.check_stop():
             return True
         return not self.advance()
+
+    def _enforce_bans(self) -> int:
+        """Roll back a banned match the last token completed (tokens deleted), and update
+        what the bans hold back.
+
+        The rollback goes to the token where the match begins (never behind what is already
+        final) and bans that token there. Nothing limits it but the text already final: a
+        ban is a guarantee, not a heuristic (the forward-pass cap still ends decoding).
+        """
+        assert self.bans is not None
+        found = self.bans.scan(self.text, self.text_offset(self._final))
+        deleted = 0
+        if found.match_start is not None:
+            keep = max(self._token_at(found.match_start), self._final)
+            deleted = self.rollback(len(self.completion) - keep, "banned-string", force=True)
+            self.counts.ban_rollbacks += 1
+            # What is left is a prefix of text that had no complete match.
+            found = self.bans.scan(self.text, self.text_offset(self._final))
+        self._ban_hold = self._token_at(found.hold_from)
+        self._final = self.committed_length()
+        return deleted
+
+    def _token_at(self, offset: int) -> int:
+        """Index of the token whose text covers character ``offset`` of the completion text
+        (with the text-less tokens just before it, whose bytes begin that character), or
+        ``len(completion)`` past the end (less the trailing tokens of an unfinished one)."""
+        if offset < len(self.text):
+            index = bisect.bisect_right(self._positions, offset, key=_text_start) - 1
+        else:
+            index = len(self.completion)
+        start = self.text_offset(index)
+        while index > 0 and self._positions[index - 1].text_len == start:
+            index -= 1
+        return index
 
     def step(self) -> bool:
         """One turn of the loop: sample, ask the operator, conclude; True when finished."""
         return self.conclude(self.decide(self.sample()))
 
-    def rollback(self, k: int, source: str = "operator") -> int:
+    def rollback(self, k: int, source: str = "operator", *, force: bool = False) -> int:
         """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
 
         The ids, the KV cache, the operator state, the detokenizer and the text all go back
         to exactly what they were before those tokens. The first deleted token is banned at
         the position where decoding resumes (see ``GenerationConfig.ban``).
+
+        ``force``: a banned-string rollback, clamped only by what is already final; its first
+        deleted token stays banned there whatever ``GenerationConfig.ban`` says.
         """
         if k < 0:
             raise ValueError(f"an operator returned a negative rollback ({k}); k must be >= 0")
-        k = min(int(k), self.rollback_allowance())
+        if force:
+            k = min(int(k), len(self.completion) - self._final)
+        else:
+            k = min(int(k), self.rollback_allowance())
         if k == 0:
             return 0
         keep = len(self.completion) - k
@@ -376,7 +440,11 @@ class DecodingSession:
         rollback_cache(self.cache, self.cache.get_seq_length() - target)
         self._next_logits = None
         self.pending_token = None
+        # A driver without an operator (the RL agent) may reach behind what bans held final.
+        self._final = min(self._final, keep)
         self._on_resume(keep, removed[0])
+        if force:
+            self._string_bans.setdefault(keep, set()).add(removed[0])
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
         self.counts.deepest_rollback = max(self.counts.deepest_rollback, self.furthest - keep)
@@ -390,6 +458,8 @@ class DecodingSession:
         """
         for p in [p for p in self._bans if p > position]:
             del self._bans[p]
+        for p in [p for p in self._string_bans if p > position]:
+            del self._string_bans[p]
         for p in [p for p in self._retries if p > position]:
             del self._retries[p]
         self._retries[position] = self._retries.get(position, 0) + 1
@@ -465,3 +535,39 @@ class DecodingSession:
             seen = len(self.trace)
             if done:
                 return
+
+
+class CommittedText:
+    """A session's text, handed out piece by piece as it becomes final (for streaming).
+
+    A token is final once no rollback can delete it (:meth:`DecodingSession.committed_length`:
+    behind the rollback window or beyond the budget, and clear of any banned string that could
+    still grow); text that could still turn out to be the start of a stop string is held back
+    too. So the pieces concatenate to exactly the result's text, and nothing handed out is
+    ever deleted. Every streaming path (``Decoder.stream_text``, the server) uses this.
+    """
+
+    def __init__(self, session: DecodingSession) -> None:
+        self.session = session
+        self.sent = 0  # characters handed out
+        self._hold = max((len(s) for s in session.config.stop), default=1) - 1
+
+    def new(self) -> str:
+        """The text that became final since the last call (``""`` if none)."""
+        session = self.session
+        if session.done:
+            return self.rest()
+        committed = session.committed_length()
+        if committed <= 0:
+            return ""
+        upto = min(session.text_offset(committed), len(session.text) - self._hold)
+        if upto <= self.sent:
+            return ""
+        piece, self.sent = session.text[self.sent : upto], upto
+        return piece
+
+    def rest(self) -> str:
+        """After the end: whatever of the final text was not handed out yet."""
+        final = self.session.final_text()
+        piece, self.sent = final[self.sent :], max(self.sent, len(final))
+        return piece

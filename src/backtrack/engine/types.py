@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import torch
 
+from backtrack.engine.banned import BannedStrings
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -84,6 +86,14 @@ class GenerationConfig:
             default of most heuristics) never reaches more than one token back, so any window
             leaves its output unchanged; ``GenerationResult.counts.deepest_rollback`` says
             how deep a generation's rollbacks went.
+        banned_strings: phrases the completion must never contain (see
+            :mod:`backtrack.engine.banned`): when one appears, decoding rolls back to the token
+            where it begins and bans that token there. Enforced after every token, whatever
+            the operator, ``period``, retry cap or budget (a spent forward-pass budget ends
+            decoding early instead), and held back from streaming while it could still grow
+            into a match. Matched in the completion text, across token boundaries.
+        banned_regex: regular expressions banned the same way (``regex`` module syntax).
+        banned_ignore_case: match banned strings and regexes case-insensitively.
         budget: bounds on backtracking work, see :class:`Budget`.
     """
 
@@ -99,6 +109,9 @@ class GenerationConfig:
     ban: BanPolicy = "accumulate"
     max_retries_per_position: int | None = 3
     rollback_window: int | None = None
+    banned_strings: Sequence[str] = ()
+    banned_regex: Sequence[str] = ()
+    banned_ignore_case: bool = False
     budget: Budget = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
@@ -129,6 +142,17 @@ class GenerationConfig:
         )
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        for name in ("banned_strings", "banned_regex"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if self.banned_strings or self.banned_regex:
+            self.bans()  # validates: empty strings, bad or empty-matching patterns
+
+    def bans(self) -> BannedStrings | None:
+        """The banned strings and regexes compiled, or ``None`` when nothing is banned."""
+        if not (self.banned_strings or self.banned_regex):
+            return None
+        return BannedStrings(self.banned_strings, self.banned_regex, self.banned_ignore_case)
 
     @property
     def greedy(self) -> bool:
@@ -145,9 +169,9 @@ class GenerationConfig:
         flat = {
             name: getattr(self, name)
             for name in GENERATION_KEYS
-            if name not in BUDGET_KEYS and name != "stop"
+            if name not in BUDGET_KEYS and name not in _LIST_KEYS
         }
-        flat["stop"] = list(self.stop)
+        flat.update({name: list(getattr(self, name)) for name in _LIST_KEYS})
         flat.update({name: getattr(self.budget, name) for name in BUDGET_KEYS})
         return flat
 
@@ -165,8 +189,9 @@ class GenerationConfig:
                 f"allowed: {', '.join(GENERATION_KEYS)}"
             )
         budget = Budget(**{k: merged.pop(k) for k in BUDGET_KEYS if k in merged})
-        if "stop" in merged:
-            merged["stop"] = tuple(merged["stop"] or ())
+        for name in _LIST_KEYS:
+            if name in merged:
+                merged[name] = tuple(merged[name] or ())
         return cls(budget=budget, **merged)
 
     def updated(self, flat: Mapping[str, Any]) -> GenerationConfig:
@@ -195,8 +220,12 @@ GENERATION_KEYS = (
     "ban",
     "max_retries_per_position",
     "rollback_window",
+    "banned_strings",
+    "banned_regex",
+    "banned_ignore_case",
     *BUDGET_KEYS,
 )
+_LIST_KEYS = ("stop", "banned_strings", "banned_regex")
 
 
 def _normalized(value: Any) -> Any:
@@ -274,6 +303,8 @@ class Counts:
     tokens_sampled: int = 0
     tokens_discarded: int = 0
     backtracks: int = 0
+    # Rollbacks that removed a banned string (included in ``backtracks``).
+    ban_rollbacks: int = 0
     # The deepest any rollback reached, in tokens behind the furthest position reached then:
     # the smallest ``rollback_window`` that would have left this generation unchanged.
     deepest_rollback: int = 0

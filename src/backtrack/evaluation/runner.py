@@ -125,6 +125,11 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
             f"{meta['backend_resolved']} backend cannot run; evaluate it with --backend "
             "transformers (in another --out: one result directory holds one backend)"
         )
+    if hf_only and settings.generation.bans() is not None:
+        raise EvalError(
+            f"{', '.join(hf_only)} run(s) transformers' model.generate, which cannot enforce "
+            "banned strings; evaluate it without --ban-string/--ban-regex"
+        )
     meta_path = out / META_FILE
     if meta_path.exists():
         try:

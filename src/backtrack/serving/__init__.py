@@ -1,0 +1,10 @@
+"""``backtrack serve``: an OpenAI-compatible server with backtracking, streaming and banned
+strings, decoding every request in one continuous batch.
+
+Needs the ``serve`` extra (``pip install 'backtrack[serve]'``: FastAPI and uvicorn).
+"""
+
+from backtrack.serving.app import ServeSettings, create_app
+from backtrack.serving.scheduler import Scheduler
+
+__all__ = ["Scheduler", "ServeSettings", "create_app"]

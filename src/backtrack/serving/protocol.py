@@ -1,0 +1,182 @@
+"""The OpenAI-compatible request bodies, their checks, and the engine settings they become.
+
+Requests follow OpenAI's ``/v1/completions`` and ``/v1/chat/completions``. Backtracking is
+asked for with one extra object that the ``openai`` client sends through ``extra_body``::
+
+    client.completions.create(
+        model="qwen2.5-coder-0.5b-instruct", prompt="def add(a, b):", max_tokens=64,
+        extra_body={"backtrack": {"operator": "probability-trend", "rollback_window": 32,
+                                  "banned_strings": ["TODO"], "trace": True}},
+    )
+
+``top_k`` and ``min_p`` are accepted at top level, as vLLM and llama.cpp's server do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ServeError(Exception):
+    """A request the server refuses: an OpenAI-style error with an HTTP status."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.kind = message, status, kind
+        self.param, self.code, self.headers = param, code, headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind, self.param, self.code)
+
+
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code=None
+) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class BacktrackOptions(BaseModel):
+    """The ``backtrack`` extension of a request.
+
+    Attributes:
+        operator: operator spec (``backtrack operators``); default: the server's
+            ``--operator``. Learned operators (``rl:...``) load files, so only the server's own
+            may be used.
+        rollback_window: deepest rollback in tokens (default 32, the interactive window; ``null``:
+            unbounded, so a stream holds back everything until the end).
+        period, ban, max_retries_per_position, max_backtracks, max_discarded_tokens: as in
+            :class:`~backtrack.engine.GenerationConfig`.
+        banned_strings, banned_regex, ban_ignore_case: phrases never to produce.
+        trace: return every token and rollback event in the response.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str | None = None
+    rollback_window: int | None = Field(default=32, ge=0)
+    period: int | None = Field(default=None, ge=1)
+    ban: Literal["accumulate", "next", "none"] | None = None
+    max_retries_per_position: int | None = Field(default=None, ge=0)
+    max_backtracks: int | None = Field(default=None, ge=0)
+    max_discarded_tokens: int | None = Field(default=None, ge=0)
+    banned_strings: list[str] = Field(default_factory=list)
+    banned_regex: list[str] = Field(default_factory=list)
+    ban_ignore_case: bool = False
+    trace: bool = False
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields both endpoints share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)
+    # Fields of OpenAI's API this server does not implement: refused, never silently ignored.
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if any(not s for s in stops):
+            raise ValueError("stop strings must be non-empty")
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop strings")
+        return stops
+
+    def unsupported(self) -> str | None:
+        """The name of a field set to something this server does not implement."""
+        for name in ("logprobs", "top_logprobs", "logit_bias"):
+            if getattr(self, name) not in (None, False, {}, 0):
+                return name
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                return name
+        return None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text, or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo"
+        if self.suffix:
+            return "suffix"
+        if self.best_of not in (None, 1, self.n):
+            return "best_of"
+        return super().unsupported()
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The content as text (the parts of type ``text`` of a list, joined)."""
+        if isinstance(self.content, list):
+            parts = []
+            for part in self.content:
+                if part.get("type") != "text":
+                    raise ServeError(
+                        f"message content of type {part.get('type')!r} is not supported; send text",
+                        param="messages",
+                    )
+                parts.append(str(part.get("text", "")))
+            return "".join(parts)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+def finish_reason(reason: str) -> str:
+    """The engine's finish reason in OpenAI's words."""
+    return "stop" if reason in ("eos", "stop_string") else "length"
