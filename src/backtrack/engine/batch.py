@@ -306,6 +306,7 @@ class BatchRun:
         """Nothing is decoding or waiting right now."""
         return self._waiting is None and not self.live and not self.source.waiting()
 
+    @torch.inference_mode()  # the batch's mask and cache are inference tensors
     def cancel(self, index: int) -> bool:
         """Drop the request ``index`` (its row is freed at once); False if it is not here."""
         if self._waiting is not None and self._waiting.index == index:
