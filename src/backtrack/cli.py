@@ -64,9 +64,7 @@ MaxRetriesOpt = Annotated[
 ]
 BanStringOpt = Annotated[
     list[str] | None,
-    typer.Option(
-        help="Banned string, never output: rolled back and resampled (repeatable)."
-    ),
+    typer.Option(help="Banned string, never output: rolled back and resampled (repeatable)."),
 ]
 BanRegexOpt = Annotated[
     list[str] | None, typer.Option(help="Banned regular expression (repeatable).")
