@@ -183,3 +183,27 @@ def test_batch_rows_enforce_bans_like_the_single_engine(tiny):
     # Greedy batched decoding is token-identical to the single engine (see engine.batch).
     assert batch[0].token_ids == single.token_ids == batch[2].token_ids
     assert all(not any(b in r.text for b in bans) for r in batch)
+
+
+def test_generate_ban_flags(tiny, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    plain = _greedy(Decoder(*tiny), max_new_tokens=24)
+    banned = plain.text[2:5]
+    out = tmp_path / "result.json"
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator", "never",
+            "--temperature", "0", "--max-new-tokens", "24", "--ban-string", banned,
+            "--ban-regex", r"\d{3}", "--ban-ignore-case", "--dtype", "float32",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert not _contains(data["text"], banned, ignore_case=True)
+    assert not regex.search(r"\d{3}", data["text"])
+    assert data["counts"]["ban_rollbacks"] >= 1
+    bad = CliRunner().invoke(app, ["generate", "--prompt", "x", "--ban-regex", "a*"])
+    assert bad.exit_code == 2 and "matches the empty string" in bad.output

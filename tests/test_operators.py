@@ -10,6 +10,7 @@ from backtrack.operators import (
     AnyOf,
     Chaos,
     EntropyThreshold,
+    LineRestart,
     LogitThreshold,
     Never,
     NGramOverlap,
@@ -20,6 +21,7 @@ from backtrack.operators import (
     ProbabilityThreshold,
     ProbabilityTrend,
     Repetition,
+    SyntaxCheck,
     parse_operator,
 )
 
@@ -126,6 +128,9 @@ class Recorder(Operator):
         self.calls.append(Step(**{**step.__dict__, "generated": list(step.generated)}))
         return self.inner(step)
 
+    def set_prompt(self, prompt):
+        self.inner.set_prompt(prompt)
+
     def get_state(self):
         return self.inner.get_state()
 
@@ -137,6 +142,8 @@ STATEFUL = [
     lambda: ProbabilityTrend(window=6, drop=0.7),
     lambda: ProbabilityDrop(max_drop=0.6),
     lambda: AnyOf([ProbabilityTrend(window=4, drop=0.6), ProbabilityDrop(max_drop=0.7)]),
+    lambda: LineRestart(min_prob=0.2, max_k=8),
+    lambda: SyntaxCheck(max_k=12),
 ]
 
 
@@ -167,6 +174,7 @@ def test_state_after_rollback_equals_fresh_operator_fed_surviving_steps(tiny, fa
     assert [s.token_id for s in surviving] == result.token_ids[: len(surviving)]
     fresh = factory()
     fresh.reset()
+    fresh.set_prompt(PROMPT)
     for step in surviving:
         assert fresh(step) == 0  # a step the operator fired on was deleted
     assert fresh.get_state() == recorder.inner.get_state()

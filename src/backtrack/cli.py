@@ -301,6 +301,93 @@ def generate(
         json_out.write_text(json.dumps(result.to_dict(), indent=1))
 
 
+@app.command()
+def tune(
+    out: Annotated[Path, typer.Option(help="Study folder (records, study.db, summary, plots).")],
+    data_path: Annotated[
+        Path, typer.Option(help="MBPP data (mbpp_release_v1.jsonl); tuning never sees HumanEval.")
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    study: Annotated[str, typer.Option(help="Optuna study name.")] = "backtrack",
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: sqlite in --out).")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Trials to run now (a study resumes).")] = 20,
+    rungs: Annotated[
+        str, typer.Option(help="Growing MBPP-train problem counts a trial is scored on.")
+    ] = "40,120,374",
+    operators: Annotated[
+        str | None, typer.Option(help="Operators the search may use, comma-separated (all).")
+    ] = None,
+    select: Annotated[
+        int, typer.Option(help="Then validate the N best feasible recipes on MBPP validation.")
+    ] = 0,
+    validation_runs: Annotated[int, typer.Option(help="Runs per validation problem.")] = 3,
+    max_forward_per_token: Annotated[
+        float, typer.Option(help="Constraint: forward passes per accepted token.")
+    ] = 1.15,
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length.")] = 384,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler and of the cells.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Rows decoded together.")] = 16,
+    dtype: DtypeOpt = "auto",
+    backend: BackendOpt = DEFAULT_BACKEND,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError as exc:
+        raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack[tune]'") from exc
+    from backtrack.evaluation.runner import load_problems
+    from backtrack.evaluation.settings import EvalError
+    from backtrack.tuning.space import OPERATOR_SPACE
+    from backtrack.tuning.study import TuneSettings, run_search, select_winners, write_summary
+
+    try:
+        settings = TuneSettings(
+            out=str(out),
+            data_path=str(data_path),
+            model=model,
+            study=study,
+            storage=storage,
+            backend=backend,
+            dtype=dtype,
+            batch_size=batch_size,
+            trials=trials,
+            rungs=tuple(int(r) for r in rungs.split(",")),
+            operators=tuple(o.strip() for o in operators.split(",")) if operators else None,
+            seed=seed,
+            max_forward_per_token=max_forward_per_token,
+            max_new_tokens=max_new_tokens,
+        )
+        unknown = [o for o in settings.operators or () if o not in OPERATOR_SPACE]
+        if unknown:
+            raise ValueError(
+                f"no search space for {', '.join(unknown)}; known: {', '.join(OPERATOR_SPACE)}"
+            )
+        # Data, splits and the output place are checked before the model loads.
+        load_problems(settings.eval_settings("train", [], settings.rungs[-1]))
+        ensure_writable_directory(out, "--out")
+    except (ValueError, EvalError, OutputPathError) as exc:
+        raise fail(str(exc)) from exc
+    mdl, tok = load(model, dtype, "auto", None, backend)
+    try:
+        if trials:
+            study_obj = run_search(settings, mdl, tok, progress=progress)
+            summary = write_summary(settings, study_obj)
+            err.print(f"search summary: {summary}")
+        if select:
+            for c in select_winners(settings, select, validation_runs, mdl, tok):
+                v = c.validation
+                assert v is not None
+                err.print(
+                    f"trial {c.number}: {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] points on "
+                    f"MBPP validation, {v.forward_per_token:.2f} fwd/token  {c.recipe}"
+                )
+    except (ValueError, EvalError) as exc:
+        raise fail(str(exc)) from exc
+
+
 SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
 
 

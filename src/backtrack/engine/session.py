@@ -185,6 +185,9 @@ class DecodingSession:
             check = getattr(self.operator, "check_config", None)  # duck-typed operators
             if check is not None:
                 check(self.config)
+            set_prompt = getattr(self.operator, "set_prompt", None)
+            if set_prompt is not None:
+                set_prompt(self.detokenizer.decode(self.prompt_ids))
 
     # ------------------------------------------------------------------ forward passes
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
@@ -290,6 +293,7 @@ class DecodingSession:
             logits=draws.logits[row],
             probs=prow,
             generated=self.completion,
+            completion=self.text,
         )
 
     # ------------------------------------------------------------------ backtracking

@@ -36,6 +36,10 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """``ids`` as text, special tokens skipped (as every piece is decoded)."""
+        return self._decode(ids)
+
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False

@@ -252,6 +252,7 @@ class Step:
         probs: the distribution actually sampled from (float32, do not modify).
         generated: the completion's token ids so far, this token included. A read-only view,
             valid during the call only: copy what you keep.
+        completion: the completion's text so far, this token's ``text`` included.
     """
 
     position: int
@@ -267,6 +268,7 @@ class Step:
     logits: torch.Tensor
     probs: torch.Tensor
     generated: Sequence[int]
+    completion: str = ""
 
 
 @dataclass(frozen=True)

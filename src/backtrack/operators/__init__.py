@@ -2,6 +2,7 @@
 
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
+from backtrack.operators.code import LineRestart, SyntaxCheck
 from backtrack.operators.heuristics import (
     EntropyThreshold,
     LogitThreshold,
@@ -23,6 +24,7 @@ __all__ = [
     "AnyOf",
     "Chaos",
     "EntropyThreshold",
+    "LineRestart",
     "LogitThreshold",
     "NGramOverlap",
     "Never",
@@ -33,6 +35,7 @@ __all__ = [
     "ProbabilityThreshold",
     "ProbabilityTrend",
     "Repetition",
+    "SyntaxCheck",
     "operator_help",
     "parse_operator",
     "register_operator",

@@ -61,6 +61,10 @@ class Operator:
         when used under others; the default accepts anything.
         """
 
+    def set_prompt(self, prompt: str) -> None:
+        """Called by the engine before each generation (after :meth:`reset`) with the prompt's
+        text, for operators that read it (e.g. a syntax check); the default ignores it."""
+
     def __call__(self, step: Step) -> int:
         """Return how many of the most recent tokens to delete (0 = keep going)."""
         raise NotImplementedError
@@ -107,6 +111,10 @@ class AnyOf(Operator):
     def check_config(self, config: GenerationConfig) -> None:
         for op in self.operators:
             op.check_config(config)
+
+    def set_prompt(self, prompt: str) -> None:
+        for op in self.operators:
+            op.set_prompt(prompt)
 
     def __call__(self, step: Step) -> int:
         return max(op(step) for op in self.operators)

@@ -19,6 +19,7 @@ from typing import Any
 
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
+from backtrack.operators.code import LineRestart, SyntaxCheck
 from backtrack.operators.heuristics import (
     EntropyThreshold,
     LogitThreshold,
@@ -42,6 +43,8 @@ OPERATORS: dict[str, type[Operator] | str] = {
         Repetition,
         NGramOverlap,
         LogitThreshold,
+        LineRestart,
+        SyntaxCheck,
         Chaos,
     )
 }

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backtrack.engine.session import encode_prompt
 from backtrack.engine.types import Budget, GenerationConfig, GenerationResult
-from backtrack.operators import OperatorSpecError, parse_operator
+from backtrack.operators import Never, OperatorSpecError, parse_operator
 from backtrack.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -227,6 +227,12 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings) -> FastAPI:
         return ids
 
     def _operator(spec: str | None):
+        """A fresh operator for one choice; ``None`` for ``never``, so a plain request
+        streams every token at once (an operator makes the stream wait for its window)."""
+        operator = _build_operator(spec)
+        return None if isinstance(operator, Never) else operator
+
+    def _build_operator(spec: str | None):
         if spec is None:
             return copy.deepcopy(default_operator)
         if any(part.split(":")[0].strip() == "rl" for part in spec.split("+")):
@@ -300,7 +306,8 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings) -> FastAPI:
                 seed = None if body.seed is None else body.seed + j
                 operator = _operator(body.backtrack.operator)
                 try:
-                    operator.check_config(config)
+                    if operator is not None:
+                        operator.check_config(config)
                 except ValueError as exc:
                     raise ServeError(str(exc), param="backtrack.operator") from None
                 jobs.append((p * body.n + j, prompt_ids, operator, _with_seed(config, seed)))

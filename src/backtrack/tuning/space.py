@@ -1,0 +1,116 @@
+"""The search space of ``backtrack tune``: a full decoding recipe per trial.
+
+A recipe is one operator (or an :class:`~backtrack.operators.AnyOf` of two) with its
+parameters, plus the generation settings that change what the operator does: ``temperature``
+(0, 0.2 or 0.5), ``period`` and the ban mode. It is spelled as an evaluation configuration,
+``SPEC@temperature=T,period=P,ban=B``, so the evaluation runner decodes it next to ``base``
+on the same seeds, and the same string can be passed to ``backtrack eval --operator``.
+
+Parameter names are prefixed by the slot (``op1.``, ``op2.``) and the operator, so Optuna's
+TPE sees one distribution per name. Float ranges are stepped (not continuous) so recipes stay
+readable and near-identical trials share their records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: Per operator, its parameters: ``(kind, low, high, step or log)``.
+OPERATOR_SPACE: dict[str, dict[str, tuple]] = {
+    "never": {},
+    "probability-threshold": {"min_prob": ("float", 0.01, 0.3, 0.01), "k": ("int", 1, 4)},
+    "entropy-threshold": {"max_entropy": ("float", 0.5, 4.0, 0.1), "k": ("int", 1, 4)},
+    "probability-margin": {"min_margin": ("float", 0.01, 0.3, 0.01), "k": ("int", 1, 4)},
+    "probability-drop": {"max_drop": ("float", 0.5, 0.98, 0.02), "k": ("int", 1, 4)},
+    "probability-trend": {
+        "window": ("int", 4, 20),
+        "drop": ("float", 0.1, 0.8, 0.05),
+        "k": ("int", 1, 4),
+    },
+    "repetition": {"max_repetitions": ("int", 2, 8)},
+    "ngram-overlap": {"n": ("int", 3, 8), "k": ("int", 1, 4)},
+    "logit-threshold": {"min_logit": ("float", -30.0, -5.0, 1.0), "k": ("int", 1, 4)},
+    "line-restart": {
+        "min_prob": ("float", 0.01, 0.3, 0.01),
+        "min_mean": ("float", 0.0, 0.6, 0.05),
+        "max_k": ("int", 8, 48),
+    },
+    "syntax-check": {"max_k": ("int", 16, 96)},
+}
+TEMPERATURES = (0.0, 0.2, 0.5)
+PERIODS = (1, 2, 4)
+BANS = ("accumulate", "next", "none")
+NO_SECOND = "none"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One trial's decoding recipe."""
+
+    operators: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    temperature: float
+    period: int
+    ban: str
+
+    @property
+    def spec(self) -> str:
+        """The operator spec string (``a:x=1+b:y=2``; ``never`` for plain decoding)."""
+        parts = []
+        for name, params in self.operators:
+            text = ",".join(f"{k}={_fmt(v)}" for k, v in params)
+            parts.append(f"{name}:{text}" if text else name)
+        return "+".join(parts)
+
+    @property
+    def name(self) -> str:
+        """The evaluation configuration: ``SPEC@temperature=...,period=...,ban=...``."""
+        settings = f"temperature={_fmt(self.temperature)},period={self.period},ban={self.ban}"
+        return f"{self.spec}@{settings}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _suggest(trial, name: str, spec: tuple) -> Any:
+    kind, low, high, *rest = spec
+    if kind == "int":
+        return trial.suggest_int(name, low, high)
+    value = trial.suggest_float(name, low, high, step=rest[0])
+    return round(value, 4)
+
+
+def suggest_recipe(trial, operators: tuple[str, ...] | None = None) -> Recipe:
+    """Draw a recipe from ``trial`` (an ``optuna.Trial``).
+
+    ``operators``: the operator names to choose from (default: all of :data:`OPERATOR_SPACE`).
+    """
+    names = tuple(operators or OPERATOR_SPACE)
+    unknown = [n for n in names if n not in OPERATOR_SPACE]
+    if unknown:
+        known = ", ".join(OPERATOR_SPACE)
+        raise ValueError(f"no search space for {', '.join(unknown)}; known: {known}")
+    first = trial.suggest_categorical("op1", names)
+    chosen = [(first, _params(trial, "op1", first))]
+    if first != "never":
+        # Optuna needs one fixed set of choices per name: the same operator twice means one.
+        second = trial.suggest_categorical("op2", (NO_SECOND, *[n for n in names if n != "never"]))
+        if second not in (NO_SECOND, first):
+            chosen.append((second, _params(trial, "op2", second)))
+    temperature = trial.suggest_categorical("temperature", TEMPERATURES)
+    if first == "never":
+        period, ban = 1, "accumulate"  # nothing to consult or ban
+    else:
+        period = trial.suggest_categorical("period", PERIODS)
+        ban = trial.suggest_categorical("ban", BANS)
+    return Recipe(tuple(chosen), float(temperature), int(period), str(ban))
+
+
+def _params(trial, slot: str, operator: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (param, _suggest(trial, f"{slot}.{operator}.{param}", spec))
+        for param, spec in OPERATOR_SPACE[operator].items()
+    )

@@ -1,0 +1,398 @@
+"""``backtrack tune``: an Optuna search for the best decoding recipe, on MBPP only.
+
+The search (:func:`run_search`):
+
+* each trial is a recipe (:mod:`backtrack.tuning.space`) decoded with the batch decoder
+  through the evaluation runner into the study's result directory, next to ``base`` (plain
+  sampling at the evaluation's temperature 0.5 and top-k 50) on the same problems and seeds;
+* the objective is the **paired pass@1 gain over base** on MBPP *train* (601-974), one sample
+  per problem;
+* trials grow over problem subsets (``--rungs``, e.g. 40, 120, 374 problems) and report the
+  gain at each; Optuna's successive-halving pruner stops the bad ones early;
+* the constraint: at most ``--max-forward-per-token`` forward passes per accepted token
+  (default 1.15, about what beam search with 2 beams costs in wall time), passed to the TPE
+  sampler as a constraint, so infeasible recipes are never chosen as best;
+* the sampler is TPE, seeded; the study lives in SQLite (``--storage``, ``--study``), so an
+  interrupted search (Ctrl-C) resumes where it stopped, and every decoded cell is kept in the
+  result directory (resumed, never decoded twice).
+
+Selection (:func:`select_winners`) never looks at HumanEval: the best feasible recipes of the
+search are decoded on MBPP *validation* (511-600) with several runs, paired against base, and
+ranked by that gain with its bootstrap CI. Summary table and Optuna's history, importance and
+Pareto plots are written next to the study.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backtrack.evaluation.metrics import compare, forward_passes_per_token
+from backtrack.evaluation.runner import load_problems, run_eval
+from backtrack.evaluation.settings import BASE, EvalSettings
+from backtrack.evaluation.store import ResultStore
+from backtrack.tuning.space import suggest_recipe
+
+DEFAULT_RUNGS = (40, 120, 374)
+MAX_FORWARD_PER_TOKEN = 1.15
+
+
+@dataclass
+class TuneSettings:
+    """What ``backtrack tune`` was asked to do.
+
+    Attributes:
+        out: the study's folder: ``study.db`` (unless ``storage`` is given), ``train/`` and
+            ``validation/`` result directories, the summary and the plots.
+        study: the Optuna study name. storage: an Optuna storage URL (default: SQLite in out).
+        model, backend, dtype, batch_size: how to decode (see ``backtrack eval``).
+        data_path: MBPP (``mbpp_release_v1.jsonl``).
+        trials: trials to run in this invocation (a resumed study adds to what it has).
+        rungs: growing numbers of train problems a trial is scored on.
+        operators: operator names the search may use (default: all).
+        seed: the sampler's seed (TPE) and the evaluation's seed.
+        max_forward_per_token: the constraint.
+        max_new_tokens: completion length (MBPP solutions are short).
+    """
+
+    out: str
+    data_path: str
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    study: str = "backtrack"
+    storage: str | None = None
+    backend: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+    trials: int = 20
+    rungs: Sequence[int] = DEFAULT_RUNGS
+    operators: Sequence[str] | None = None
+    seed: int = 0
+    max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
+    max_new_tokens: int = 384
+    workers: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
+            raise ValueError(f"rungs must be increasing positive counts, got {list(self.rungs)}")
+        if self.trials < 0 or self.batch_size < 1:
+            raise ValueError("trials must be >= 0 and batch_size >= 1")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
+
+    def eval_settings(
+        self, split: str, operators: Sequence[str], limit: int | None, runs: int = 1
+    ) -> EvalSettings:
+        return EvalSettings.from_flat(
+            {
+                "model": self.model,
+                "out": str(Path(self.out) / split),
+                "operators": list(operators),
+                "dataset": "mbpp",
+                "data_path": self.data_path,
+                "split": split,
+                "runs": runs,
+                "limit": limit,
+                "seed": self.seed,
+                "backend": self.backend,
+                "dtype": self.dtype,
+                "batch_size": self.batch_size,
+                "workers": self.workers,
+                "max_new_tokens": self.max_new_tokens,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Score:
+    """A recipe's pass@1 and paired gain over base on some cells (points, 95% CI)."""
+
+    gain: float
+    low: float
+    high: float
+    pass_at_1: float
+    base_pass_at_1: float
+    forward_per_token: float
+    problems: int
+    runs: int
+
+
+def score(out: Path, config: str, tasks: Sequence[str] | None = None) -> Score:
+    """``config``'s paired comparison with base in the result directory ``out``, on the
+    problems ``tasks`` (default: every problem both have), every run."""
+    records, _ = ResultStore(out).load()
+    if tasks is not None:
+        wanted = set(tasks)
+        records = [r for r in records if r["task_id"] in wanted]
+    records = [r for r in records if r["config"] in (config, BASE)]
+    comparison = compare(records, config, BASE)
+    mine = [r for r in records if r["config"] == config]
+    return Score(
+        gain=100 * comparison.diff.mean,
+        low=100 * comparison.diff.low,
+        high=100 * comparison.diff.high,
+        pass_at_1=100 * comparison.config_mean,
+        base_pass_at_1=100 * comparison.baseline_mean,
+        forward_per_token=forward_passes_per_token(
+            [int(r["forward_passes"]) for r in mine], [max(1, int(r["final_tokens"])) for r in mine]
+        ),
+        problems=comparison.diff.n_problems,
+        runs=comparison.diff.n_runs,
+    )
+
+
+def _constraints(trial) -> list[float]:
+    # Optuna: <= 0 means feasible.
+    return [float(trial.user_attrs.get("constraint", 1.0))]
+
+
+def open_study(settings: TuneSettings, sampler_seed: int | None = None):
+    """Create or resume the study (TPE with the constraint; successive halving)."""
+    import optuna
+
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(
+        seed=settings.seed if sampler_seed is None else sampler_seed,
+        constraints_func=_constraints,
+        n_startup_trials=8,
+    )
+    pruner = optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=settings.rungs[0], reduction_factor=3
+    )
+    return optuna.create_study(
+        study_name=settings.study,
+        storage=settings.storage_url,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def run_search(
+    settings: TuneSettings,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+):
+    """Run ``settings.trials`` more trials of the study; return the study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(settings)
+    # A trial interrupted last time (Ctrl-C) stays RUNNING in the storage: mark it failed so
+    # the sampler does not wait on it; its decoded cells are reused by the next trial.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    if model is None:
+        from backtrack.models import load_model
+
+        model, tokenizer = load_model(
+            settings.model, dtype=settings.dtype, backend=settings.backend
+        )
+    train = Path(settings.out) / "train"
+
+    def objective(trial) -> float:
+        recipe = suggest_recipe(trial, tuple(settings.operators) if settings.operators else None)
+        trial.set_user_attr("recipe", recipe.name)
+        for rung in settings.rungs:
+            evaluation = settings.eval_settings("train", [recipe.name], rung)
+            run_eval(evaluation, model, tokenizer, progress=False, log=log)
+            tasks = [p.task_id for p in load_problems(evaluation)[0]]
+            result = score(train, recipe.name, tasks)
+            excess = result.forward_per_token - settings.max_forward_per_token
+            trial.set_user_attr("constraint", excess)
+            trial.set_user_attr("forward_per_token", result.forward_per_token)
+            trial.set_user_attr("pass_at_1", result.pass_at_1)
+            trial.set_user_attr("problems", result.problems)
+            trial.report(result.gain, rung)
+            if rung != settings.rungs[-1] and trial.should_prune():
+                raise optuna.TrialPruned()
+        return result.gain
+
+    study.optimize(
+        objective,
+        n_trials=settings.trials,
+        show_progress_bar=progress,
+        catch=(),
+    )
+    return study
+
+
+# ---------------------------------------------------------------------- selection and report
+@dataclass(frozen=True)
+class Candidate:
+    """A completed, feasible trial of the search, and its score on validation."""
+
+    number: int
+    recipe: str
+    train_gain: float
+    train_forward_per_token: float
+    validation: Score | None = None
+
+
+def finished_trials(study) -> list[Candidate]:
+    """Completed trials, feasible ones first, each group by train gain (best first)."""
+    import optuna
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "recipe" in t.user_attrs
+    ]
+    done.sort(key=lambda t: (_constraints(t)[0] > 0, -(t.value or 0.0)))
+    return [
+        Candidate(
+            t.number, t.user_attrs["recipe"], float(t.value), t.user_attrs["forward_per_token"]
+        )
+        for t in done
+    ]
+
+
+def select_winners(
+    settings: TuneSettings,
+    top: int = 3,
+    runs: int = 3,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+    limit: int | None = None,
+    progress: bool = True,
+) -> list[Candidate]:
+    """Decode the ``top`` best feasible recipes of the search on MBPP validation (``runs``
+    runs, paired with base; the first ``limit`` problems, default all 90) and rank them by
+    their validation gain; write the summary."""
+    study = open_study(settings)
+    feasible = [
+        c
+        for c in finished_trials(study)
+        if c.train_forward_per_token <= settings.max_forward_per_token
+    ]
+    chosen = feasible[:top]
+    if not chosen:
+        raise ValueError("the study has no completed trial within the forward-pass constraint")
+    evaluation = settings.eval_settings("validation", [c.recipe for c in chosen], limit, runs)
+    run_eval(evaluation, model, tokenizer, progress=progress, log=log)
+    validation = Path(settings.out) / "validation"
+    ranked = [
+        Candidate(c.number, c.recipe, c.train_gain, c.train_forward_per_token,
+                  score(validation, c.recipe))
+        for c in chosen
+    ]  # fmt: skip
+    ranked.sort(key=lambda c: -c.validation.gain if c.validation else 0.0)
+    write_summary(settings, study, ranked)
+    return ranked
+
+
+def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] = ()) -> Path:
+    """``summary.md`` (every finished trial; the validated ones with their CI), ``summary.json``
+    and Optuna's plots (history, importances, train Pareto front) in the study folder."""
+    out = Path(settings.out)
+    lines = [
+        f"# Study {settings.study}: {settings.model}, MBPP train {list(settings.rungs)}",
+        "",
+        "Gain: paired pass@1 over base (temperature 0.5, top-k 50) on the same problems and "
+        f"seeds, points. Constraint: at most {settings.max_forward_per_token} forward passes per "
+        "accepted token.",
+        "",
+    ]
+    if validated:
+        lines += [
+            "## Validated on MBPP validation (511-600)",
+            "",
+            "| trial | recipe | gain [95% CI] | pass@1 | base | fwd/token | problems x runs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in validated:
+            v = c.validation
+            assert v is not None
+            lines.append(
+                f"| {c.number} | `{c.recipe}` | {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] | "
+                f"{v.pass_at_1:.1f} | {v.base_pass_at_1:.1f} | {v.forward_per_token:.2f} | "
+                f"{v.problems} x {v.runs} |"
+            )
+        lines.append("")
+    lines += [
+        "## Search (MBPP train)",
+        "",
+        "| trial | state | recipe | gain | problems | fwd/token |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if "recipe" not in t.user_attrs:
+            continue
+        last = max(t.intermediate_values.items(), default=(None, None))
+        gain = t.value if t.value is not None else last[1]
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "recipe": t.user_attrs["recipe"],
+                "gain": gain,
+                "problems": t.user_attrs.get("problems"),
+                "forward_per_token": t.user_attrs.get("forward_per_token"),
+            }
+        )
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()} | `{t.user_attrs['recipe']}` | "
+            f"{'-' if gain is None else f'{gain:+.1f}'} | {t.user_attrs.get('problems', '-')} | "
+            f"{t.user_attrs.get('forward_per_token', float('nan')):.2f} |"
+        )
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    payload = {
+        "study": settings.study,
+        "trials": rows,
+        "validated": [
+            {**c.__dict__, "validation": c.validation.__dict__ if c.validation else None}
+            for c in validated
+        ],
+    }
+    (out / "summary.json").write_text(json.dumps(payload, indent=1))
+    _plots(study, rows, out)
+    return out / "summary.md"
+
+
+def _plots(study, rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as oplt
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        ax = oplt.plot_optimization_history(study)
+        ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+    if len(complete) >= 2:
+        try:
+            ax = oplt.plot_param_importances(study)
+            ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
+            plt.close(ax.figure)
+        except (RuntimeError, ValueError):  # too few distinct parameter values yet
+            pass
+    points = [r for r in rows if r["gain"] is not None and r["forward_per_token"] is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for state, marker in (("complete", "o"), ("pruned", "x")):
+            chosen = [r for r in points if r["state"] == state]
+            ax.scatter(
+                [r["forward_per_token"] for r in chosen],
+                [r["gain"] for r in chosen],
+                marker=marker,
+                label=f"{state} ({len(chosen)})",
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("forward passes per accepted token")
+        ax.set_ylabel("pass@1 gain over base (points, MBPP train)")
+        ax.legend()
+        fig.savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)

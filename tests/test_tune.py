@@ -1,0 +1,104 @@
+"""``backtrack tune`` on the tiny model and real MBPP problems: the search space, a resumed
+study, pruning bookkeeping, the constraint, selection on validation, the summary."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import optuna
+import pytest
+
+from backtrack.evaluation.settings import build_configurations, split_configuration
+from backtrack.evaluation.store import ResultStore
+from backtrack.operators.spec import OPERATORS, parse_operator
+from backtrack.tuning.space import OPERATOR_SPACE, suggest_recipe
+from backtrack.tuning.study import TuneSettings, run_search, select_winners, write_summary
+
+
+def test_every_searched_parameter_exists_and_both_ends_are_valid():
+    for name, params in OPERATOR_SPACE.items():
+        factory = OPERATORS[name]
+        signature = inspect.signature(factory).parameters
+        for param, (_kind, low, high, *_) in params.items():
+            assert param in signature, f"{name} has no parameter {param}"
+            for value in (low, high):
+                others = {p: spec[1] for p, spec in params.items() if p != param}
+                kwargs = {**others, param: value}
+                factory(**kwargs)  # raises if the range leaves the operator's domain
+
+
+def test_a_recipe_is_an_evaluation_configuration():
+    trial = optuna.trial.FixedTrial(
+        {
+            "op1": "probability-trend",
+            "op1.probability-trend.window": 8,
+            "op1.probability-trend.drop": 0.35,
+            "op1.probability-trend.k": 2,
+            "op2": "syntax-check",
+            "op2.syntax-check.max_k": 40,
+            "temperature": 0.2,
+            "period": 1,
+            "ban": "next",
+        }
+    )
+    recipe = suggest_recipe(trial)
+    assert recipe.name == (
+        "probability-trend:window=8,drop=0.35,k=2+syntax-check:max_k=40"
+        "@temperature=0.2,period=1,ban=next"
+    )
+    spec, generation = split_configuration(recipe.name)
+    assert len(parse_operator(spec).operators) == 2
+    assert dict(generation) == {"temperature": 0.2, "period": 1, "ban": "next"}
+    assert build_configurations([recipe.name])[1].name == recipe.name
+    plain = suggest_recipe(optuna.trial.FixedTrial({"op1": "never", "temperature": 0.0}))
+    assert plain.name == "never@temperature=0,period=1,ban=accumulate"
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="rungs"):
+        TuneSettings(out="x", data_path="y", rungs=(10, 5))
+
+
+def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
+    model, tokenizer = tiny
+    settings = TuneSettings(
+        out=str(tmp_path / "study"),
+        data_path=str(shared_data / "mbpp" / "mbpp_release_v1.jsonl"),
+        model="tiny-random-qwen2",
+        backend="transformers",
+        trials=3,
+        rungs=(2, 4),
+        operators=("probability-trend", "line-restart", "never"),
+        batch_size=4,
+        max_new_tokens=12,
+        max_forward_per_token=3.0,
+    )
+    study = run_search(settings, model, tokenizer, progress=False)
+    assert len(study.trials) == 3
+    records, _ = ResultStore(tmp_path / "study" / "train").load()
+    cells = [(r["config"], r["run"], r["task_id"]) for r in records]
+    assert len(cells) == len(set(cells)), "a cell was decoded twice"
+    # Resumed: the same storage, two more trials, base never decoded again.
+    base_before = sum(1 for c in cells if c[0] == "base")
+    settings.trials = 2
+    study = run_search(settings, model, tokenizer, progress=False)
+    assert len(study.trials) == 5
+    records, _ = ResultStore(tmp_path / "study" / "train").load()
+    cells = [(r["config"], r["run"], r["task_id"]) for r in records]
+    assert len(cells) == len(set(cells))
+    assert sum(1 for c in cells if c[0] == "base") == base_before == 4
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.user_attrs["problems"] == 4
+            assert trial.user_attrs["forward_per_token"] >= 1.0
+    ranked = select_winners(
+        settings, top=2, runs=1, model=model, tokenizer=tokenizer, limit=3, progress=False
+    )
+    assert ranked and all(c.validation is not None and c.validation.problems == 3 for c in ranked)
+    summary = (tmp_path / "study" / "summary.md").read_text()
+    assert "Validated on MBPP validation" in summary and ranked[0].recipe in summary
+    payload = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert len(payload["trials"]) == 5
+    assert (tmp_path / "study" / "pareto.png").exists()
+    write_summary(settings, study)  # again, without validation: still fine
