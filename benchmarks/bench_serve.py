@@ -1,32 +1,35 @@
 """Serving: throughput and latency of ``backtrack serve`` next to ``transformers serve``.
 
 The peer a user would pick instead of us is ``transformers serve`` with continuous batching,
-on the same model and weights. Each server runs as a subprocess on loopback, one at a time
-(never two at once: on 2 cores they would share the CPU), is warmed up with one request,
-and then serves each concurrency level in turn: ``C`` clients (the official ``openai``
-async client) each send streaming completions back to back until ``max(C, --min-requests)``
-requests are done. Every request is a HumanEval prompt, greedy (``transformers serve`` only
-samples when the model's generation config says so), ``--max-tokens`` tokens, no stop
-strings. Per level it prints aggregate tokens/s (completion tokens over the level's wall
-time), latency p50/p99 (request sent to last byte) and time to first text p50, and the
-ratio of our tokens/s to the peer's at the same level, measured in the same run.
+on the same model and weights. Each server runs as a subprocess on loopback and is warmed up
+with one request; then each round measures every configuration at each concurrency level in
+turn, one at a time (on 2 cores two loads would share the CPU): ``C`` clients (the official
+``openai`` async client) each send streaming completions back to back until
+``max(C, --min-requests)`` requests are done. Every request is a HumanEval prompt, greedy
+(``transformers serve`` only samples when the model's generation config says so),
+``--max-tokens`` tokens, no stop strings. Per level it prints aggregate tokens/s
+(completion tokens over the level's wall time), latency p50/p99 (request sent to last byte)
+and time to first text p50, and the ratio of our tokens/s to the peer's at the same level,
+paired within each round (``--repeats``), as the median and range over rounds.
 
 Ours runs twice on one server: with ``never`` (plain decoding) and with
 ``probability-trend`` (its extra forward passes, and streaming that waits for the rollback
 window), chosen per request through ``extra_body``.
 
     python benchmarks/bench_serve.py                          # default model, fp32 on both
-    python benchmarks/bench_serve.py --concurrency 1,8 --max-tokens 32
+    python benchmarks/bench_serve.py --concurrency 8 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,26 +168,23 @@ async def run_level(server: Server, label, clients, prompts, args, extra) -> Lev
     return level
 
 
-def measure(server: Server, label: str, prompts, args, extra) -> list[Level]:
-    # Warm-up (the peer's continuous batching starts its worker on the first request).
-    asyncio.run(run_level(server, "warm-up", 1, prompts[:1], _one(args), extra))
-    levels = []
-    for clients in args.concurrency:
-        level = asyncio.run(run_level(server, label, clients, prompts, args, extra))
-        print(
-            f"  {label:<24} C={clients:<3} {level.tokens_per_s:6.1f} tok/s  "
-            f"p50 {level.pct(level.latencies, 0.5):6.1f}s  "
-            f"p99 {level.pct(level.latencies, 0.99):6.1f}s  "
-            f"first text p50 {level.pct(level.first_text, 0.5):5.1f}s  "
-            f"({len(level.latencies)} requests, {level.tokens} tokens, {level.errors} errors)",
-            flush=True,
-        )
-        levels.append(level)
-    return levels
+def measure(server: Server, label: str, clients: int, prompts, args, extra) -> Level:
+    level = asyncio.run(run_level(server, label, clients, prompts, args, extra))
+    print(
+        f"  {label:<34} C={clients:<3} {level.tokens_per_s:6.1f} tok/s  "
+        f"p50 {level.pct(level.latencies, 0.5):6.1f}s  "
+        f"p99 {level.pct(level.latencies, 0.99):6.1f}s  "
+        f"first text p50 {level.pct(level.first_text, 0.5):5.1f}s  "
+        f"({len(level.latencies)} requests, {level.tokens} tokens, {level.errors} errors)",
+        flush=True,
+    )
+    return level
 
 
-def _one(args):
-    return argparse.Namespace(**{**vars(args), "min_requests": 1, "max_tokens": 8})
+def warm_up(server: Server, prompts, args, extra) -> None:
+    """One short request (the peer's continuous batching starts its worker on the first)."""
+    short = argparse.Namespace(**{**vars(args), "min_requests": 1, "max_tokens": 8})
+    asyncio.run(run_level(server, "warm-up", 1, prompts[:1], short, extra))
 
 
 def main() -> None:
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=4, help="Requests per level, at least.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1, help="Rounds; ratios pair each round.")
     parser.add_argument("--dtype", default="float32", help="Both servers' dtype.")
     parser.add_argument("--max-batch", type=int, default=32, help="Our batch (>= the top C).")
     parser.add_argument(
@@ -211,45 +212,66 @@ def main() -> None:
     transformers_bin = str(Path(sys.executable).parent / "transformers")
     print(
         f"model {args.model} ({model_dir}), dtype {args.dtype}, greedy, {args.max_tokens} "
-        f"tokens, levels {args.concurrency}, {os.cpu_count()} cores"
+        f"tokens, levels {args.concurrency}, {args.repeats} round(s), {os.cpu_count()} cores"
     )
-    results: dict[str, list[Level]] = {}
-    for backend in args.ours_backends.split(","):
-        port = free_port()
-        command = [
-            backtrack_bin, "serve", "--model", args.model, "--port", str(port),
-            "--backend", backend, "--max-batch", str(args.max_batch), "--max-queue", "1024",
-        ]  # fmt: skip
-        if backend == "transformers":  # GGUF weights on llama.cpp keep their quantization
-            command += ["--dtype", args.dtype]
-        with Server(f"backtrack serve ({backend})", command, port, args.model) as server:
-            print(f"{server.label}:", flush=True)
+    # Every server is started first and stays up (an idle one uses no CPU: 0.4% measured for
+    # transformers serve); then each round measures every configuration at each level in turn,
+    # so a ratio pairs two measurements taken minutes apart, not a whole run apart.
+    configs: list[tuple[str, Server, dict | None]] = []
+    with contextlib.ExitStack() as stack:
+        for backend in args.ours_backends.split(","):
+            port = free_port()
+            command = [
+                backtrack_bin, "serve", "--model", args.model, "--port", str(port),
+                "--backend", backend, "--max-batch", str(args.max_batch), "--max-queue", "1024",
+            ]  # fmt: skip
+            if backend == "transformers":  # GGUF weights on llama.cpp keep their quantization
+                command += ["--dtype", args.dtype]
+            server = stack.enter_context(
+                Server(f"backtrack serve ({backend})", command, port, args.model)
+            )
             for operator in ("never", "probability-trend"):
-                label = f"ours {backend} {operator}"
-                extra = {"backtrack": {"operator": operator}}
-                results[label] = measure(server, label, prompts, args, extra)
-    if not args.no_peer:
-        port = free_port()
-        command = [
-            transformers_bin, "serve", str(model_dir), "--host", "127.0.0.1", "--port",
-            str(port), "--device", "cpu", "--dtype", args.dtype, "--continuous-batching",
-        ]  # fmt: skip
-        peer = Server("transformers serve --continuous-batching", command, port, str(model_dir))
-        with peer as server:
-            print(f"{server.label}:", flush=True)
-            results["peer"] = measure(server, "transformers serve (CB)", prompts, args, None)
-    if "peer" in results:
-        print("\nratio of tokens/s to transformers serve at the same concurrency:")
-        for label, levels in results.items():
-            if label == "peer":
-                continue
+                configs.append(
+                    (f"ours {backend} {operator}", server, {"backtrack": {"operator": operator}})
+                )
+        if not args.no_peer:
+            port = free_port()
+            command = [
+                transformers_bin, "serve", str(model_dir), "--host", "127.0.0.1", "--port",
+                str(port), "--device", "cpu", "--dtype", args.dtype, "--continuous-batching",
+            ]  # fmt: skip
+            server = stack.enter_context(Server(PEER, command, port, str(model_dir)))
+            configs.append((PEER, server, None))
+        for _, server, extra in configs:
+            warm_up(server, prompts, args, extra)
+        measured: dict[tuple[str, int], list[Level]] = {}
+        for round_ in range(args.repeats):
+            print(f"round {round_ + 1}:", flush=True)
+            for clients in args.concurrency:
+                for label, server, extra in configs:
+                    level = measure(server, label, clients, prompts, args, extra)
+                    measured.setdefault((label, clients), []).append(level)
+    if args.no_peer:
+        return
+    print("\nratio of tokens/s to transformers serve, per round (median [min, max]):")
+    for label, _, _ in configs:
+        if label == PEER:
+            continue
+        cells = []
+        for clients in args.concurrency:
             ratios = [
-                f"C={mine.clients}: {mine.tokens_per_s / theirs.tokens_per_s:.2f}x"
-                for mine, theirs in zip(levels, results["peer"], strict=True)
+                mine.tokens_per_s / theirs.tokens_per_s
+                for mine, theirs in zip(
+                    measured[(label, clients)], measured[(PEER, clients)], strict=True
+                )
                 if theirs.tokens_per_s
             ]
-            print(f"  {label:<32} " + "  ".join(ratios))
+            spread = f"[{min(ratios):.2f}, {max(ratios):.2f}]"
+            cells.append(f"C={clients}: {statistics.median(ratios):.2f}x {spread}")
+        print(f"  {label:<34} " + "  ".join(cells))
 
+
+PEER = "transformers serve (CB)"
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ Pareto plots are written next to the study.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,17 @@ def score(out: Path, config: str, tasks: Sequence[str] | None = None) -> Score:
     )
 
 
+def _has_set_constraint() -> bool:
+    try:
+        import optuna
+    except ImportError:
+        return False
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+_SET_CONSTRAINT = _has_set_constraint()
+
+
 def _constraints(trial) -> list[float]:
     # Optuna: <= 0 means feasible.
     return [float(trial.user_attrs.get("constraint", 1.0))]
@@ -156,10 +168,14 @@ def open_study(settings: TuneSettings, sampler_seed: int | None = None):
     import optuna
 
     Path(settings.out).mkdir(parents=True, exist_ok=True)
+    # Optuna marks constraints (and its matplotlib plots) experimental.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Optuna 5 reads constraints that trials set (Trial.set_constraint); 4.x asks a function.
+    constraints = {} if _SET_CONSTRAINT else {"constraints_func": _constraints}
     sampler = optuna.samplers.TPESampler(
         seed=settings.seed if sampler_seed is None else sampler_seed,
-        constraints_func=_constraints,
         n_startup_trials=8,
+        **constraints,
     )
     pruner = optuna.pruners.SuccessiveHalvingPruner(
         min_resource=settings.rungs[0], reduction_factor=3
@@ -208,6 +224,8 @@ def run_search(
             result = score(train, recipe.name, tasks)
             excess = result.forward_per_token - settings.max_forward_per_token
             trial.set_user_attr("constraint", excess)
+            if _SET_CONSTRAINT:
+                trial.set_constraint("forward_per_token", excess)
             trial.set_user_attr("forward_per_token", result.forward_per_token)
             trial.set_user_attr("pass_at_1", result.pass_at_1)
             trial.set_user_attr("problems", result.problems)
@@ -374,7 +392,9 @@ def _plots(study, rows: list[dict], out: Path) -> None:
         plt.close(ax.figure)
     if len(complete) >= 2:
         try:
-            ax = oplt.plot_param_importances(study)
+            with warnings.catch_warnings():  # "few trials per regime" early in a study
+                warnings.simplefilter("ignore")
+                ax = oplt.plot_param_importances(study)
             ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
         except (RuntimeError, ValueError):  # too few distinct parameter values yet
