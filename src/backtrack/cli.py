@@ -591,6 +591,11 @@ def eval_benchmark(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")
     ] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(help="Decode on Ray actors: local (start one here), auto, or an address."),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = 2,
 ) -> None:
     """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
     from backtrack.evaluation.runner import prepare, run_eval
@@ -631,12 +636,17 @@ def eval_benchmark(
             workers=workers,
             timeout_s=timeout,
             force=force,
+            ray=ray,
+            ray_actors=ray_actors,
         )
     except EvalError as exc:
         raise fail(str(exc)) from exc
     try:
         prepare(settings)  # every usage error before the model loads
-        mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
+        # On Ray the actors load the model; the driver only plans and writes.
+        mdl, tok = (
+            (None, None) if ray else load(model, dtype, device, quantize, backend, threads, n_ctx)
+        )
         summary = run_eval(
             settings, mdl, tok, progress=progress, log=lambda m: err.print(m, markup=False)
         )

@@ -119,6 +119,11 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
     check_output_dir(out)
     meta = build_meta(settings, configs, [p.task_id for p in problems])
     hf_only = [c.name for c in configs if c.kind != "engine"]
+    if settings.ray and hf_only:
+        raise EvalError(
+            f"--ray decodes engine configurations only; run {', '.join(hf_only)} without --ray "
+            "(in the same --out: the records add up)"
+        )
     if meta["backend_resolved"] != "transformers" and hf_only:
         raise EvalError(
             f"{', '.join(hf_only)} run(s) transformers' model.generate, which the "
@@ -157,11 +162,14 @@ def run_eval(
     on_record: Callable[[dict], None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pool=None,
 ) -> RunSummary:
     """Run (or resume) an evaluation into ``settings.out``; see the module docstring.
 
     ``model``/``tokenizer`` may be passed in (tests, notebooks); otherwise they are loaded once
     here. ``on_record`` is called after each record is durably written (progress hooks, tests).
+    With ``settings.ray`` the cells are decoded by a :class:`~.distributed.RayPool` (``pool``,
+    or one started here and closed at the end) and no model is loaded here.
     """
     configs, problems, index, meta = prepare(settings)
     out = Path(settings.out)
@@ -179,6 +187,18 @@ def run_eval(
     summary = RunSummary(len(items), len(items) - len(todo), 0, 0, problems_found, out)
     if not todo:
         return summary
+    sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
+    if settings.ray:
+        from backtrack.evaluation.distributed import RayPool
+
+        own = pool is None
+        pool = pool or RayPool(settings, settings.ray, settings.ray_actors)
+        try:
+            _execute_on_ray(todo, pool, settings, sandbox, store, summary, on_record, progress)
+        finally:
+            if own:
+                pool.close()
+        return summary
     if model is None:
         from backtrack.models import load_model
 
@@ -195,7 +215,6 @@ def run_eval(
         source.prompt(todo[0].problem)
     except ValueError as exc:
         raise EvalError(f"cannot build prompts: {exc}") from exc
-    sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
     # beam:N is deterministic: run 0's record is reused for the other runs.
     beam_done = {
         (r["config"], r["task_id"]): r for r in records if r.get("kind") == "beam" and r["run"] == 0
@@ -273,6 +292,54 @@ def _execute(
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+        store.close()
+
+
+def _execute_on_ray(
+    todo: list[WorkItem],
+    pool,
+    settings: EvalSettings,
+    sandbox: SandboxConfig,
+    store: ResultStore,
+    summary: RunSummary,
+    on_record: Callable[[dict], None] | None,
+    progress: bool,
+) -> None:
+    """:func:`_execute` with the decoding on the pool's actors and the programs as Ray tasks;
+    the records are still written here, by this process alone."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="eval (ray)", unit="item", disable=not progress)
+    pending: list[tuple[WorkItem, Generated, str, Future]] = []
+    stop = settings.generation.stop
+
+    def drain(block: bool) -> None:
+        while pending and (block or pending[0][3].done()):
+            item, gen, completion, future = pending.pop(0)
+            record = make_record(item, gen, completion, future.result(), settings)
+            store.append(record)
+            summary.written += 1
+            bar.update(1)
+            if on_record is not None:
+                on_record(record)
+
+    try:
+        chunks = list(_chunks(todo, max(1, settings.batch_size)))
+        for item, gen in pool.decode(chunks):
+            summary.generated += 1
+            completion = postprocess(item.problem, gen.raw, settings.mode, stop)
+            future = pool.score(item.problem, completion, settings.mode, sandbox)
+            pending.append((item, gen, completion, future))
+            drain(block=False)
+        drain(block=True)
+    except BaseException:
+        for item, gen, completion, future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                store.append(make_record(item, gen, completion, future.result(), settings))
+                summary.written += 1
+        raise
+    finally:
         bar.close()
         store.close()
 

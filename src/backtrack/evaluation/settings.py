@@ -156,6 +156,8 @@ class EvalSettings:
     workers: int = 2
     timeout_s: float | None = None  # None: the dataset's recommended limit
     force: bool = False
+    ray: str | None = None  # decode on Ray: local | auto | a cluster address (distributed.py)
+    ray_actors: int = 2
 
     def __post_init__(self) -> None:
         if self.generation is None:
