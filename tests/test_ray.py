@@ -95,3 +95,29 @@ def test_ray_refuses_transformers_baselines(tmp_path):
     settings = _settings(tmp_path / "x", ray="local", baselines=["beam:2"])
     with pytest.raises(EvalError, match="engine configurations only"):
         prepare(settings)
+
+
+def test_tune_trials_decode_on_the_pool(local_ray, shared_data, tmp_path):
+    import optuna
+
+    from backtrack.tuning.study import TuneSettings, run_search
+
+    settings = TuneSettings(
+        out=str(tmp_path / "study"),
+        data_path=str(shared_data / "mbpp" / "mbpp_release_v1.jsonl"),
+        model="tiny-random-qwen2",
+        backend="transformers",
+        dtype="float32",
+        trials=2,
+        rungs=(2,),
+        operators=("probability-trend", "never"),
+        batch_size=2,
+        max_new_tokens=12,
+        max_forward_per_token=3.0,
+        ray="local",
+        ray_actors=2,
+    )
+    study = run_search(settings, progress=False)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    cells = _cells(tmp_path / "study" / "train")
+    assert sum(1 for key in cells if key[0] == "base") == 2  # decoded once, on the pool

@@ -332,6 +332,10 @@ def tune(
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = DEFAULT_BACKEND,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ray: Annotated[
+        str | None, typer.Option(help="Decode on Ray actors: local, auto, or an address.")
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = 2,
 ) -> None:
     """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP."""
     try:
@@ -359,6 +363,8 @@ def tune(
             seed=seed,
             max_forward_per_token=max_forward_per_token,
             max_new_tokens=max_new_tokens,
+            ray=ray,
+            ray_actors=ray_actors,
         )
         unknown = [o for o in settings.operators or () if o not in OPERATOR_SPACE]
         if unknown:
@@ -370,7 +376,8 @@ def tune(
         ensure_writable_directory(out, "--out")
     except (ValueError, EvalError, OutputPathError) as exc:
         raise fail(str(exc)) from exc
-    mdl, tok = load(model, dtype, "auto", None, backend)
+    # On Ray the actors load the model (search and selection alike).
+    mdl, tok = (None, None) if ray else load(model, dtype, "auto", None, backend)
     try:
         if trials:
             study_obj = run_search(settings, mdl, tok, progress=progress)

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from backtrack.evaluation.scoring import score
 from backtrack.evaluation.settings import EvalError, EvalSettings
 from backtrack.evaluation.sources import Generated
 
@@ -66,9 +67,13 @@ def cell_key(item: WorkItem) -> tuple[str, int, str]:
 class _Worker:
     """The actor: one model, one completion source (see the module docstring)."""
 
-    def __init__(self, settings: EvalSettings) -> None:
+    def __init__(self, settings: EvalSettings, threads: int) -> None:
+        import torch
+
         from backtrack.evaluation.sources import CompletionSource
         from backtrack.models import load_model
+
+        torch.set_num_threads(threads)  # the CPUs Ray gave this actor, no more
 
         kwargs: dict[str, Any] = {
             "dtype": settings.dtype,
@@ -85,12 +90,6 @@ class _Worker:
 
     def decode(self, items: list[WorkItem]) -> list[tuple[tuple[str, int, str], Generated]]:
         return [(cell_key(item), gen) for item, gen in self.source.engine(items)]
-
-
-def _score_task(problem, completion: str, mode: str, sandbox):
-    from backtrack.evaluation.runner import score
-
-    return score(problem, completion, mode, sandbox)
 
 
 class RayPool:
@@ -125,8 +124,10 @@ class RayPool:
         if gpus >= actors:
             options["num_gpus"] = 1
         worker = ray.remote(_Worker).options(**options)
-        self.actors = [worker.remote(settings) for _ in range(actors)]
-        self._score = ray.remote(num_cpus=0)(_score_task)
+        threads = max(1, int(cpus_per_actor))
+        self.actors = [worker.remote(settings, threads) for _ in range(actors)]
+        # The task's module imports no torch, so sandbox workers start light.
+        self._score = ray.remote(num_cpus=0)(score)
         self.requeued = 0  # cells decoded again because their actor died
         self.decoded_chunks = 0
 
@@ -144,6 +145,7 @@ class RayPool:
         queue = deque(chunks)
         idle = list(self.actors)
         running: dict[Any, tuple[Any, list[WorkItem]]] = {}
+
         def feed() -> None:
             while idle and queue:
                 actor, chunk = idle.pop(0), queue.popleft()

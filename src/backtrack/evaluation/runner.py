@@ -28,8 +28,9 @@ from backtrack.evaluation.data import (
     mbpp_problems,
     select_problems,
 )
-from backtrack.evaluation.prompts import postprocess, program_for
-from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_program
+from backtrack.evaluation.prompts import postprocess
+from backtrack.evaluation.sandbox import SandboxConfig
+from backtrack.evaluation.scoring import score
 from backtrack.evaluation.settings import (
     Configuration,
     EvalError,
@@ -63,13 +64,6 @@ class RunSummary:
     written: int
     warnings: list[str]
     out: Path
-
-
-def score(
-    problem: Problem, completion: str, mode: str, config: SandboxConfig | None = None
-) -> ExecResult:
-    """Run one post-processed completion against the problem's tests in the sandbox."""
-    return run_program(program_for(problem, completion, mode), config)
 
 
 def load_problems(settings: EvalSettings) -> tuple[list[Problem], dict[str, int]]:

@@ -11,7 +11,8 @@ The search (:func:`run_search`):
   gain at each; Optuna's successive-halving pruner stops the bad ones early;
 * the constraint: at most ``--max-forward-per-token`` forward passes per accepted token
   (default 1.15, about what beam search with 2 beams costs in wall time), passed to the TPE
-  sampler as a constraint, so infeasible recipes are never chosen as best;
+  sampler as a constraint, so infeasible recipes are never chosen as best; a trial over it at
+  a rung stops there (pruned) rather than decode the larger rungs;
 * the sampler is TPE, seeded; the study lives in SQLite (``--storage``, ``--study``), so an
   interrupted search (Ctrl-C) resumes where it stopped, and every decoded cell is kept in the
   result directory (resumed, never decoded twice).
@@ -74,6 +75,8 @@ class TuneSettings:
     max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
     max_new_tokens: int = 384
     workers: int = 2
+    ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
+    ray_actors: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,8 @@ class TuneSettings:
                 "batch_size": self.batch_size,
                 "workers": self.workers,
                 "max_new_tokens": self.max_new_tokens,
+                "ray": self.ray,
+                "ray_actors": self.ray_actors,
             }
         )
 
@@ -206,7 +211,15 @@ def run_search(
     # the sampler does not wait on it; its decoded cells are reused by the next trial.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    if model is None:
+    pool = None
+    if settings.ray:
+        # One pool for the whole search: each actor loads the model once, and every trial's
+        # cells are spread over all actors. (One trial per actor would need one writer per
+        # trial, but every trial writes the study's one result directory, next to base.)
+        from backtrack.evaluation.distributed import RayPool
+
+        pool = RayPool(settings.eval_settings("train", [], None), settings.ray, settings.ray_actors)
+    elif model is None:
         from backtrack.models import load_model
 
         model, tokenizer = load_model(
@@ -219,7 +232,7 @@ def run_search(
         trial.set_user_attr("recipe", recipe.name)
         for rung in settings.rungs:
             evaluation = settings.eval_settings("train", [recipe.name], rung)
-            run_eval(evaluation, model, tokenizer, progress=False, log=log)
+            run_eval(evaluation, model, tokenizer, progress=False, log=log, pool=pool)
             tasks = [p.task_id for p in load_problems(evaluation)[0]]
             result = score(train, recipe.name, tasks)
             excess = result.forward_per_token - settings.max_forward_per_token
@@ -230,16 +243,20 @@ def run_search(
             trial.set_user_attr("pass_at_1", result.pass_at_1)
             trial.set_user_attr("problems", result.problems)
             trial.report(result.gain, rung)
-            if rung != settings.rungs[-1] and trial.should_prune():
-                raise optuna.TrialPruned()
+            if rung != settings.rungs[-1] and (excess > 0 or trial.should_prune()):
+                raise optuna.TrialPruned()  # a bad or too costly recipe stops here
         return result.gain
 
-    study.optimize(
-        objective,
-        n_trials=settings.trials,
-        show_progress_bar=progress,
-        catch=(),
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=settings.trials,
+            show_progress_bar=progress,
+            catch=(),
+        )
+    finally:
+        if pool is not None:
+            pool.close()
     return study
 
 
