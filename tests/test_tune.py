@@ -84,6 +84,8 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
     settings.trials = 2
     study = run_search(settings, model, tokenizer, progress=False)
     assert len(study.trials) == 5
+    # Reseeded on resume: the sampler does not replay its first draws.
+    assert study.trials[3].params != study.trials[0].params
     records, _ = ResultStore(tmp_path / "study" / "train").load()
     cells = [(r["config"], r["run"], r["task_id"]) for r in records]
     assert len(cells) == len(set(cells))

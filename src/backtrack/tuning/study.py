@@ -185,7 +185,7 @@ def open_study(settings: TuneSettings, sampler_seed: int | None = None):
     pruner = optuna.pruners.SuccessiveHalvingPruner(
         min_resource=settings.rungs[0], reduction_factor=3
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=settings.study,
         storage=settings.storage_url,
         sampler=sampler,
@@ -193,6 +193,13 @@ def open_study(settings: TuneSettings, sampler_seed: int | None = None):
         direction="maximize",
         load_if_exists=True,
     )
+    if study.trials and sampler_seed is None:
+        # A resumed study: reseed past the trials it has, or the sampler would draw the same
+        # first points again (TPE's start-up trials are random).
+        study.sampler = optuna.samplers.TPESampler(
+            seed=settings.seed + len(study.trials), n_startup_trials=8, **constraints
+        )
+    return study
 
 
 def run_search(
