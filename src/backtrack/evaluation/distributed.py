@@ -70,20 +70,10 @@ class _Worker:
     def __init__(self, settings: EvalSettings, threads: int) -> None:
         import torch
 
-        from backtrack.evaluation.sources import CompletionSource
-        from backtrack.models import load_model
+        from backtrack.evaluation.sources import CompletionSource, load_model_for
 
         torch.set_num_threads(threads)  # the CPUs Ray gave this actor, no more
-
-        kwargs: dict[str, Any] = {
-            "dtype": settings.dtype,
-            "device": settings.device,
-            "backend": settings.backend,
-        }
-        if settings.quantize:
-            kwargs["quantize"] = settings.quantize
-        model, tokenizer = load_model(settings.model, **kwargs)
-        self.source = CompletionSource(model, tokenizer, settings)
+        self.source = CompletionSource(*load_model_for(settings), settings)
 
     def pid(self) -> int:
         return os.getpid()

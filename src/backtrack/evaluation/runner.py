@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from backtrack.evaluation.data import (
     DataError,
@@ -38,7 +37,7 @@ from backtrack.evaluation.settings import (
     build_configurations,
     seed_for,
 )
-from backtrack.evaluation.sources import CompletionSource, Generated
+from backtrack.evaluation.sources import CompletionSource, Generated, load_model_for
 from backtrack.evaluation.store import META_FILE, ResultStore, build_meta, make_record, merge_meta
 from backtrack.paths import OutputPathError, ensure_writable_directory
 
@@ -194,16 +193,7 @@ def run_eval(
                 pool.close()
         return summary
     if model is None:
-        from backtrack.models import load_model
-
-        kwargs: dict[str, Any] = {
-            "dtype": settings.dtype,
-            "device": settings.device,
-            "backend": settings.backend,
-        }
-        if settings.quantize:
-            kwargs["quantize"] = settings.quantize
-        model, tokenizer = load_model(settings.model, **kwargs)
+        model, tokenizer = load_model_for(settings)
     source = CompletionSource(model, tokenizer, settings)
     try:  # e.g. chat mode with a tokenizer that has no chat template
         source.prompt(todo[0].problem)
@@ -215,6 +205,64 @@ def run_eval(
     }
     _execute(todo, source, settings, sandbox, store, summary, beam_done, on_record, progress)
     return summary
+
+
+class _Recorder:
+    """Writes each decoded cell's record once its program has run, in the order the cells
+    were decoded; only the calling (main) thread writes, so hooks and interrupts happen there.
+
+    ``score_async(problem, completion, mode, sandbox)`` runs a program and returns a
+    ``concurrent.futures.Future`` of its result (a thread pool locally, a Ray task on Ray).
+    """
+
+    def __init__(
+        self,
+        settings: EvalSettings,
+        sandbox: SandboxConfig,
+        store: ResultStore,
+        summary: RunSummary,
+        bar,
+        on_record: Callable[[dict], None] | None,
+        score_async: Callable[..., Future],
+        beam_done: dict | None = None,
+    ) -> None:
+        self.settings, self.sandbox, self.store, self.summary = settings, sandbox, store, summary
+        self.bar, self.on_record, self.score_async = bar, on_record, score_async
+        self.beam_done = beam_done
+        self.pending: list[tuple[WorkItem, Generated, str, Future]] = []
+
+    def submit(self, item: WorkItem, gen: Generated) -> None:
+        """Post-process a decoded cell and start its program."""
+        self.summary.generated += 1
+        mode = self.settings.mode
+        completion = postprocess(item.problem, gen.raw, mode, self.settings.generation.stop)
+        future = self.score_async(item.problem, completion, mode, self.sandbox)
+        self.pending.append((item, gen, completion, future))
+        self.drain(block=False)
+
+    def write(self, record: dict) -> None:
+        self.store.append(record)
+        self.summary.written += 1
+        self.bar.update(1)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def drain(self, block: bool) -> None:
+        """Write the records whose programs finished (all of them, waiting, if ``block``)."""
+        while self.pending and (block or self.pending[0][3].done()):
+            item, gen, completion, future = self.pending.pop(0)
+            record = make_record(item, gen, completion, future.result(), self.settings)
+            if self.beam_done is not None and item.config.kind == "beam" and item.run == 0:
+                self.beam_done[(item.config.name, item.problem.task_id)] = record
+            self.write(record)
+
+    def salvage(self) -> None:
+        """Interrupted (Ctrl-C) or failed: keep every cell whose program already finished."""
+        for item, gen, completion, future in self.pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                result = future.result()
+                self.store.append(make_record(item, gen, completion, result, self.settings))
+                self.summary.written += 1
 
 
 def _execute(
@@ -234,30 +282,16 @@ def _execute(
 
     bar = tqdm(total=len(todo), desc="eval", unit="item", disable=not progress, smoothing=0.05)
     pool = ThreadPoolExecutor(max_workers=settings.workers)
-    pending: list[tuple[WorkItem, Generated, str, Future]] = []
-
-    def write(record: dict) -> None:
-        store.append(record)
-        summary.written += 1
-        bar.update(1)
-        if on_record is not None:
-            on_record(record)
-
-    def drain(block: bool) -> None:
-        while pending and (block or pending[0][3].done()):
-            item, gen, completion, future = pending.pop(0)
-            record = make_record(item, gen, completion, future.result(), settings)
-            if item.config.kind == "beam" and item.run == 0:
-                beam_done[(item.config.name, item.problem.task_id)] = record
-            write(record)
-
-    def submit(item: WorkItem, gen: Generated) -> None:
-        summary.generated += 1
-        completion = postprocess(item.problem, gen.raw, settings.mode, source.stop)
-        future = pool.submit(score, item.problem, completion, settings.mode, sandbox)
-        pending.append((item, gen, completion, future))
-        drain(block=False)
-
+    recorder = _Recorder(
+        settings,
+        sandbox,
+        store,
+        summary,
+        bar,
+        on_record,
+        lambda *args: pool.submit(score, *args),
+        beam_done,
+    )
     try:
         # Chunks of problems (one run at a time) keep the run > problem > config order while
         # giving the batch decoder enough rows to fill its batch.
@@ -265,24 +299,22 @@ def _execute(
         for group in _chunks(todo, chunk):
             engine_items = [i for i in group if i.config.kind == "engine"]
             for item, gen in source.engine(engine_items):
-                submit(item, gen)
+                recorder.submit(item, gen)
             for item in group:
                 if item.config.kind == "engine":
                     continue
                 if item.config.kind == "beam" and item.run > 0:
-                    drain(block=True)
+                    recorder.drain(block=True)
                     first = beam_done.get((item.config.name, item.problem.task_id))
                     if first is not None:
-                        write({**first, "run": item.run, "seed": item.seed, "reused_from_run": 0})
+                        recorder.write(
+                            {**first, "run": item.run, "seed": item.seed, "reused_from_run": 0}
+                        )
                         continue
-                submit(item, source.hf(item))
-        drain(block=True)
+                recorder.submit(item, source.hf(item))
+        recorder.drain(block=True)
     except BaseException:
-        # Interrupted (Ctrl-C) or failed: keep every cell whose program already finished.
-        for item, gen, completion, future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                store.append(make_record(item, gen, completion, future.result(), settings))
-                summary.written += 1
+        recorder.salvage()
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -305,33 +337,13 @@ def _execute_on_ray(
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc="eval (ray)", unit="item", disable=not progress)
-    pending: list[tuple[WorkItem, Generated, str, Future]] = []
-    stop = settings.generation.stop
-
-    def drain(block: bool) -> None:
-        while pending and (block or pending[0][3].done()):
-            item, gen, completion, future = pending.pop(0)
-            record = make_record(item, gen, completion, future.result(), settings)
-            store.append(record)
-            summary.written += 1
-            bar.update(1)
-            if on_record is not None:
-                on_record(record)
-
+    recorder = _Recorder(settings, sandbox, store, summary, bar, on_record, pool.score)
     try:
-        chunks = list(_chunks(todo, max(1, settings.batch_size)))
-        for item, gen in pool.decode(chunks):
-            summary.generated += 1
-            completion = postprocess(item.problem, gen.raw, settings.mode, stop)
-            future = pool.score(item.problem, completion, settings.mode, sandbox)
-            pending.append((item, gen, completion, future))
-            drain(block=False)
-        drain(block=True)
+        for item, gen in pool.decode(list(_chunks(todo, max(1, settings.batch_size)))):
+            recorder.submit(item, gen)
+        recorder.drain(block=True)
     except BaseException:
-        for item, gen, completion, future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                store.append(make_record(item, gen, completion, future.result(), settings))
-                summary.written += 1
+        recorder.salvage()
         raise
     finally:
         bar.close()

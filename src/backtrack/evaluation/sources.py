@@ -33,6 +33,21 @@ class Generated:
     deepest_rollback: int = 0  # see Counts.deepest_rollback
 
 
+def load_model_for(settings: EvalSettings):
+    """``(model, tokenizer)`` as an evaluation's settings ask (model, dtype, device, backend,
+    quantization); the local runner and every Ray actor load through this."""
+    from backtrack.models import load_model
+
+    kwargs: dict[str, Any] = {
+        "dtype": settings.dtype,
+        "device": settings.device,
+        "backend": settings.backend,
+    }
+    if settings.quantize:
+        kwargs["quantize"] = settings.quantize
+    return load_model(settings.model, **kwargs)
+
+
 def _from_result(result) -> Generated:
     c = result.counts
     return Generated(
