@@ -316,10 +316,15 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings) -> FastAPI:
         events: asyncio.Queue = asyncio.Queue()
         tickets = []
         for choice, prompt_ids, operator, choice_config in jobs:
+            # Every choice of the request reports on one queue, tagged with its index.
             ticket = scheduler.submit(
-                prompt_ids, operator, choice_config, stream=body.stream, loop=loop
+                prompt_ids,
+                operator,
+                choice_config,
+                stream=body.stream,
+                loop=loop,
+                events=_Tagged(events, choice),
             )
-            ticket.events = _Tagged(events, choice)  # every choice reports on one queue
             tickets.append(ticket)
         reply = _Reply(
             f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",

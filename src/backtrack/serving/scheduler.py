@@ -20,7 +20,7 @@ import sys
 import threading
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backtrack.engine.batch import BatchDecoder, BatchRun, Request
@@ -36,7 +36,7 @@ RETRY_AFTER_S = 1
 class Ticket:
     """One generation the scheduler owes a handler.
 
-    Events arrive on ``events`` (an ``asyncio.Queue`` of the handler's loop): ``("text", str)``
+    Events arrive on ``events`` (``put_nowait`` on the handler's loop): ``("text", str)``
     for newly final text (streaming tickets only), then ``("done", GenerationResult)``, or
     ``("error", message)`` if decoding failed.
     """
@@ -45,7 +45,7 @@ class Ticket:
     request: Request
     stream: bool
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: Any
 
     def publish(self, kind: str, payload: Any) -> None:
         """Hand an event to the handler's loop (from the scheduler thread)."""
@@ -102,21 +102,18 @@ class Scheduler:
         *,
         stream: bool,
         loop: asyncio.AbstractEventLoop,
+        events: Any,
     ) -> Ticket:
-        """Queue one generation; a full queue is a 503 with ``Retry-After``."""
+        """Queue one generation; a full queue is a 503 with ``Retry-After``. ``events``:
+        where the ticket's events go (anything with ``put_nowait``, used on ``loop``)."""
         with self._lock:
             if self._stopping:
                 raise ServeError("the server is shutting down", 503, kind="server_error")
             if len(self._queue) >= self.max_queue:
-                raise ServeError(
-                    f"the server is busy: {len(self._queue)} requests are waiting "
-                    f"(--max-queue {self.max_queue}); retry shortly",
-                    503,
-                    kind="server_error",
-                    code="queue_full",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                )
-            ticket = Ticket(next(self._numbers), (prompt_ids, operator, config), stream, loop)
+                raise self._busy()
+            ticket = Ticket(
+                next(self._numbers), (prompt_ids, operator, config), stream, loop, events
+            )
             self._queue.append(ticket)
             self._tickets[ticket.index] = ticket
             self._wake.notify_all()
@@ -126,14 +123,18 @@ class Scheduler:
         """Refuse at once (503) if ``count`` more requests cannot all be queued."""
         with self._lock:
             if len(self._queue) + count > self.max_queue:
-                raise ServeError(
-                    f"the server is busy: {len(self._queue)} requests are waiting "
-                    f"(--max-queue {self.max_queue}); retry shortly",
-                    503,
-                    kind="server_error",
-                    code="queue_full",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                )
+                raise self._busy()
+
+    def _busy(self) -> ServeError:
+        """The 503 of a full queue (call with the lock held)."""
+        return ServeError(
+            f"the server is busy: {len(self._queue)} requests are waiting "
+            f"(--max-queue {self.max_queue}); retry shortly",
+            503,
+            kind="server_error",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     def cancel(self, ticket: Ticket) -> None:
         """The client went away: drop the request, freeing its row at the next step."""

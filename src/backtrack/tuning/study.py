@@ -28,9 +28,8 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from backtrack.evaluation.metrics import compare, forward_passes_per_token
 from backtrack.evaluation.runner import load_problems, run_eval
@@ -77,7 +76,6 @@ class TuneSettings:
     workers: int = 2
     ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
     ray_actors: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
