@@ -12,8 +12,15 @@ import pytest
 from backtrack.evaluation.settings import build_configurations, split_configuration
 from backtrack.evaluation.store import ResultStore
 from backtrack.operators.spec import OPERATORS, parse_operator
-from backtrack.tuning.space import OPERATOR_SPACE, suggest_recipe
-from backtrack.tuning.study import TuneSettings, run_search, select_winners, write_summary
+from backtrack.tuning.space import OPERATOR_SPACE, recipe_params, suggest_recipe
+from backtrack.tuning.study import (
+    _SET_CONSTRAINT,
+    TuneSettings,
+    canonical_recipe,
+    run_search,
+    select_winners,
+    write_summary,
+)
 
 
 def test_every_searched_parameter_exists_and_both_ends_are_valid():
@@ -55,6 +62,36 @@ def test_a_recipe_is_an_evaluation_configuration():
     assert plain.name == "never@temperature=0,period=1,ban=accumulate"
 
 
+def test_every_sampled_recipe_reads_back_to_its_parameters():
+    # A random search over the whole space: each recipe's name parses back to the parameters
+    # that made it (what `--enqueue` relies on), and to the same name.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(300):
+        trial = study.ask()
+        recipe = suggest_recipe(trial)
+        fixed = suggest_recipe(optuna.trial.FixedTrial(recipe_params(recipe.name)))
+        assert fixed == recipe
+        assert canonical_recipe(recipe.name) == recipe.name
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("never@temperature=0.3", "temperature must be one of"),
+        ("nope@temperature=0", "not in the search space"),
+        ("probability-trend:window=8@temperature=0.5", "needs exactly window, drop, k"),
+        ("probability-trend:window=8,drop=0.33,k=2@temperature=0.5", "outside the searched grid"),
+        ("never@temperature=0,period=4", "no period or ban"),
+        ("never+never@temperature=0", "not in the search space"),
+        ("never@temp=0", "expected temperature="),
+    ],
+)
+def test_a_recipe_outside_the_space_is_refused_before_anything_loads(name, message):
+    with pytest.raises(ValueError, match=message):
+        TuneSettings(out="x", data_path="y", enqueue=(name,))
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="rungs"):
         TuneSettings(out="x", data_path="y", rungs=(10, 5))
@@ -73,9 +110,12 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
         batch_size=4,
         max_new_tokens=12,
         max_forward_per_token=3.0,
+        enqueue=("never@temperature=0",),
     )
     study = run_search(settings, model, tokenizer, progress=False)
     assert len(study.trials) == 3
+    greedy = "never@temperature=0,period=1,ban=accumulate"
+    assert study.trials[0].user_attrs["recipe"] == greedy  # the enqueued anchor runs first
     records, _ = ResultStore(tmp_path / "study" / "train").load()
     cells = [(r["config"], r["run"], r["task_id"]) for r in records]
     assert len(cells) == len(set(cells)), "a cell was decoded twice"
@@ -90,10 +130,16 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
     cells = [(r["config"], r["run"], r["task_id"]) for r in records]
     assert len(cells) == len(set(cells))
     assert sum(1 for c in cells if c[0] == "base") == base_before == 4
+    # Queued once per study: resuming with the same --enqueue does not run it again.
+    queued = [t for t in study.trials if "fixed_params" in t.system_attrs]
+    assert [t.user_attrs["recipe"] for t in queued] == [greedy]
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.user_attrs["problems"] == 4
             assert trial.user_attrs["forward_per_token"] >= 1.0
+            if _SET_CONSTRAINT:  # the constraint TPE sees is the one of the largest subset
+                stored = trial.system_attrs["constraints:forward_per_token"]
+                assert stored == trial.user_attrs["constraint"]
     ranked = select_winners(
         settings, top=2, runs=1, model=model, tokenizer=tokenizer, limit=3, progress=False
     )

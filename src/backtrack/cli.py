@@ -319,6 +319,13 @@ def tune(
     operators: Annotated[
         str | None, typer.Option(help="Operators the search may use, comma-separated (all).")
     ] = None,
+    enqueue: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A recipe to try first (repeatable), spelled as the summary does, e.g. "
+            "'never@temperature=0' (plain greedy, an anchor); each is queued once per study."
+        ),
+    ] = None,
     select: Annotated[
         int, typer.Option(help="Then validate the N best feasible recipes on MBPP validation.")
     ] = 0,
@@ -365,6 +372,7 @@ def tune(
             max_new_tokens=max_new_tokens,
             ray=ray,
             ray_actors=ray_actors,
+            enqueue=tuple(enqueue or ()),
         )
         unknown = [o for o in settings.operators or () if o not in OPERATOR_SPACE]
         if unknown:

@@ -114,3 +114,63 @@ def _params(trial, slot: str, operator: str) -> tuple[tuple[str, Any], ...]:
         (param, _suggest(trial, f"{slot}.{operator}.{param}", spec))
         for param, spec in OPERATOR_SPACE[operator].items()
     )
+
+
+def recipe_params(name: str) -> dict[str, Any]:
+    """The trial parameters that :func:`suggest_recipe` would turn into the recipe ``name``
+    (``SPEC@temperature=T,period=P,ban=B``, as :attr:`Recipe.name` spells it), for
+    ``study.enqueue_trial``: a search can start from known recipes (plain greedy, the paper's
+    defaults) instead of only random ones.
+
+    >>> recipe_params("never@temperature=0")
+    {'op1': 'never', 'temperature': 0.0}
+    """
+    spec, _, settings_text = name.partition("@")
+    settings: dict[str, str] = {}
+    for item in filter(None, settings_text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("temperature", "period", "ban"):
+            raise ValueError(
+                f"{name!r}: expected temperature=, period=, ban= after @, got {item!r}"
+            )
+        settings[key] = value
+    parts = spec.split("+") if spec else []
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(f"{name!r}: a recipe has one operator or two joined by +")
+    params: dict[str, Any] = {}
+    for slot, part in zip(("op1", "op2"), parts, strict=False):
+        operator, _, args = part.partition(":")
+        if operator not in OPERATOR_SPACE or (slot == "op2" and operator == "never"):
+            raise ValueError(f"{name!r}: {operator!r} is not in the search space")
+        given = dict(a.partition("=")[::2] for a in filter(None, args.split(",")))
+        space = OPERATOR_SPACE[operator]
+        if set(given) != set(space):
+            raise ValueError(f"{name!r}: {operator} needs exactly {', '.join(space) or 'nothing'}")
+        params[slot] = operator
+        for param, (kind, low, high, *rest) in space.items():
+            value: Any = int(given[param]) if kind == "int" else float(given[param])
+            on_grid = (
+                kind == "int"
+                or abs((value - low) / rest[0] - round((value - low) / rest[0])) < 1e-6
+            )
+            if not (low <= value <= high and on_grid):
+                raise ValueError(
+                    f"{name!r}: {operator}.{param}={value} is outside the searched grid"
+                )
+            params[f"{slot}.{operator}.{param}"] = value
+    if parts[0].partition(":")[0] != "never" and len(parts) == 1:
+        params["op2"] = NO_SECOND
+    temperature = float(settings.get("temperature", "nan"))
+    if temperature not in TEMPERATURES:
+        raise ValueError(f"{name!r}: temperature must be one of {TEMPERATURES}")
+    params["temperature"] = temperature
+    if params["op1"] == "never":
+        if int(settings.get("period", 1)) != 1 or settings.get("ban", "accumulate") != "accumulate":
+            raise ValueError(f"{name!r}: plain decoding has no period or ban to set")
+    else:
+        period = int(settings.get("period", 1))
+        ban = settings.get("ban", "accumulate")
+        if period not in PERIODS or ban not in BANS:
+            raise ValueError(f"{name!r}: period must be in {PERIODS} and ban in {BANS}")
+        params.update(period=period, ban=ban)
+    return params

@@ -35,7 +35,7 @@ from backtrack.evaluation.metrics import compare, forward_passes_per_token
 from backtrack.evaluation.runner import load_problems, run_eval
 from backtrack.evaluation.settings import BASE, EvalSettings
 from backtrack.evaluation.store import ResultStore
-from backtrack.tuning.space import suggest_recipe
+from backtrack.tuning.space import recipe_params, suggest_recipe
 
 DEFAULT_RUNGS = (40, 120, 374)
 MAX_FORWARD_PER_TOKEN = 1.15
@@ -76,12 +76,17 @@ class TuneSettings:
     workers: int = 2
     ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
     ray_actors: int = 2
+    # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
+    # tells a temperature's gain from an operator's; each is enqueued once per study.
+    enqueue: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
             raise ValueError(f"rungs must be increasing positive counts, got {list(self.rungs)}")
         if self.trials < 0 or self.batch_size < 1:
             raise ValueError("trials must be >= 0 and batch_size >= 1")
+        for name in self.enqueue:
+            recipe_params(name)  # a bad recipe fails here, before any model loads
 
     @property
     def storage_url(self) -> str:
@@ -161,6 +166,13 @@ def _has_set_constraint() -> bool:
 _SET_CONSTRAINT = _has_set_constraint()
 
 
+def _set_constraint(trial, excess: float) -> None:
+    # Optuna 5 keeps the first value a trial sets and ignores later ones (with a warning), so
+    # set it once, when the trial ends, from its largest subset.
+    if _SET_CONSTRAINT:
+        trial.set_constraint("forward_per_token", excess)
+
+
 def _constraints(trial) -> list[float]:
     # Optuna: <= 0 means feasible.
     return [float(trial.user_attrs.get("constraint", 1.0))]
@@ -216,6 +228,7 @@ def run_search(
     # the sampler does not wait on it; its decoded cells are reused by the next trial.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    _enqueue(study, settings.enqueue)
     pool = None
     if settings.ray:
         # One pool for the whole search: each actor loads the model once, and every trial's
@@ -242,14 +255,14 @@ def run_search(
             result = score(train, recipe.name, tasks)
             excess = result.forward_per_token - settings.max_forward_per_token
             trial.set_user_attr("constraint", excess)
-            if _SET_CONSTRAINT:
-                trial.set_constraint("forward_per_token", excess)
             trial.set_user_attr("forward_per_token", result.forward_per_token)
             trial.set_user_attr("pass_at_1", result.pass_at_1)
             trial.set_user_attr("problems", result.problems)
             trial.report(result.gain, rung)
             if rung != settings.rungs[-1] and (excess > 0 or trial.should_prune()):
+                _set_constraint(trial, excess)
                 raise optuna.TrialPruned()  # a bad or too costly recipe stops here
+        _set_constraint(trial, excess)
         return result.gain
 
     try:
@@ -263,6 +276,31 @@ def run_search(
         if pool is not None:
             pool.close()
     return study
+
+
+def canonical_recipe(name: str) -> str:
+    """``name`` as the search spells it (every setting, rounded values)."""
+    import optuna
+
+    return suggest_recipe(optuna.trial.FixedTrial(recipe_params(name))).name
+
+
+def _enqueue(study, names: Sequence[str]) -> None:
+    """Enqueue each recipe the study has not tried, is not trying and has not queued (an
+    interrupted, failed one is queued again: its decoded cells are reused)."""
+    import optuna
+
+    known = set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING:
+            fixed = trial.system_attrs.get("fixed_params") or {}
+            known.add(suggest_recipe(optuna.trial.FixedTrial(fixed)).name)
+        elif trial.state != optuna.trial.TrialState.FAIL and "recipe" in trial.user_attrs:
+            known.add(trial.user_attrs["recipe"])
+    for name in names:
+        if canonical_recipe(name) not in known:
+            study.enqueue_trial(recipe_params(name))
+            known.add(canonical_recipe(name))
 
 
 # ---------------------------------------------------------------------- selection and report
