@@ -21,6 +21,7 @@ from backtrack.evaluation.report import (
     paired_subset,
     plot,
     rescore,
+    rescore_as,
     short_label,
     summarize,
 )
@@ -119,6 +120,45 @@ def test_plot_combines_models_into_a_png(tmp_path: Path) -> None:
     out = plot(rows, tmp_path / "fig.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_humaneval_completions_rescored_on_humaneval_plus(tmp_path: Path, shared_data) -> None:
+    # HumanEval/22 (filter_integers): `isinstance(v, int)` passes HumanEval's tests, but
+    # HumanEval+ also feeds booleans (bool is a subclass of int), so it fails there. The
+    # completion is one the default model wrote (results/humaneval-llama-cpp, base run 0).
+    problem = next(p for p in load_humaneval() if p.task_id == "HumanEval/22")
+    rec = {**synthetic_records()[0], "task_id": problem.task_id, "run": 0, "passed": True}
+    loose = "    return [value for value in values if isinstance(value, int)]\n"
+    # HumanEval's own canonical solution is the loose one; HumanEval+ fixed it to this.
+    assert "isinstance(x, int)" in problem.canonical_solution
+    strict = "    return [value for value in values if type(value) is int]\n"
+    records = [
+        {**rec, "config": "base", "completion": strict},
+        {**rec, "config": "op", "completion": loose},
+    ]
+    source = write_dir(tmp_path / "he", records)
+    before = (source / "results.jsonl").read_bytes()
+    plus = shared_data / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl.gz"
+    out = tmp_path / "he-plus"
+    assert rescore_as(source, out, "humaneval-plus", str(plus), timeout_s=10.0) == (2, 1, [])
+    assert [r["passed"] for r in load_results(out).records] == [True, False]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"] == "humaneval-plus" and meta["rescored_from"]["dataset"] == "humaneval"
+    assert (source / "results.jsonl").read_bytes() == before  # the source is untouched
+    with pytest.raises(ValueError, match="already holds results"):
+        rescore_as(source, out, "humaneval-plus", str(plus))
+    mbpp = shared_data / "mbpp" / "mbpp_release_v1.jsonl"
+    with pytest.raises(ValueError, match="1 problems of .* are not in mbpp: HumanEval/22"):
+        rescore_as(source, tmp_path / "x", "mbpp", str(mbpp))
+    assert not (tmp_path / "x").exists()
+    # The CLI: the same, with one-line errors.
+    runner = CliRunner()
+    args = ["rescore", str(source), "--dataset", "humaneval-plus", "--data-path", str(plus)]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert [r["passed"] for r in load_results(tmp_path / "cli").records] == [True, False]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "cli")])
+    assert result.exit_code != 0 and "already holds results" in result.output
 
 
 def test_rescore_flips_verdicts_from_stored_completions(tmp_path: Path) -> None:

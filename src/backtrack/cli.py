@@ -736,6 +736,44 @@ def report(
         err.print(f"wrote {plot}")
 
 
+@app.command("rescore")
+def rescore_command(
+    source: Annotated[Path, typer.Argument(help="A result directory of `backtrack eval`.")],
+    dataset: Annotated[
+        str, typer.Option(help="Score against this dataset's tests, e.g. humaneval-plus.")
+    ],
+    out: Annotated[Path, typer.Option(help="New result directory for the new verdicts.")],
+    data_path: Annotated[
+        str | None, typer.Option(help="The dataset's file (every dataset but HumanEval).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Sandbox limit (default: the source's).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+) -> None:
+    """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
+    into a new result directory that `report` reads like any other; nothing is decoded."""
+    from backtrack.evaluation import report as rep
+    from backtrack.evaluation.data import DataError
+    from backtrack.evaluation.store import RESULTS_FILE
+
+    if not (source / RESULTS_FILE).is_file():
+        raise fail(f"{source}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+    try:
+        ensure_writable_directory(out.parent if out.parent != Path() else Path.cwd(), "--out")
+        n, changed, differ = rep.rescore_as(source, out, dataset, data_path, workers, timeout)
+    except (ValueError, DataError, OutputPathError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    err.print(f"{out}: {n} records scored on {dataset}, {changed} verdicts differ from {source}")
+    if differ:
+        err.print(
+            f"[yellow]warning:[/] prompts differ between the datasets for {', '.join(differ)}; "
+            "their completions were written for the source prompt (listed in meta.json)",
+            markup=True,
+            highlight=False,
+        )
+
+
 def main() -> None:
     app()
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -370,30 +372,20 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
 # --------------------------------------------------------------------------- re-scoring
 
 
-def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
-    """Re-run the sandbox on every stored completion (e.g. after changing the time limit).
-
-    Updates ``passed``/``status``/``detail``/``exec_time_s``/``sandbox`` in place (atomic
-    rewrite; records written before ``sandbox`` existed gain it) and records the limit used in
-    meta.json. Returns (records rescored, verdicts changed).
-    """
-    from backtrack.evaluation.data import load_dataset
+def _execute(records: list[dict], problems: dict, workers: int, limit: float) -> int:
+    """Run every record's completion against ``problems`` (by task id); update its verdict
+    fields in place. Returns how many verdicts changed."""
     from backtrack.evaluation.prompts import program_for
     from backtrack.evaluation.sandbox import SandboxConfig, run_many
-    from backtrack.evaluation.store import DETAIL_CAP, ResultStore
+    from backtrack.evaluation.store import DETAIL_CAP
 
-    result = load_results(path)
-    meta = result.meta
-    dataset = str(meta.get("dataset", "humaneval"))
-    problems = {p.task_id: p for p in load_dataset(dataset, meta.get("data_path"))}
-    limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
     programs = [
         program_for(problems[r["task_id"]], r["completion"], r.get("mode", "completion"))
-        for r in result.records
+        for r in records
     ]
     verdicts = run_many(programs, workers=workers, config=SandboxConfig(timeout_s=limit))
     changed = 0
-    for rec, verdict in zip(result.records, verdicts, strict=True):
+    for rec, verdict in zip(records, verdicts, strict=True):
         changed += int(bool(rec["passed"]) != verdict.passed)
         rec.update(
             passed=verdict.passed,
@@ -402,10 +394,95 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
             exec_time_s=verdict.duration_s,
             sandbox=asdict(verdict.sandbox),
         )
+    return changed
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    tmp = directory / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, directory / META_FILE)
+
+
+def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
+    """Re-run the sandbox on every stored completion (e.g. after changing the time limit).
+
+    Updates ``passed``/``status``/``detail``/``exec_time_s``/``sandbox`` in place (atomic
+    rewrite; records written before ``sandbox`` existed gain it) and records the limit used in
+    meta.json. Returns (records rescored, verdicts changed).
+    """
+    from backtrack.evaluation.data import load_dataset
+    from backtrack.evaluation.store import ResultStore
+
+    result = load_results(path)
+    meta = result.meta
+    dataset = str(meta.get("dataset", "humaneval"))
+    problems = {p.task_id: p for p in load_dataset(dataset, meta.get("data_path"))}
+    limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
+    changed = _execute(result.records, problems, workers, limit)
     ResultStore(result.path).rewrite(result.records)
     if meta:
         meta.update(timeout_s=limit, rescored=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        tmp = result.path / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, result.path / META_FILE)
+        _write_meta(result.path, meta)
     return len(result.records), changed
+
+
+def rescore_as(
+    source: str | Path,
+    out: str | Path,
+    dataset: str,
+    data_path: str | None = None,
+    workers: int = 2,
+    timeout_s: float | None = None,
+) -> tuple[int, int, list[str]]:
+    """Score the completions of the result directory ``source`` against another dataset's
+    tests (HumanEval completions against HumanEval+, as EvalPlus does: the new dataset's prompt
+    plus the stored completion) into a new result directory ``out``; ``source`` is untouched.
+
+    Every problem must exist in ``dataset``. Problems whose prompt differs between the two
+    datasets (HumanEval+ moved an import in HumanEval/115) are listed in the new meta.json
+    (``prompt_differs``), since their completions were written for the other prompt. ``out``
+    appears whole or not at all. Returns (records, verdicts changed, prompts that differ).
+    """
+    from backtrack.evaluation.data import load_dataset
+    from backtrack.evaluation.store import ResultStore
+
+    source, out = Path(source), Path(out)
+    if (out / RESULTS_FILE).exists() or (out / META_FILE).exists():
+        raise ValueError(f"{out} already holds results; give a new --out")
+    result = load_results(source)
+    if not result.records:
+        raise ValueError(f"{source}: no records to score")
+    meta = dict(result.meta)
+    old_name = str(meta.get("dataset", "humaneval"))
+    old = {p.task_id: p for p in load_dataset(old_name, meta.get("data_path"))}
+    new = {p.task_id: p for p in load_dataset(dataset, data_path)}
+    missing = sorted({r["task_id"] for r in result.records} - set(new))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} problems of {source} are not in {dataset}: {shown}")
+    tasks = sorted({r["task_id"] for r in result.records})
+    differ = [t for t in tasks if t in old and old[t].prompt != new[t].prompt]
+    limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
+    # The output's place is made (and so checked) before the sandbox runs anything.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        records = [dict(r) for r in result.records]
+        changed = _execute(records, new, workers, limit)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    meta.update(
+        dataset=dataset,
+        data_path=str(data_path) if data_path else None,
+        timeout_s=limit,
+        rescored_from={"directory": str(source), "dataset": old_name},
+        prompt_differs=differ,
+        rescored=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    ResultStore(staging).rewrite(records)
+    _write_meta(staging, meta)
+    if out.exists():
+        out.rmdir()  # empty (checked above that it holds no results); fails if anything else
+    os.replace(staging, out)
+    return len(records), changed, differ
