@@ -6,8 +6,9 @@
 2. The per-step cost of each operator in microseconds, on step records from a real generation.
 
     .venv/bin/python benchmarks/bench_engine.py --model qwen2.5-coder-0.5b-instruct --prompts 6
-    # with the learned operator's cost too (an LSTM step per token):
-    .venv/bin/python benchmarks/bench_engine.py \
+    # with the learned operator's cost too (an LSTM step per token), side by side with the
+    # same policy called through sb3's `predict` (what the operator did before):
+    .venv/bin/python benchmarks/bench_engine.py --operators-only \
         --policy policies/qwen2.5-coder-0.5b-instruct/policy.zip
 """
 
@@ -18,11 +19,13 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from backtrack.engine import Decoder, GenerationConfig
 from backtrack.models import load_model
 from backtrack.operators import Never, Operator, parse_operator
+from backtrack.operators.learned import LearnedOperator, _frozen
 
 OPERATOR_SPECS = [
     "never",
@@ -78,6 +81,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--policy", default=None, help="also time rl:path=POLICY (needs [rl])")
+    ap.add_argument(
+        "--operators-only", action="store_true", help="skip the engine/generate comparison"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -96,7 +102,7 @@ def main() -> None:
 
     ours_tok = ours_s = hf_tok = hf_s = 0.0
     per_prompt = []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate([] if args.operators_only else prompts):
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         order = ("hf", "ours") if i % 2 == 0 else ("ours", "hf")
         r = {}
@@ -117,32 +123,65 @@ def main() -> None:
     print(f"model: {args.model} ({dtype}), {len(prompts)} HumanEval prompts, {n} new tokens")
     print(f"sampling: temperature={t}, top_k={k}; A/B order alternates per prompt")
     print()
-    print(f"model.generate : {hf_tok / hf_s:7.2f} tok/s")
-    print(f"engine, never  : {ours_tok / ours_s:7.2f} tok/s")
-    ratio = (ours_tok / ours_s) / (hf_tok / hf_s)
-    median = statistics.median(per_prompt)
-    print(f"ratio engine/generate: {ratio:.3f} (per-prompt median {median:.3f})")
-    print()
+    if per_prompt:
+        print(f"model.generate : {hf_tok / hf_s:7.2f} tok/s")
+        print(f"engine, never  : {ours_tok / ours_s:7.2f} tok/s")
+        ratio = (ours_tok / ours_s) / (hf_tok / hf_s)
+        median = statistics.median(per_prompt)
+        print(f"ratio engine/generate: {ratio:.3f} (per-prompt median {median:.3f})")
+        print()
 
     # Operator cost per step, on real step records.
     collect = Collect()
     decoder.generate(ids0, collect, cfg, seed=7)
     steps = collect.steps
     print(f"operator cost per call ({len(steps)} real steps, median of 5 passes):")
-    specs = OPERATOR_SPECS + ([f"rl:path={args.policy}"] if args.policy else [])
-    for spec in specs:
-        op = parse_operator(spec)
-        samples = []
+    for spec in OPERATOR_SPECS:
+        print(f"  {spec:32s} {per_call_us(parse_operator(spec), steps, 5):8.2f} us")
+    if args.policy:
+        # The learned operator and its peer, the same policy through sb3's `predict`, in
+        # alternating passes on the same steps.
+        direct = parse_operator(f"rl:path={args.policy}")
+        peer = ViaPredict(args.policy)
+        times: dict[str, list[float]] = {"direct": [], "predict": []}
         for _ in range(5):
-            op.reset()
-            start = time.perf_counter()
-            for step in steps:
-                op.set_state(op.get_state())  # the engine snapshots state every step
-                op(step)
-            samples.append((time.perf_counter() - start) / len(steps) * 1e6)
-        print(f"  {spec:32s} {statistics.median(samples):8.2f} us")
-    per_token_ms = ours_s / ours_tok * 1e3
+            times["direct"].append(per_call_us(direct, steps, 1))
+            times["predict"].append(per_call_us(peer, steps, 1))
+        a, b = statistics.median(times["direct"]), statistics.median(times["predict"])
+        print(f"  {'rl (network called directly)':32s} {a:8.2f} us")
+        print(f"  {'rl through sb3 predict (peer)':32s} {b:8.2f} us")
+        print(f"  ratio direct/predict: {a / b:.3f}")
+    collect = Collect()
+    start = time.perf_counter()
+    decoder.generate(ids0, collect, cfg, seed=7)
+    per_token_ms = (time.perf_counter() - start) / len(collect.steps) * 1e3
     print(f"(one decoding step of this model takes {per_token_ms:.1f} ms)")
+
+
+def per_call_us(op: Operator, steps: list, passes: int) -> float:
+    """Median over ``passes`` of the mean cost of one call, state snapshot included."""
+    samples = []
+    for _ in range(passes):
+        op.reset()
+        start = time.perf_counter()
+        for step in steps:
+            op.set_state(op.get_state())  # the engine snapshots state every step
+            op(step)
+        samples.append((time.perf_counter() - start) / len(steps) * 1e6)
+    return statistics.median(samples)
+
+
+class ViaPredict(LearnedOperator):
+    """The learned operator as it was: each step through sb3's generic ``predict``."""
+
+    def _act(self, observation, lstm, episode_start, deterministic):
+        action, state = self.model.predict(
+            observation,
+            state=lstm,
+            episode_start=np.array([episode_start]),
+            deterministic=deterministic,
+        )
+        return int(np.asarray(action).reshape(())), (_frozen(state[0]), _frozen(state[1]))
 
 
 if __name__ == "__main__":

@@ -305,6 +305,40 @@ def _assert_same_state(a, b) -> None:
     assert a[2] == b[2]  # episode_start
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_direct_network_call_equals_sb3_predict_bit_for_bit(trained, deterministic) -> None:
+    # The operator calls the actor network directly instead of sb3's `predict` (the cost);
+    # over random observations, with episode starts, actions, LSTM states and the action
+    # RNG's consumption must all be exactly sb3's.
+    operator = LearnedOperator(str(trained))
+    rng = np.random.default_rng(0)
+    space = operator.model.observation_space
+    lstm = operator.initial_state()[1]
+    ref_lstm = lstm
+    actions = []
+    for i in range(300):
+        observation = rng.uniform(space.low, space.high).astype(np.float32)
+        start = i % 97 == 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            action, lstm = operator._act(observation, lstm, start, deterministic)
+            after = torch.get_rng_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            reference, ref_lstm = operator.model.predict(
+                observation,
+                state=ref_lstm,
+                episode_start=np.array([start]),
+                deterministic=deterministic,
+            )
+            assert torch.equal(after, torch.get_rng_state())
+        assert action == int(reference)
+        assert np.array_equal(lstm[0], ref_lstm[0]) and np.array_equal(lstm[1], ref_lstm[1])
+        actions.append(action)
+    if not deterministic:
+        assert len(set(actions)) > 1  # the sampled path really sampled
+
+
 def test_learned_operator_state_after_rollback_equals_fresh_replay(tiny, trained) -> None:
     operator = LearnedOperator(str(trained))
     config = GenerationConfig(max_new_tokens=32, temperature=0.5, top_k=50)
