@@ -123,6 +123,43 @@ def test_resume_after_interrupt_redoes_only_missing(tiny, tmp_path: Path) -> Non
     assert final[: len(first)] == first
 
 
+def test_greedy_configurations_are_decoded_once_and_reused(tiny, tmp_path: Path) -> None:
+    model, tok = tiny
+    greedy = "probability-trend@temperature=0"
+    s = settings(tmp_path / "a", runs=3, operators=["probability-trend", greedy])
+
+    def interrupt(record: dict, seen=[]) -> None:  # noqa: B006 - counter across calls
+        seen.append(record)
+        if len(seen) == 6:  # run 0 complete: 2 problems x 3 configurations
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(s, model, tok, on_record=interrupt, progress=False)
+    summary = run_eval(s, model, tok, progress=False)
+    # Runs 1 and 2: base and trend decoded (2 x 2 x 2), the greedy configuration copied.
+    assert summary.generated == 8 and summary.written == 12
+    records, _ = read_records(tmp_path / "a" / "results.jsonl")
+    assert len(records) == 18
+    mine = {(r["run"], r["task_id"]): r for r in records if r["config"] == greedy}
+    for (run, task), rec in mine.items():
+        assert rec["completion"] == mine[(0, task)]["completion"]
+        assert ("reused_from_run" in rec) == (run > 0)
+        assert rec["seed"] == seed_for(0, run, int(task.split("/")[1]))  # still paired
+    # The premise, checked: decoding the greedy configuration under run 2's seeds gives
+    # exactly what run 0 gave.
+    other = settings(tmp_path / "b", runs=1, seed=2 * 10_000, operators=[greedy])
+    run_eval(other, model, tok, progress=False)
+    again, _ = read_records(tmp_path / "b" / "results.jsonl")
+    for rec in (r for r in again if r["config"] == greedy):
+        assert rec["raw_completion"] == mine[(0, rec["task_id"])]["raw_completion"]
+    # Only copies missing: nothing is decoded and no model is needed.
+    path = tmp_path / "a" / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(x for x in lines if '"reused_from_run"' not in x))
+    summary = run_eval(s, None, None, progress=False)
+    assert summary.generated == 0 and summary.written == 4
+
+
 def test_truncated_and_deleted_records_are_redone(tiny, tmp_path: Path) -> None:
     model, tok = tiny
     s = settings(tmp_path, runs=1)

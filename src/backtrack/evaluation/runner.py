@@ -180,18 +180,58 @@ def run_eval(
     summary = RunSummary(len(items), len(items) - len(todo), 0, 0, problems_found, out)
     if not todo:
         return summary
+    # A deterministic configuration (beam search, greedy decoding) is decoded in run 0 only;
+    # its other runs reuse that record (``reused_from_run``), so paired comparisons with
+    # sampled configurations keep every run and no compute goes to identical decodes.
+    once = {c.name for c in configs if c.deterministic(settings.generation)}
+    firsts = {
+        (r["config"], r["task_id"]): r for r in records if r["config"] in once and r["run"] == 0
+    }
+    copies = [i for i in todo if i.config.name in once and i.run > 0]
+    decode = [i for i in todo if not (i.config.name in once and i.run > 0)]
+    writer = _Writer(store, summary, on_record)
+    try:
+        if decode:
+            _decode(decode, settings, model, tokenizer, pool, writer, once, firsts, progress)
+        for item in copies:
+            first = firsts.get((item.config.name, item.problem.task_id))
+            if first is not None:
+                writer.write({**first, "run": item.run, "seed": item.seed, "reused_from_run": 0})
+    finally:
+        store.close()
+    return summary
+
+
+def _decode(
+    todo: list[WorkItem],
+    settings: EvalSettings,
+    model,
+    tokenizer,
+    pool,
+    writer: _Writer,
+    once: set[str],
+    firsts: dict,
+    progress: bool,
+) -> None:
+    """Decode and execute ``todo`` (locally or on Ray); the run-0 records of the configurations
+    in ``once`` are also kept in ``firsts``."""
     sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
+
+    def keep(item: WorkItem, record: dict) -> None:
+        if item.run == 0 and item.config.name in once:
+            firsts[(item.config.name, item.problem.task_id)] = record
+
     if settings.ray:
         from backtrack.evaluation.distributed import RayPool
 
         own = pool is None
         pool = pool or RayPool(settings, settings.ray, settings.ray_actors)
         try:
-            _execute_on_ray(todo, pool, settings, sandbox, store, summary, on_record, progress)
+            _execute_on_ray(todo, pool, settings, sandbox, writer, keep, progress)
         finally:
             if own:
                 pool.close()
-        return summary
+        return
     if model is None:
         model, tokenizer = load_model_for(settings)
     source = CompletionSource(model, tokenizer, settings)
@@ -199,12 +239,25 @@ def run_eval(
         source.prompt(todo[0].problem)
     except ValueError as exc:
         raise EvalError(f"cannot build prompts: {exc}") from exc
-    # beam:N is deterministic: run 0's record is reused for the other runs.
-    beam_done = {
-        (r["config"], r["task_id"]): r for r in records if r.get("kind") == "beam" and r["run"] == 0
-    }
-    _execute(todo, source, settings, sandbox, store, summary, beam_done, on_record, progress)
-    return summary
+    _execute(todo, source, settings, sandbox, writer, keep, progress)
+
+
+class _Writer:
+    """Appends records durably and counts them; calls the ``on_record`` hook after each."""
+
+    def __init__(
+        self, store: ResultStore, summary: RunSummary, on_record: Callable[[dict], None] | None
+    ) -> None:
+        self.store, self.summary, self.on_record = store, summary, on_record
+        self.bar = None
+
+    def write(self, record: dict, hook: bool = True) -> None:
+        self.store.append(record)
+        self.summary.written += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if hook and self.on_record is not None:
+            self.on_record(record)
 
 
 class _Recorder:
@@ -213,56 +266,44 @@ class _Recorder:
 
     ``score_async(problem, completion, mode, sandbox)`` runs a program and returns a
     ``concurrent.futures.Future`` of its result (a thread pool locally, a Ray task on Ray).
+    ``keep(item, record)`` sees every record written.
     """
 
     def __init__(
         self,
         settings: EvalSettings,
         sandbox: SandboxConfig,
-        store: ResultStore,
-        summary: RunSummary,
-        bar,
-        on_record: Callable[[dict], None] | None,
+        writer: _Writer,
         score_async: Callable[..., Future],
-        beam_done: dict | None = None,
+        keep: Callable[[WorkItem, dict], None],
     ) -> None:
-        self.settings, self.sandbox, self.store, self.summary = settings, sandbox, store, summary
-        self.bar, self.on_record, self.score_async = bar, on_record, score_async
-        self.beam_done = beam_done
+        self.settings, self.sandbox, self.writer = settings, sandbox, writer
+        self.score_async, self.keep = score_async, keep
         self.pending: list[tuple[WorkItem, Generated, str, Future]] = []
 
     def submit(self, item: WorkItem, gen: Generated) -> None:
         """Post-process a decoded cell and start its program."""
-        self.summary.generated += 1
+        self.writer.summary.generated += 1
         mode = self.settings.mode
         completion = postprocess(item.problem, gen.raw, mode, self.settings.generation.stop)
         future = self.score_async(item.problem, completion, mode, self.sandbox)
         self.pending.append((item, gen, completion, future))
         self.drain(block=False)
 
-    def write(self, record: dict) -> None:
-        self.store.append(record)
-        self.summary.written += 1
-        self.bar.update(1)
-        if self.on_record is not None:
-            self.on_record(record)
-
     def drain(self, block: bool) -> None:
         """Write the records whose programs finished (all of them, waiting, if ``block``)."""
         while self.pending and (block or self.pending[0][3].done()):
             item, gen, completion, future = self.pending.pop(0)
             record = make_record(item, gen, completion, future.result(), self.settings)
-            if self.beam_done is not None and item.config.kind == "beam" and item.run == 0:
-                self.beam_done[(item.config.name, item.problem.task_id)] = record
-            self.write(record)
+            self.keep(item, record)
+            self.writer.write(record)
 
     def salvage(self) -> None:
         """Interrupted (Ctrl-C) or failed: keep every cell whose program already finished."""
         for item, gen, completion, future in self.pending:
             if future.done() and not future.cancelled() and future.exception() is None:
-                result = future.result()
-                self.store.append(make_record(item, gen, completion, result, self.settings))
-                self.summary.written += 1
+                record = make_record(item, gen, completion, future.result(), self.settings)
+                self.writer.write(record, hook=False)
 
 
 def _execute(
@@ -270,10 +311,8 @@ def _execute(
     source: CompletionSource,
     settings: EvalSettings,
     sandbox: SandboxConfig,
-    store: ResultStore,
-    summary: RunSummary,
-    beam_done: dict,
-    on_record: Callable[[dict], None] | None,
+    writer: _Writer,
+    keep: Callable[[WorkItem, dict], None],
     progress: bool,
 ) -> None:
     """Decode in the main thread while a pool runs programs; records are written in order of
@@ -281,37 +320,19 @@ def _execute(
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc="eval", unit="item", disable=not progress, smoothing=0.05)
+    writer.bar = bar
     pool = ThreadPoolExecutor(max_workers=settings.workers)
-    recorder = _Recorder(
-        settings,
-        sandbox,
-        store,
-        summary,
-        bar,
-        on_record,
-        lambda *args: pool.submit(score, *args),
-        beam_done,
-    )
+    recorder = _Recorder(settings, sandbox, writer, lambda *a: pool.submit(score, *a), keep)
     try:
         # Chunks of problems (one run at a time) keep the run > problem > config order while
         # giving the batch decoder enough rows to fill its batch.
-        chunk = max(1, settings.batch_size)
-        for group in _chunks(todo, chunk):
+        for group in _chunks(todo, max(1, settings.batch_size)):
             engine_items = [i for i in group if i.config.kind == "engine"]
             for item, gen in source.engine(engine_items):
                 recorder.submit(item, gen)
             for item in group:
-                if item.config.kind == "engine":
-                    continue
-                if item.config.kind == "beam" and item.run > 0:
-                    recorder.drain(block=True)
-                    first = beam_done.get((item.config.name, item.problem.task_id))
-                    if first is not None:
-                        recorder.write(
-                            {**first, "run": item.run, "seed": item.seed, "reused_from_run": 0}
-                        )
-                        continue
-                recorder.submit(item, source.hf(item))
+                if item.config.kind != "engine":
+                    recorder.submit(item, source.hf(item))
         recorder.drain(block=True)
     except BaseException:
         recorder.salvage()
@@ -319,7 +340,7 @@ def _execute(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-        store.close()
+        writer.bar = None
 
 
 def _execute_on_ray(
@@ -327,9 +348,8 @@ def _execute_on_ray(
     pool,
     settings: EvalSettings,
     sandbox: SandboxConfig,
-    store: ResultStore,
-    summary: RunSummary,
-    on_record: Callable[[dict], None] | None,
+    writer: _Writer,
+    keep: Callable[[WorkItem, dict], None],
     progress: bool,
 ) -> None:
     """:func:`_execute` with the decoding on the pool's actors and the programs as Ray tasks;
@@ -337,7 +357,8 @@ def _execute_on_ray(
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc="eval (ray)", unit="item", disable=not progress)
-    recorder = _Recorder(settings, sandbox, store, summary, bar, on_record, pool.score)
+    writer.bar = bar
+    recorder = _Recorder(settings, sandbox, writer, pool.score, keep)
     try:
         for item, gen in pool.decode(list(_chunks(todo, max(1, settings.batch_size)))):
             recorder.submit(item, gen)
@@ -347,7 +368,7 @@ def _execute_on_ray(
         raise
     finally:
         bar.close()
-        store.close()
+        writer.bar = None
 
 
 def _chunks(items: list[WorkItem], problems_per_chunk: int) -> Iterator[list[WorkItem]]:

@@ -2,8 +2,9 @@
 
 Configurations: ``base`` is the ``never`` operator through our engine (always included);
 every ``--operator SPEC`` is named by its spec; optional baselines through transformers'
-``model.generate``: ``beam:N`` (deterministic, decoded once in run 0 and copied to the other
-runs with ``reused_from_run=0``) and ``hf-sample`` (plain sampling seeded like ours).
+``model.generate``: ``beam:N`` (deterministic: like every greedy configuration, decoded once
+in run 0 and copied to the other runs with ``reused_from_run=0``) and ``hf-sample`` (plain
+sampling seeded like ours).
 
 A configuration may also change generation settings for itself: ``SPEC@KEY=VALUE,...`` (any
 of :data:`~backtrack.engine.types.GENERATION_KEYS`, e.g.
@@ -57,6 +58,12 @@ class Configuration:
     def generation_config(self, base: GenerationConfig) -> GenerationConfig:
         """``base`` with this configuration's own settings."""
         return base.updated(dict(self.generation)) if self.generation else base
+
+    def deterministic(self, base: GenerationConfig) -> bool:
+        """Whether every run gives the same completion, so one run is decoded and the others
+        reuse it: beam search, or greedy decoding (a run's seed only feeds sampling; operators
+        never see it, and the seeded ones draw from their own spec's seed)."""
+        return self.kind == "beam" or self.generation_config(base).greedy
 
 
 def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
