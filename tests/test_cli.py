@@ -47,6 +47,23 @@ def test_generate_flags_reach_the_engine(tmp_path: Path) -> None:
     assert reference.counts.backtracks > 0
 
 
+def test_generate_takes_a_whole_recipe_and_flags_override_it(tmp_path: Path) -> None:
+    # The spelling `tune` and `eval` use: the recipe's settings apply, a flag given wins.
+    out = tmp_path / "result.json"
+    recipe = f"{CHAOS}@temperature=0,ban=next,period=2"
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator",
+            recipe, "--period", "1", "--max-new-tokens", "12", "--dtype", "float32",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model, tokenizer = load_model("tiny-random-qwen2", dtype="float32")
+    config = GenerationConfig(max_new_tokens=12, temperature=0.0, top_k=50, ban="next", period=1)
+    reference = Decoder(model, tokenizer).generate(PROMPT, parse_operator(CHAOS), config)
+    assert json.loads(out.read_text())["token_ids"] == reference.token_ids
+    bad = CliRunner().invoke(app, ["generate", "--prompt", "x", "--operator", "never@temprature=0"])
+    assert "temprature" in one_line_error(bad)
+
+
 def test_generate_rejects_a_bad_setting_before_loading_anything() -> None:
     result = CliRunner().invoke(app, ["generate", "--prompt", "x", "--top-p", "1.5"])
     assert result.exit_code == 2

@@ -222,7 +222,13 @@ def generate(
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a file.")] = None,
     operator: Annotated[
-        str, typer.Option("--operator", "-o", help="Operator spec; see `backtrack operators`.")
+        str,
+        typer.Option(
+            "--operator",
+            "-o",
+            help="Operator spec (see `backtrack operators`), or a whole recipe as `eval` and "
+            "`tune` spell it, SPEC@KEY=VALUE,... (its settings under the flags given here).",
+        ),
     ] = "probability-trend",
     seed: Annotated[int | None, typer.Option(help="Seed of the sampling (reproducible).")] = None,
     temperature: TemperatureOpt = None,
@@ -257,16 +263,19 @@ def generate(
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = _read_prompt(prompt, prompt_file)
-    from backtrack.evaluation.settings import PAPER_SAMPLING
+    from backtrack.evaluation.settings import PAPER_SAMPLING, EvalError, split_configuration
 
-    # The evaluation's sampling; no stop strings, 128 tokens.
+    # The evaluation's sampling; no stop strings, 128 tokens; then a recipe's own settings,
+    # then the flags given.
     base = GenerationConfig(max_new_tokens=128, **PAPER_SAMPLING)
+    try:
+        spec, recipe_settings = split_configuration(operator)
+        op = parse_operator(spec)
+    except (EvalError, OperatorSpecError) as exc:
+        raise fail(str(exc)) from exc
+    base = base.updated(dict(recipe_settings)) if recipe_settings else base
     config = generation_config(base, **_generation_flags(locals()))
     config = replace(config, seed=seed)
-    try:
-        op = parse_operator(operator)
-    except OperatorSpecError as exc:
-        raise fail(str(exc)) from exc
     if json_out is not None:
         writable_output(json_out, "--json")
     mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
