@@ -17,6 +17,7 @@ from backtrack.tuning.study import (
     _SET_CONSTRAINT,
     TuneSettings,
     canonical_recipe,
+    plain_recipe,
     run_search,
     select_winners,
     write_summary,
@@ -92,6 +93,14 @@ def test_a_recipe_outside_the_space_is_refused_before_anything_loads(name, messa
         TuneSettings(out="x", data_path="y", enqueue=(name,))
 
 
+def test_plain_recipe_is_plain_decoding_at_the_recipes_temperature():
+    trend = "probability-trend:window=8,drop=0.35,k=2@temperature={},period=1,ban=next"
+    assert plain_recipe(trend.format(0.2)) == "never@temperature=0.2,period=1,ban=accumulate"
+    assert plain_recipe(trend.format(0)) == "never@temperature=0,period=1,ban=accumulate"
+    assert plain_recipe(trend.format(0.5)) == "base"
+    assert plain_recipe("never@temperature=0") is None
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="rungs"):
         TuneSettings(out="x", data_path="y", rungs=(10, 5))
@@ -144,6 +153,15 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
         settings, top=2, runs=1, model=model, tokenizer=tokenizer, limit=3, progress=False
     )
     assert ranked and all(c.validation is not None and c.validation.problems == 3 for c in ranked)
+    # Each recipe is also compared with plain decoding at its own temperature, decoded too.
+    validation, _ = ResultStore(tmp_path / "study" / "validation").load()
+    decoded = {r["config"] for r in validation}
+    for c in ranked:
+        plain = plain_recipe(c.recipe)
+        assert (c.over_plain is None) == (plain is None) == c.recipe.startswith("never@")
+        if plain is not None:
+            assert plain in decoded and c.over_plain.problems == 3
+    assert any(c.over_plain is not None for c in ranked)
     summary = (tmp_path / "study" / "summary.md").read_text()
     assert "Validated on MBPP validation" in summary and ranked[0].recipe in summary
     payload = json.loads((tmp_path / "study" / "summary.json").read_text())

@@ -402,11 +402,19 @@ def tune(
             err.print(f"search summary: {summary}")
         if select:
             for c in select_winners(settings, select, validation_runs, mdl, tok):
-                v = c.validation
+                v, p = c.validation, c.over_plain
                 assert v is not None
+                versus = (
+                    ""
+                    if p is None
+                    else (
+                        f"; {p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}] over plain decoding at its "
+                        "temperature"
+                    )
+                )
                 err.print(
                     f"trial {c.number}: {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] points on "
-                    f"MBPP validation, {v.forward_per_token:.2f} fwd/token  {c.recipe}"
+                    f"MBPP validation{versus}, {v.forward_per_token:.2f} fwd/token  {c.recipe}"
                 )
     except (ValueError, EvalError) as exc:
         raise fail(str(exc)) from exc

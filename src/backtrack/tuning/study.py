@@ -131,15 +131,17 @@ class Score:
     runs: int
 
 
-def score(out: Path, config: str, tasks: Sequence[str] | None = None) -> Score:
-    """``config``'s paired comparison with base in the result directory ``out``, on the
-    problems ``tasks`` (default: every problem both have), every run."""
+def score(
+    out: Path, config: str, tasks: Sequence[str] | None = None, reference: str = BASE
+) -> Score:
+    """``config``'s paired comparison with ``reference`` (default base) in the result directory
+    ``out``, on the problems ``tasks`` (default: every problem both have), every run."""
     records, _ = ResultStore(out).load()
     if tasks is not None:
         wanted = set(tasks)
         records = [r for r in records if r["task_id"] in wanted]
-    records = [r for r in records if r["config"] in (config, BASE)]
-    comparison = compare(records, config, BASE)
+    records = [r for r in records if r["config"] in (config, reference)]
+    comparison = compare(records, config, reference)
     mine = [r for r in records if r["config"] == config]
     return Score(
         gain=100 * comparison.diff.mean,
@@ -313,6 +315,9 @@ class Candidate:
     train_gain: float
     train_forward_per_token: float
     validation: Score | None = None
+    # Against plain decoding at the recipe's own temperature: what the operator adds beyond
+    # the temperature (the objective, a gain over T=0.5 sampling, rewards a lower one too).
+    over_plain: Score | None = None
 
 
 def finished_trials(study) -> list[Candidate]:
@@ -355,17 +360,33 @@ def select_winners(
     chosen = feasible[:top]
     if not chosen:
         raise ValueError("the study has no completed trial within the forward-pass constraint")
-    evaluation = settings.eval_settings("validation", [c.recipe for c in chosen], limit, runs)
+    plain = {c.recipe: plain_recipe(c.recipe) for c in chosen}
+    configs = [c.recipe for c in chosen]
+    configs += sorted({p for p in plain.values() if p is not None and p not in configs})
+    evaluation = settings.eval_settings("validation", configs, limit, runs)
     run_eval(evaluation, model, tokenizer, progress=progress, log=log)
     validation = Path(settings.out) / "validation"
     ranked = [
         Candidate(c.number, c.recipe, c.train_gain, c.train_forward_per_token,
-                  score(validation, c.recipe))
+                  score(validation, c.recipe),
+                  score(validation, c.recipe, reference=plain[c.recipe])
+                  if plain[c.recipe] else None)
         for c in chosen
     ]  # fmt: skip
     ranked.sort(key=lambda c: -c.validation.gain if c.validation else 0.0)
     write_summary(settings, study, ranked)
     return ranked
+
+
+def plain_recipe(recipe: str) -> str | None:
+    """Plain decoding at ``recipe``'s temperature, as a configuration (``base`` at the
+    evaluation's own 0.5), or None for a recipe that is plain decoding itself."""
+    params = recipe_params(recipe)
+    if params["op1"] == "never":
+        return None
+    if params["temperature"] == 0.5:
+        return BASE
+    return canonical_recipe(f"never@temperature={params['temperature']:g}")
 
 
 def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] = ()) -> Path:
@@ -384,17 +405,24 @@ def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] 
         lines += [
             "## Validated on MBPP validation (511-600)",
             "",
-            "| trial | recipe | gain [95% CI] | pass@1 | base | fwd/token | problems x runs |",
-            "|---|---|---|---|---|---|---|",
+            "| trial | recipe | gain [95% CI] | pass@1 | base | vs plain at its temperature "
+            "[95% CI] | fwd/token | problems x runs |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in validated:
-            v = c.validation
+            v, p = c.validation, c.over_plain
             assert v is not None
+            versus = "-" if p is None else f"{p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
             lines.append(
                 f"| {c.number} | `{c.recipe}` | {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] | "
-                f"{v.pass_at_1:.1f} | {v.base_pass_at_1:.1f} | {v.forward_per_token:.2f} | "
-                f"{v.problems} x {v.runs} |"
+                f"{v.pass_at_1:.1f} | {v.base_pass_at_1:.1f} | {versus} | "
+                f"{v.forward_per_token:.2f} | {v.problems} x {v.runs} |"
             )
+        lines += [
+            "",
+            "*vs plain at its temperature*: the same recipe against plain decoding at its own "
+            "temperature (greedy for 0): what the operator adds beyond the temperature.",
+        ]
         lines.append("")
     lines += [
         "## Search (MBPP train)",
@@ -428,7 +456,11 @@ def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] 
         "study": settings.study,
         "trials": rows,
         "validated": [
-            {**c.__dict__, "validation": c.validation.__dict__ if c.validation else None}
+            {
+                **c.__dict__,
+                "validation": c.validation.__dict__ if c.validation else None,
+                "over_plain": c.over_plain.__dict__ if c.over_plain else None,
+            }
             for c in validated
         ],
     }
