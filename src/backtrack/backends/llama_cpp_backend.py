@@ -21,6 +21,7 @@ probe text to the same ids, so the two can never silently disagree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -75,6 +76,14 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _close_quietly(owner) -> None:
+    """``owner.close()`` from ``__del__``: at interpreter exit llama-cpp-python's ctypes
+    bindings may be torn down before our objects (their functions are None by then), and the
+    process is releasing everything anyway, so that case is not an error."""
+    with contextlib.suppress(TypeError, AttributeError):
+        owner.close()
+
+
 class _Context:
     """A llama.cpp context (KV cache, compute buffers) with ``n_seq`` sequences, and a reusable
     token batch of ``n_batch`` entries."""
@@ -108,7 +117,7 @@ class _Context:
             self.ctx = None
 
     def __del__(self) -> None:
-        self.close()
+        _close_quietly(self)
 
     def remove(self, seq: int, start: int) -> None:
         """Drop positions ``start..`` of sequence ``seq``."""
@@ -273,7 +282,7 @@ class LlamaCppModel:
             self.model_ptr = None
 
     def __del__(self) -> None:
-        self.close()
+        _close_quietly(self)
 
     # ------------------------------------------------------------------ tokenizer check
     def tokenize(self, text: str) -> list[int]:
