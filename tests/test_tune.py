@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import optuna
 import pytest
 
-from backtrack.evaluation.settings import build_configurations, split_configuration
+from backtrack.evaluation.settings import EvalError, build_configurations, split_configuration
 from backtrack.evaluation.store import ResultStore
 from backtrack.operators.spec import OPERATORS, parse_operator
 from backtrack.tuning.space import OPERATOR_SPACE, recipe_params, suggest_recipe
@@ -22,6 +23,8 @@ from backtrack.tuning.study import (
     select_winners,
     write_summary,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_searched_parameter_exists_and_both_ends_are_valid():
@@ -167,4 +170,26 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
     payload = json.loads((tmp_path / "study" / "summary.json").read_text())
     assert len(payload["trials"]) == 5
     assert (tmp_path / "study" / "pareto.png").exists()
-    write_summary(settings, study)  # again, without validation: still fine
+    write_summary(settings, study)  # again, without validation: the earlier one is kept
+    assert ranked[0].recipe in (tmp_path / "study" / "summary.md").read_text().split("## Search")[0]
+
+
+def test_shipped_recipes_expand_everywhere_a_configuration_is_taken():
+    from backtrack.recipes import PREFIX, RECIPES, describe, expand
+
+    assert RECIPES, "no recipe is shipped"
+    for name, recipe in RECIPES.items():
+        alias = PREFIX + name
+        assert expand(alias) == recipe.configuration
+        # It is a point of the search space, and an evaluation names its records by it.
+        assert canonical_recipe(recipe.configuration) == recipe.configuration
+        assert build_configurations([alias])[1].name == recipe.configuration
+        spec, generation = split_configuration(alias)
+        parse_operator(spec)
+        assert dict(generation)["temperature"] == recipe_params(recipe.configuration)["temperature"]
+        assert alias in describe() and recipe.study in describe()
+        # Its study ships with it.
+        assert (REPO_ROOT / recipe.study / "summary.md").is_file()
+    with pytest.raises(EvalError, match="unknown recipe 'recipe:nope'; shipped recipes: recipe:"):
+        build_configurations(["recipe:nope"])
+    assert expand("probability-trend@temperature=0") == "probability-trend@temperature=0"

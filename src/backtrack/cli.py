@@ -507,10 +507,13 @@ def _served_names(model: str) -> list[str]:
 
 @app.command()
 def operators() -> None:
-    """List the operators and their parameters."""
+    """List the operators and their parameters, and the shipped tuned recipes."""
     from backtrack.operators import operator_help
+    from backtrack.recipes import describe
 
     typer.echo(operator_help())
+    typer.echo("")
+    typer.echo(describe())
 
 
 @app.command()

@@ -73,7 +73,12 @@ def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     ('probability-trend', (('rollback_window', 16),))
     """
     from backtrack.operators.spec import parse_params
+    from backtrack.recipes import expand
 
+    try:
+        text = expand(text)  # recipe:NAME -> its configuration
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
     spec, at, settings_text = text.partition("@")
     if not at:
         return spec.strip(), ()
@@ -99,8 +104,13 @@ def build_configurations(operators: Sequence[str], baselines: Sequence[str] = ()
 
     configs = [Configuration(BASE, "engine", "never")]
     seen = {BASE, "never"}
+    from backtrack.recipes import expand
+
     for name in operators:
-        name = name.strip()
+        try:
+            name = expand(name)  # records are named by what was decoded, not by the alias
+        except ValueError as exc:
+            raise EvalError(str(exc)) from exc
         spec, generation = split_configuration(name)
         try:
             parse_operator(spec)

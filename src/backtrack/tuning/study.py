@@ -391,8 +391,13 @@ def plain_recipe(recipe: str) -> str | None:
 
 def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] = ()) -> Path:
     """``summary.md`` (every finished trial; the validated ones with their CI), ``summary.json``
-    and Optuna's plots (history, importances, train Pareto front) in the study folder."""
+    and Optuna's plots (history, importances, train Pareto front) in the study folder.
+
+    Without ``validated``, the validation of an earlier ``--select`` (in summary.json) is kept:
+    a search resumed after a selection does not lose it."""
     out = Path(settings.out)
+    if not validated:
+        validated = _earlier_validation(out / "summary.json")
     lines = [
         f"# Study {settings.study}: {settings.model}, MBPP train {list(settings.rungs)}",
         "",
@@ -465,11 +470,26 @@ def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] 
         ],
     }
     (out / "summary.json").write_text(json.dumps(payload, indent=1))
-    _plots(study, rows, out)
+    _plots(study, rows, out, settings.max_forward_per_token)
     return out / "summary.md"
 
 
-def _plots(study, rows: list[dict], out: Path) -> None:
+def _earlier_validation(path: Path) -> list[Candidate]:
+    try:
+        entries = json.loads(path.read_text()).get("validated") or []
+        return [
+            Candidate(
+                e["number"], e["recipe"], e["train_gain"], e["train_forward_per_token"],
+                Score(**e["validation"]) if e.get("validation") else None,
+                Score(**e["over_plain"]) if e.get("over_plain") else None,
+            )
+            for e in entries
+        ]  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet, or a summary from an older version: rewritten below
+
+
+def _plots(study, rows: list[dict], out: Path, max_forward: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -493,18 +513,32 @@ def _plots(study, rows: list[dict], out: Path) -> None:
             pass
     points = [r for r in rows if r["gain"] is not None and r["forward_per_token"] is not None]
     if points:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for state, marker in (("complete", "o"), ("pruned", "x")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        # Interrupted trials (state fail) still scored their subsets: shown, and marked.
+        kinds = (("complete", "o", "complete"), ("pruned", "x", "pruned"), ("fail", "^", "stopped"))
+        for state, marker, label in kinds:
             chosen = [r for r in points if r["state"] == state]
+            if not chosen:
+                continue
             ax.scatter(
                 [r["forward_per_token"] for r in chosen],
                 [r["gain"] for r in chosen],
                 marker=marker,
-                label=f"{state} ({len(chosen)})",
+                label=f"{label} ({len(chosen)})",
             )
+            for r in chosen:  # gains on different subsets: say which
+                ax.annotate(
+                    f"#{r['trial']} ({r['problems']})",
+                    (r["forward_per_token"], r["gain"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
         ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(max_forward, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("forward passes per accepted token")
         ax.set_ylabel("pass@1 gain over base (points, MBPP train)")
+        ax.set_title("every trial: #number (problems scored); dashed: the constraint", fontsize=9)
         ax.legend()
         fig.savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
