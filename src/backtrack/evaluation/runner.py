@@ -193,12 +193,16 @@ def run_eval(
     try:
         if decode:
             _decode(decode, settings, model, tokenizer, pool, writer, once, firsts, progress)
-        for item in copies:
-            first = firsts.get((item.config.name, item.problem.task_id))
-            if first is not None:
-                writer.write({**first, "run": item.run, "seed": item.seed, "reused_from_run": 0})
     finally:
-        store.close()
+        # Also after Ctrl-C: every copy whose run 0 exists is written (they cost nothing).
+        try:
+            for item in copies:
+                first = firsts.get((item.config.name, item.problem.task_id))
+                if first is not None:
+                    copy = {**first, "run": item.run, "seed": item.seed, "reused_from_run": 0}
+                    writer.write(copy)
+        finally:
+            store.close()
     return summary
 
 
