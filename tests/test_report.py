@@ -147,6 +147,11 @@ def test_humaneval_completions_rescored_on_humaneval_plus(tmp_path: Path, shared
     assert (source / "results.jsonl").read_bytes() == before  # the source is untouched
     with pytest.raises(ValueError, match="already holds results"):
         rescore_as(source, out, "humaneval-plus", str(plus))
+    # One configuration only; the program the two records share runs once.
+    only = rescore_as(source, tmp_path / "op", "humaneval-plus", str(plus), configs=["op"])
+    assert only == (1, 1, []) and len(load_results(tmp_path / "op").records) == 1
+    with pytest.raises(ValueError, match="has no configuration nope"):
+        rescore_as(source, tmp_path / "y", "humaneval-plus", str(plus), configs=["nope"])
     mbpp = shared_data / "mbpp" / "mbpp_release_v1.jsonl"
     with pytest.raises(ValueError, match="1 problems of .* are not in mbpp: HumanEval/22"):
         rescore_as(source, tmp_path / "x", "mbpp", str(mbpp))

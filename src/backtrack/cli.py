@@ -770,6 +770,9 @@ def rescore_command(
         float | None, typer.Option(help="Sandbox limit (default: the source's).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    config: Annotated[
+        list[str] | None, typer.Option(help="Only this configuration (repeatable; default all).")
+    ] = None,
 ) -> None:
     """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
     into a new result directory that `report` reads like any other; nothing is decoded."""
@@ -781,7 +784,9 @@ def rescore_command(
         raise fail(f"{source}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
     try:
         ensure_writable_directory(out.parent if out.parent != Path() else Path.cwd(), "--out")
-        n, changed, differ = rep.rescore_as(source, out, dataset, data_path, workers, timeout)
+        n, changed, differ = rep.rescore_as(
+            source, out, dataset, data_path, workers, timeout, tuple(config or ())
+        )
     except (ValueError, DataError, OutputPathError, OSError) as exc:
         raise fail(str(exc)) from exc
     err.print(f"{out}: {n} records scored on {dataset}, {changed} verdicts differ from {source}")

@@ -379,11 +379,16 @@ def _execute(records: list[dict], problems: dict, workers: int, limit: float) ->
     from backtrack.evaluation.sandbox import SandboxConfig, run_many
     from backtrack.evaluation.store import DETAIL_CAP
 
+    # Identical programs run once (the copies of a deterministic configuration's run 0, and
+    # completions that happen to agree).
     programs = [
         program_for(problems[r["task_id"]], r["completion"], r.get("mode", "completion"))
         for r in records
     ]
-    verdicts = run_many(programs, workers=workers, config=SandboxConfig(timeout_s=limit))
+    distinct = list(dict.fromkeys(programs))
+    ran = run_many(distinct, workers=workers, config=SandboxConfig(timeout_s=limit))
+    by_program = dict(zip(distinct, ran, strict=True))
+    verdicts = [by_program[program] for program in programs]
     changed = 0
     for rec, verdict in zip(records, verdicts, strict=True):
         changed += int(bool(rec["passed"]) != verdict.passed)
@@ -433,6 +438,7 @@ def rescore_as(
     data_path: str | None = None,
     workers: int = 2,
     timeout_s: float | None = None,
+    configs: Sequence[str] = (),
 ) -> tuple[int, int, list[str]]:
     """Score the completions of the result directory ``source`` against another dataset's
     tests (HumanEval completions against HumanEval+, as EvalPlus does: the new dataset's prompt
@@ -441,7 +447,8 @@ def rescore_as(
     Every problem must exist in ``dataset``. Problems whose prompt differs between the two
     datasets (HumanEval+ moved an import in HumanEval/115) are listed in the new meta.json
     (``prompt_differs``), since their completions were written for the other prompt. ``out``
-    appears whole or not at all. Returns (records, verdicts changed, prompts that differ).
+    appears whole or not at all. ``configs``: only these configurations (default all).
+    Returns (records, verdicts changed, prompts that differ).
     """
     from backtrack.evaluation.data import load_dataset
     from backtrack.evaluation.store import ResultStore
@@ -450,6 +457,11 @@ def rescore_as(
     if (out / RESULTS_FILE).exists() or (out / META_FILE).exists():
         raise ValueError(f"{out} already holds results; give a new --out")
     result = load_results(source)
+    if configs:
+        unknown = sorted(set(configs) - {r["config"] for r in result.records})
+        if unknown:
+            raise ValueError(f"{source} has no configuration {', '.join(unknown)}")
+        result.records[:] = [r for r in result.records if r["config"] in set(configs)]
     if not result.records:
         raise ValueError(f"{source}: no records to score")
     meta = dict(result.meta)
@@ -476,7 +488,7 @@ def rescore_as(
         dataset=dataset,
         data_path=str(data_path) if data_path else None,
         timeout_s=limit,
-        rescored_from={"directory": str(source), "dataset": old_name},
+        rescored_from={"directory": str(source), "dataset": old_name, "configs": list(configs)},
         prompt_differs=differ,
         rescored=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
