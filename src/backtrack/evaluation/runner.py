@@ -189,10 +189,10 @@ def run_eval(
     }
     copies = [i for i in todo if i.config.name in once and i.run > 0]
     decode = [i for i in todo if not (i.config.name in once and i.run > 0)]
-    writer = _Writer(store, summary, on_record)
+    writer = _Writer(store, summary, on_record, once, firsts)
     try:
         if decode:
-            _decode(decode, settings, model, tokenizer, pool, writer, once, firsts, progress)
+            _decode(decode, settings, model, tokenizer, pool, writer, progress)
     finally:
         # Also after Ctrl-C: every copy whose run 0 exists is written (they cost nothing).
         try:
@@ -213,25 +213,17 @@ def _decode(
     tokenizer,
     pool,
     writer: _Writer,
-    once: set[str],
-    firsts: dict,
     progress: bool,
 ) -> None:
-    """Decode and execute ``todo`` (locally or on Ray); the run-0 records of the configurations
-    in ``once`` are also kept in ``firsts``."""
+    """Decode and execute ``todo`` (locally or on Ray)."""
     sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
-
-    def keep(item: WorkItem, record: dict) -> None:
-        if item.run == 0 and item.config.name in once:
-            firsts[(item.config.name, item.problem.task_id)] = record
-
     if settings.ray:
         from backtrack.evaluation.distributed import RayPool
 
         own = pool is None
         pool = pool or RayPool(settings, settings.ray, settings.ray_actors)
         try:
-            _execute_on_ray(todo, pool, settings, sandbox, writer, keep, progress)
+            _execute_on_ray(todo, pool, settings, sandbox, writer, progress)
         finally:
             if own:
                 pool.close()
@@ -243,19 +235,29 @@ def _decode(
         source.prompt(todo[0].problem)
     except ValueError as exc:
         raise EvalError(f"cannot build prompts: {exc}") from exc
-    _execute(todo, source, settings, sandbox, writer, keep, progress)
+    _execute(todo, source, settings, sandbox, writer, progress)
 
 
 class _Writer:
-    """Appends records durably and counts them; calls the ``on_record`` hook after each."""
+    """Appends records durably and counts them; calls the ``on_record`` hook after each, and
+    keeps in ``firsts`` the run-0 records of the deterministic configurations (``once``), which
+    their other runs copy."""
 
     def __init__(
-        self, store: ResultStore, summary: RunSummary, on_record: Callable[[dict], None] | None
+        self,
+        store: ResultStore,
+        summary: RunSummary,
+        on_record: Callable[[dict], None] | None,
+        once: set[str],
+        firsts: dict[tuple[str, str], dict],
     ) -> None:
         self.store, self.summary, self.on_record = store, summary, on_record
+        self.once, self.firsts = once, firsts
         self.bar = None
 
     def write(self, record: dict, hook: bool = True) -> None:
+        if record["config"] in self.once and record["run"] == 0:
+            self.firsts[(record["config"], record["task_id"])] = record
         self.store.append(record)
         self.summary.written += 1
         if self.bar is not None:
@@ -270,7 +272,6 @@ class _Recorder:
 
     ``score_async(problem, completion, mode, sandbox)`` runs a program and returns a
     ``concurrent.futures.Future`` of its result (a thread pool locally, a Ray task on Ray).
-    ``keep(item, record)`` sees every record written.
     """
 
     def __init__(
@@ -279,10 +280,9 @@ class _Recorder:
         sandbox: SandboxConfig,
         writer: _Writer,
         score_async: Callable[..., Future],
-        keep: Callable[[WorkItem, dict], None],
     ) -> None:
         self.settings, self.sandbox, self.writer = settings, sandbox, writer
-        self.score_async, self.keep = score_async, keep
+        self.score_async = score_async
         self.pending: list[tuple[WorkItem, Generated, str, Future]] = []
 
     def submit(self, item: WorkItem, gen: Generated) -> None:
@@ -299,7 +299,6 @@ class _Recorder:
         while self.pending and (block or self.pending[0][3].done()):
             item, gen, completion, future = self.pending.pop(0)
             record = make_record(item, gen, completion, future.result(), self.settings)
-            self.keep(item, record)
             self.writer.write(record)
 
     def salvage(self) -> None:
@@ -316,7 +315,6 @@ def _execute(
     settings: EvalSettings,
     sandbox: SandboxConfig,
     writer: _Writer,
-    keep: Callable[[WorkItem, dict], None],
     progress: bool,
 ) -> None:
     """Decode in the main thread while a pool runs programs; records are written in order of
@@ -326,7 +324,7 @@ def _execute(
     bar = tqdm(total=len(todo), desc="eval", unit="item", disable=not progress, smoothing=0.05)
     writer.bar = bar
     pool = ThreadPoolExecutor(max_workers=settings.workers)
-    recorder = _Recorder(settings, sandbox, writer, lambda *a: pool.submit(score, *a), keep)
+    recorder = _Recorder(settings, sandbox, writer, lambda *a: pool.submit(score, *a))
     try:
         # Chunks of problems (one run at a time) keep the run > problem > config order while
         # giving the batch decoder enough rows to fill its batch.
@@ -353,7 +351,6 @@ def _execute_on_ray(
     settings: EvalSettings,
     sandbox: SandboxConfig,
     writer: _Writer,
-    keep: Callable[[WorkItem, dict], None],
     progress: bool,
 ) -> None:
     """:func:`_execute` with the decoding on the pool's actors and the programs as Ray tasks;
@@ -362,7 +359,7 @@ def _execute_on_ray(
 
     bar = tqdm(total=len(todo), desc="eval (ray)", unit="item", disable=not progress)
     writer.bar = bar
-    recorder = _Recorder(settings, sandbox, writer, pool.score, keep)
+    recorder = _Recorder(settings, sandbox, writer, pool.score)
     try:
         for item, gen in pool.decode(list(_chunks(todo, max(1, settings.batch_size)))):
             recorder.submit(item, gen)
