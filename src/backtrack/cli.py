@@ -696,6 +696,14 @@ def eval_benchmark(
     )
 
 
+def require_result_directory(path: Path) -> None:
+    """Refuse, with a one-line error, a path that is not a result directory of `eval`."""
+    from backtrack.evaluation.store import RESULTS_FILE
+
+    if not (path / RESULTS_FILE).is_file():
+        raise fail(f"{path}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+
+
 @app.command()
 def report(
     dirs: Annotated[list[Path], typer.Argument(help="Result directories of `backtrack eval`.")],
@@ -717,11 +725,9 @@ def report(
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
-    from backtrack.evaluation.store import RESULTS_FILE
 
     for path in dirs:  # before anything is written or created
-        if not (path / RESULTS_FILE).is_file():
-            raise fail(f"{path}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+        require_result_directory(path)
     if plot is None and not no_plot:
         where = markdown.parent if markdown else dirs[0] if len(dirs) == 1 else Path.cwd()
         plot = where / "pass_at_1.png"
@@ -778,10 +784,8 @@ def rescore_command(
     into a new result directory that `report` reads like any other; nothing is decoded."""
     from backtrack.evaluation import report as rep
     from backtrack.evaluation.data import DataError
-    from backtrack.evaluation.store import RESULTS_FILE
 
-    if not (source / RESULTS_FILE).is_file():
-        raise fail(f"{source}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+    require_result_directory(source)
     try:
         ensure_writable_directory(out.parent if out.parent != Path() else Path.cwd(), "--out")
         n, changed, differ = rep.rescore_as(

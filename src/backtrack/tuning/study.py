@@ -300,9 +300,10 @@ def _enqueue(study, names: Sequence[str]) -> None:
         elif trial.state != optuna.trial.TrialState.FAIL and "recipe" in trial.user_attrs:
             known.add(trial.user_attrs["recipe"])
     for name in names:
-        if canonical_recipe(name) not in known:
+        wanted = canonical_recipe(name)
+        if wanted not in known:
             study.enqueue_trial(recipe_params(name))
-            known.add(canonical_recipe(name))
+            known.add(wanted)
 
 
 # ---------------------------------------------------------------------- selection and report
