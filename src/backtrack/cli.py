@@ -578,7 +578,10 @@ def eval_benchmark(
     ] = None,
     baseline: Annotated[
         list[str] | None,
-        typer.Option(help="Extra transformers baseline: beam:N or hf-sample (repeatable)."),
+        typer.Option(
+            help="Extra baseline (repeatable): beam:N (model.generate on transformers, the "
+            "engine's beam search on llama.cpp) or hf-sample (transformers only)."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Result directory (resumable).")] = Path("eval-out"),
     runs: Annotated[int, typer.Option(help="Sampling runs (seeds) per problem.")] = 1,

@@ -67,6 +67,11 @@ class BatchState(Protocol):
         """Forget the sequence in ``slot``; the slot can admit another."""
         ...
 
+    def copy_row(self, source: int, slot: int) -> None:
+        """Make ``slot`` (free or not) hold a copy of the sequence in ``source`` (beam search
+        forks a beam this way; nothing is recomputed)."""
+        ...
+
     def keep_rows(self, keep: Sequence[int]) -> None:
         """Keep only slots ``keep``, renumbered ``0..len(keep)-1`` in that order."""
         ...

@@ -124,6 +124,13 @@ class _Context:
         if not self.lib.llama_memory_seq_rm(self.memory, seq, start, -1):
             raise RuntimeError(f"llama.cpp refused to remove positions {start}.. of seq {seq}")
 
+    def copy(self, source: int, seq: int) -> None:
+        """Sequence ``seq`` becomes a copy of sequence ``source``. With one KV stream per
+        sequence this copies the whole stream's buffer (llama.cpp does it before the next
+        ``llama_decode``); only whole sequences can be copied between streams."""
+        self.remove(seq, 0)
+        self.lib.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
+
     def decode(self, pieces: Sequence[tuple[int, Sequence[int], int]]) -> torch.Tensor:
         """Feed each ``(seq, ids, first position)``; the logits after each piece's last token,
         ``[len(pieces), V]`` float32. Pieces are packed into batches of ``n_batch`` tokens."""
@@ -376,6 +383,14 @@ class LlamaBatch:
             self.context.remove(row.seq, 0)
             self.free_seqs.append(row.seq)
             self.rows[slot] = None
+
+    def copy_row(self, source: int, slot: int) -> None:
+        src = self.row_cache(source)
+        row = self.rows[slot]
+        if row is None:
+            row = self.rows[slot] = LlamaSequence(self.context, self.free_seqs.pop(0))
+        self.context.copy(src.seq, row.seq)
+        row.length = src.length
 
     def keep_rows(self, keep: Sequence[int]) -> None:
         for slot, row in enumerate(self.rows):

@@ -174,6 +174,15 @@ class _BatchCache:
         self.mask[slot] = False
         self.columns[slot] = []
 
+    def copy(self, source: int, slot: int) -> None:
+        """Row ``slot`` becomes a copy of row ``source`` (keys, values and valid columns)."""
+        if self.cache.layers[0].is_initialized:
+            for layer in self.cache.layers:
+                layer.keys[slot] = layer.keys[source]
+                layer.values[slot] = layer.values[source]
+        self.mask[slot] = self.mask[source]
+        self.columns[slot] = list(self.columns[source])
+
     def drop_last(self, slot: int, k: int) -> None:
         """A rollback: the row's last ``k`` valid columns become holes (mask 0)."""
         if k <= 0:
@@ -325,6 +334,9 @@ class TransformersBatch:
 
     def free(self, slot: int) -> None:
         self.cache.free(slot)
+
+    def copy_row(self, source: int, slot: int) -> None:
+        self.cache.copy(source, slot)
 
     def keep_rows(self, keep: Sequence[int]) -> None:
         self.cache.select(keep)

@@ -16,10 +16,12 @@ directories (datasets, models) can be reported together.
 How throughput is compared (:data:`THROUGHPUT_NOTE`): a record's wall time is that of its own
 decoding, so tokens/s is per sequence. With ``--batch-size B > 1`` the engine configurations
 decode B sequences at once (each row's time runs from admission to finish, shared with the
-others), while the transformers baselines (``beam:N``, ``hf-sample``) decode one sequence at a
-time. Their per-sequence figures measure different things, so "x base" is given only between
-configurations decoded the same way; compare the others with a side-by-side benchmark
-(``benchmarks/bench_cost.py``).
+others), while the transformers baselines (``beam:N`` on transformers, ``hf-sample``) decode one
+sequence at a time. Their per-sequence figures measure different things, so "x base" is given
+only between configurations decoded the same way; compare the others with a side-by-side
+benchmark (``benchmarks/bench_cost.py``). The engine's own beam search (``beam:N`` on llama.cpp)
+is batched like the engine rows but holds N rows, so its tokens/s is divided by N: what its
+rows would give as N rows of base.
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ class ResultSet:
 
 
 THROUGHPUT_NOTE = (
-    "tok/s: final tokens over each sequence's own decoding time; x base: only between "
-    "configurations decoded the same way (engine rows share one batch; transformers "
-    "baselines run one sequence at a time)"
+    "tok/s: final tokens over each sequence's own decoding time, per batch row (a beam "
+    "search holds one row per beam); x base: only between configurations decoded the same "
+    "way (engine rows share one batch; transformers baselines run one sequence at a time)"
 )
 
 
@@ -159,14 +161,18 @@ def summarize(
     for name in configs:
         recs = [r for r in records if r["config"] == name]
         # Engine rows of a batched run are timed inside a shared batch; a transformers baseline
-        # decodes alone. Their per-sequence speeds do not compare.
-        batched_apart = result.batch_size > 1 and recs[0].get("kind", "engine") != "engine"
+        # decodes alone (no "rows"). Their per-sequence speeds do not compare. The engine's
+        # beam search is timed in the batch too, but holds one row per beam.
+        rows_held = recs[0].get("rows", 1 if recs[0].get("kind", "engine") == "engine" else None)
+        batched_apart = result.batch_size > 1 and rows_held is None
         est = metrics.mean_pass1(records, name, resamples=resamples)
         diff, gained, lost = None, 0, 0
         if has_base and name != baseline:
             comparison = metrics.compare(records, name, baseline, resamples=resamples)
             diff, gained, lost = comparison.diff, len(comparison.gained), len(comparison.lost)
         tps = _tokens_per_s(recs)
+        if tps is not None and rows_held:
+            tps /= rows_held  # per row of the batch, what it would otherwise give base
         tokens = [int(r["final_tokens"]) for r in recs]
         fpt = (
             metrics.forward_passes_per_token([int(r["forward_passes"]) for r in recs], tokens)

@@ -117,16 +117,17 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
             f"--ray decodes engine configurations only; run {', '.join(hf_only)} without --ray "
             "(in the same --out: the records add up)"
         )
-    if meta["backend_resolved"] != "transformers" and hf_only:
+    generate_only = [c.name for c in configs if c.kind == "hf-sample"]
+    if meta["backend_resolved"] != "transformers" and generate_only:
         raise EvalError(
-            f"{', '.join(hf_only)} run(s) transformers' model.generate, which the "
+            f"{', '.join(generate_only)} runs transformers' model.generate, which the "
             f"{meta['backend_resolved']} backend cannot run; evaluate it with --backend "
             "transformers (in another --out: one result directory holds one backend)"
         )
     if hf_only and settings.generation.bans() is not None:
         raise EvalError(
-            f"{', '.join(hf_only)} run(s) transformers' model.generate, which cannot enforce "
-            "banned strings; evaluate it without --ban-string/--ban-regex"
+            f"{', '.join(hf_only)} cannot enforce banned strings (baselines decode without "
+            "the engine's bans); evaluate it without --ban-string/--ban-regex"
         )
     meta_path = out / META_FILE
     if meta_path.exists():
@@ -329,11 +330,11 @@ def _execute(
         # Chunks of problems (one run at a time) keep the run > problem > config order while
         # giving the batch decoder enough rows to fill its batch.
         for group in _chunks(todo, max(1, settings.batch_size)):
-            engine_items = [i for i in group if i.config.kind == "engine"]
+            engine_items = [i for i in group if source.batched(i)]
             for item, gen in source.engine(engine_items):
                 recorder.submit(item, gen)
             for item in group:
-                if item.config.kind != "engine":
+                if not source.batched(item):
                     recorder.submit(item, source.hf(item))
         recorder.drain(block=True)
     except BaseException:

@@ -1,10 +1,11 @@
 """What ``backtrack eval`` is asked to do: the settings, the configurations, the seed rule.
 
 Configurations: ``base`` is the ``never`` operator through our engine (always included);
-every ``--operator SPEC`` is named by its spec; optional baselines through transformers'
-``model.generate``: ``beam:N`` (deterministic: like every greedy configuration, decoded once
-in run 0 and copied to the other runs with ``reused_from_run=0``) and ``hf-sample`` (plain
-sampling seeded like ours).
+every ``--operator SPEC`` is named by its spec; optional baselines: ``beam:N``
+(transformers' ``model.generate`` on the transformers backend, the engine's beam search on
+llama.cpp; deterministic: like every greedy configuration, decoded once in run 0 and copied to
+the other runs with ``reused_from_run=0``) and ``hf-sample`` (``model.generate`` sampling,
+seeded like ours; transformers only).
 
 A configuration may also change generation settings for itself: ``SPEC@KEY=VALUE,...`` (any
 of :data:`~backtrack.engine.types.GENERATION_KEYS`, e.g.

@@ -1,5 +1,9 @@
 """Where completions come from: the engine (one sequence or batched) and the transformers
 baselines (``model.generate`` beam search and sampling), behind one :class:`CompletionSource`.
+
+``beam:N`` runs transformers' ``model.generate`` on the transformers backend (the peer a user
+there would pick, one sequence at a time) and the engine's batched beam search
+(:mod:`backtrack.engine.beam`, the same algorithm) on other backends, which have none.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class Generated:
     backtracks: int
     wall_time_s: float
     deepest_rollback: int = 0  # see Counts.deepest_rollback
+    # Batch rows the decoding occupied (beam search: one per beam); None when it ran outside
+    # the batch (transformers' model.generate), so its speed does not compare with the rows'.
+    rows: int | None = 1
 
 
 def load_model_for(settings: EvalSettings):
@@ -73,6 +80,10 @@ class CompletionSource:
         self.stop = settings.generation.stop
         self.decoder = Decoder(model, tokenizer)
         self._batch = None
+        # transformers has its own beam search (the reference peer); other backends use ours.
+        from backtrack.backends.base import as_backend
+
+        self.engine_beams = as_backend(model).name != "transformers"
         self._prompts: dict[str, str] = {}
 
     def prompt(self, problem: Problem) -> str:
@@ -88,13 +99,23 @@ class CompletionSource:
         config = item.config.generation_config(self.settings.generation)
         return replace(config, seed=item.seed)
 
+    def batched(self, item: WorkItem) -> bool:
+        """Whether :meth:`engine` decodes ``item`` (else :meth:`hf` does)."""
+        return item.config.kind == "engine" or (item.config.kind == "beam" and self.engine_beams)
+
     def engine(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
-        """Decode engine items: batched through BatchDecoder when batch_size > 1.
+        """Decode engine items: batched through BatchDecoder when batch_size > 1, beam search
+        items (on backends other than transformers) through BeamSearchDecoder.
 
         Every item gets a fresh operator instance (operators carry per-generation state).
         """
         from backtrack.operators import parse_operator
 
+        beams = [i for i in items if i.config.kind == "beam"]
+        items = [i for i in items if i.config.kind != "beam"]
+        yield from self._beam_search(beams)
+        if not items:
+            return
         if self.settings.batch_size <= 1:
             for item in items:
                 op = parse_operator(item.config.spec)
@@ -112,6 +133,20 @@ class CompletionSource:
         ]
         for index, result in self._batch.generate_many(requests, self.settings.batch_size):
             yield items[index], _from_result(result)
+
+    def _beam_search(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
+        """Beam search items, each width's together: ``batch_size`` rows hold
+        ``batch_size // N`` prompts of N beams."""
+        from backtrack.engine.beam import BeamSearchDecoder
+
+        for width in dict.fromkeys(i.config.beams for i in items):
+            group = [i for i in items if i.config.beams == width]
+            decoder = BeamSearchDecoder(self.model, self.tokenizer, beams=width)
+            config = self.engine_config(group[0])
+            prompts = [self.prompt(i.problem) for i in group]
+            batch = max(self.settings.batch_size, width)
+            for index, result in decoder.generate_many(prompts, config, batch_size=batch):
+                yield group[index], replace(_from_result(result), rows=width)
 
     def hf(self, item: WorkItem) -> Generated:
         """Plain transformers decoding (beam search or sampling), stop strings post-hoc."""
@@ -147,4 +182,4 @@ class CompletionSource:
         finish = "eos" if cut < len(new) or (ids and ids[-1] in eos) else "max_new_tokens"
         if any(st in raw for st in self.stop):
             finish = "stop_string"
-        return Generated(raw, finish, len(ids), len(ids), len(ids), 0, 0, wall)
+        return Generated(raw, finish, len(ids), len(ids), len(ids), 0, 0, wall, rows=None)
