@@ -1,22 +1,24 @@
 """The decisive comparison of issue 15: a tuned recipe against every baseline, paired.
 
-Reads one engine result directory (base, probability-trend, greedy and the recipe, decoded
-together, so their wall times come from the same run) and, optionally, a directory holding
-``beam:2`` (transformers only; llama.cpp has no beam search), plus the same two directories
-re-scored on HumanEval+ (``backtrack rescore``). Prints one Markdown table per dataset: every
-configuration's pass@1 with its CI, and the recipe's paired difference to each of the others
-on the problems and runs both have (the deterministic configurations' runs are copies of run
-0, so their pairing is by problem).
+Reads one engine result directory (base, probability-trend, greedy, the recipe and, when it
+was decoded there, ``beam:2``: all decoded together in the same batches, so their wall times
+come from the same run) and, optionally, another directory holding ``beam:2`` (e.g. the
+transformers run), plus the same directories re-scored on HumanEval+ (``backtrack rescore``).
+Prints one Markdown table per dataset: every configuration's pass@1 with its CI, and the
+recipe's paired difference to each of the others on the problems and runs both have (the
+deterministic configurations' runs are copies of run 0, so their pairing is by problem).
+``--plot`` draws the Figure-1-style chart of the same numbers: pass@1 with its CI per
+dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
-    python scripts/decisive_table.py results/humaneval-decisive --beam results/humaneval-paper \\
-        --recipe recipe:qwen2.5-coder-0.5b-instruct \\
-        --plus results/humaneval-decisive-plus --beam-plus results/humaneval-paper-plus \\
+    python scripts/decisive_table.py results/humaneval-decisive \\
+        --recipe recipe:qwen2.5-coder-0.5b-instruct --plus results/humaneval-decisive-plus \\
         --out results/humaneval-decisive/table.md --plot results/humaneval-decisive/pass_at_1.png
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from backtrack.evaluation.metrics import compare, forward_passes_per_token, mean_pass1
@@ -24,6 +26,19 @@ from backtrack.evaluation.report import load_results, paired_subset
 from backtrack.recipes import expand
 
 BEAM = "beam:2"
+
+
+@dataclass
+class Line:
+    """One configuration's figures on one dataset."""
+
+    label: str
+    mean: float
+    low: float
+    high: float
+    passes_per_token: float
+    wall_s: float
+    row_s: float | None  # wall time x batch rows held; None outside the batch
 
 
 def records_of(directory: Path, configs: list[str], label: str = "") -> list[dict]:
@@ -38,14 +53,22 @@ def restrict(records: list[dict], a: str, b: str) -> list[dict]:
     return paired_subset([r for r in records if r["config"] in (a, b)])[0]
 
 
-def table(records: list[dict], configs: list[str], recipe: str, dataset: str) -> list[str]:
+def label_of(config: str, recipe: str, greedy: str) -> str:
+    return {recipe: "recipe", greedy: "greedy"}.get(config, config)
+
+
+def table(
+    records: list[dict], configs: list[str], recipe: str, greedy: str, dataset: str
+) -> tuple[list[str], list[Line]]:
     lines = [
         f"**{dataset}**",
         "",
         "| configuration | problems x runs | pass@1 [95% CI] | recipe minus this [95% CI] "
-        "| problems recipe better / worse | forward passes per token | wall s per problem |",
-        "|---|---|---|---|---|---|---|",
+        "| problems recipe better / worse | forward passes per token | wall s per problem "
+        "| row-s per problem |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    figures = []
     for config in configs:
         mine = [r for r in records if r["config"] == config]
         if not mine:
@@ -59,6 +82,8 @@ def table(records: list[dict], configs: list[str], recipe: str, dataset: str) ->
             [max(1, int(r["final_tokens"])) for r in decoded],
         )
         wall = sum(float(r["wall_time_s"]) for r in decoded) / len(decoded)
+        held = decoded[0].get("rows", 1 if decoded[0].get("kind", "engine") == "engine" else None)
+        row_s = wall * held if held else None
         if config == recipe:
             versus, counts = "-", "-"
         else:
@@ -66,12 +91,61 @@ def table(records: list[dict], configs: list[str], recipe: str, dataset: str) ->
             d = result.diff
             versus = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
             counts = f"{len(result.gained)} / {len(result.lost)}"
-        name = "recipe" if config == recipe else config
+        name = label_of(config, recipe, greedy)
         lines.append(
             f"| {name} | {problems} x {runs} | {100 * estimate.mean:.1f} [{100 * estimate.low:.1f}"
-            f", {100 * estimate.high:.1f}] | {versus} | {counts} | {fwd:.2f} | {wall:.1f} |"
+            f", {100 * estimate.high:.1f}] | {versus} | {counts} | {fwd:.2f} | {wall:.1f} "
+            f"| {f'{row_s:.1f}' if row_s is not None else 'n/a (not batched)'} |"
         )
-    return lines
+        figures.append(Line(name, estimate.mean, estimate.low, estimate.high, fwd, wall, row_s))
+    return lines, figures
+
+
+def plot(by_dataset: dict[str, list[Line]], path: Path) -> None:
+    """pass@1 with its 95% CI, one group per dataset, and forward passes per token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    datasets = list(by_dataset)
+    labels = list(dict.fromkeys(line.label for lines in by_dataset.values() for line in lines))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [len(datasets) * 1.6, 1.2]}
+    )
+    width = 0.8 / len(labels)
+    x = np.arange(len(datasets))
+    for j, label in enumerate(labels):
+        means, lows, highs = [], [], []
+        for dataset in datasets:
+            line = next((li for li in by_dataset[dataset] if li.label == label), None)
+            means.append(100 * line.mean if line else np.nan)
+            lows.append(100 * (line.mean - line.low) if line else 0)
+            highs.append(100 * (line.high - line.mean) if line else 0)
+        offsets = x - 0.4 + width * (j + 0.5)
+        bars = ax1.bar(offsets, means, width, yerr=[lows, highs], capsize=3, label=label,
+                       color=colors[j % len(colors)])  # fmt: skip
+        ax1.bar_label(bars, fmt="%.1f", padding=2, fontsize=7, label_type="center")
+    ax1.set_xticks(x)
+    ax1.set_xticklabels(datasets)
+    ax1.set_ylabel("pass@1 (%)")
+    ax1.set_title("pass@1 (95% CI)")
+    ax1.grid(axis="y", alpha=0.3)
+    first = by_dataset[datasets[0]]
+    ax2.bar(range(len(first)), [li.passes_per_token for li in first],
+            color=[colors[labels.index(li.label) % len(colors)] for li in first])  # fmt: skip
+    ax2.set_xticks(range(len(first)))
+    ax2.set_xticklabels([li.label for li in first], rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("forward passes (batch rows) per token")
+    ax2.set_title("Cost")
+    ax2.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+    ax2.grid(axis="y", alpha=0.3)
+    fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -79,15 +153,17 @@ def main() -> None:
     parser.add_argument("engine", type=Path, help="result directory: base, trend, greedy, recipe")
     parser.add_argument("--recipe", required=True, help="the recipe's configuration or alias")
     parser.add_argument("--greedy", default="never@temperature=0")
-    parser.add_argument("--beam", type=Path, default=None, help="a directory holding beam:2")
+    parser.add_argument("--beam", type=Path, default=None, help="another directory with beam:2")
     parser.add_argument("--plus", type=Path, default=None, help="engine, on HumanEval+")
     parser.add_argument("--beam-plus", type=Path, default=None, help="beam, on HumanEval+")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="the chart (.png)")
     args = parser.parse_args()
 
     recipe = expand(args.recipe)
     configs = ["base", args.greedy, "probability-trend", recipe]
     lines: list[str] = []
+    figures: dict[str, list[Line]] = {}
     for dataset, engine, beam in (
         ("HumanEval", args.engine, args.beam),
         ("HumanEval+", args.plus, args.beam_plus),
@@ -95,17 +171,25 @@ def main() -> None:
         if engine is None:
             continue
         # The problems x runs every engine configuration has (a run in progress is left out).
-        records = paired_subset(records_of(engine, configs))[0]
+        # beam:2 decoded in the same directory is deterministic: its run-0 records are copied
+        # to every run, so it joins that rectangle.
         shown = list(configs)
+        mine = records_of(engine, [*configs, BEAM])
+        if any(r["config"] == BEAM for r in mine) and beam is None:
+            shown.append(BEAM)
+        records = paired_subset([r for r in mine if r["config"] in shown])[0]
         if beam is not None:
             records += records_of(beam, [BEAM])
             shown.append(BEAM)
-        lines += table(records, shown, recipe, dataset) + [""]
+        text, figures[dataset] = table(records, shown, recipe, args.greedy, dataset)
+        lines += text + [""]
     lines.append(f"recipe: `{recipe}`")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.plot:
+        plot(figures, args.plot)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from backtrack.tuning.study import (
     plain_recipe,
     run_search,
     select_winners,
+    validate_every_trial,
     write_summary,
 )
 
@@ -172,6 +173,24 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
     assert (tmp_path / "study" / "pareto.png").exists()
     write_summary(settings, study)  # again, without validation: the earlier one is kept
     assert ranked[0].recipe in (tmp_path / "study" / "summary.md").read_text().split("## Search")[0]
+    # Every trial's recipe on validation, the selection's cells reused.
+    before = len(validation)
+    points = validate_every_trial(
+        settings, runs=1, model=model, tokenizer=tokenizer, limit=3, progress=False
+    )
+    recipes = {t.user_attrs["recipe"] for t in study.trials if "recipe" in t.user_attrs}
+    assert {p.recipe for p in points} == recipes
+    assert sorted(n for p in points for n in p.trials) == [t.number for t in study.trials]
+    assert all(p.validation.problems == 3 for p in points)
+    validation, _ = ResultStore(tmp_path / "study" / "validation").load()
+    decoded = {r["config"] for r in validation}
+    assert recipes <= decoded and len(validation) >= before
+    assert len({(r["config"], r["task_id"]) for r in validation}) == len(validation)
+    assert (tmp_path / "study" / "pareto_validation.png").exists()
+    text = (tmp_path / "study" / "summary.md").read_text()
+    assert "Every trial on MBPP validation" in text and "Validated on MBPP validation" in text
+    write_summary(settings, study)  # kept, as the selection is
+    assert "Every trial on MBPP validation" in (tmp_path / "study" / "summary.md").read_text()
 
 
 def test_shipped_recipes_expand_everywhere_a_configuration_is_taken():

@@ -338,6 +338,14 @@ def tune(
     select: Annotated[
         int, typer.Option(help="Then validate the N best feasible recipes on MBPP validation.")
     ] = 0,
+    validate_all: Annotated[
+        bool,
+        typer.Option(
+            "--validate-all",
+            help="Then decode every trial's recipe on MBPP validation (with plain decoding at "
+            "its temperature): pareto_validation.png and a table in the summary.",
+        ),
+    ] = False,
     validation_runs: Annotated[int, typer.Option(help="Runs per validation problem.")] = 3,
     max_forward_per_token: Annotated[
         float, typer.Option(help="Constraint: forward passes per accepted token.")
@@ -361,7 +369,13 @@ def tune(
     from backtrack.evaluation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
     from backtrack.tuning.space import OPERATOR_SPACE
-    from backtrack.tuning.study import TuneSettings, run_search, select_winners, write_summary
+    from backtrack.tuning.study import (
+        TuneSettings,
+        run_search,
+        select_winners,
+        validate_every_trial,
+        write_summary,
+    )
 
     try:
         settings = TuneSettings(
@@ -415,6 +429,15 @@ def tune(
                 err.print(
                     f"trial {c.number}: {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] points on "
                     f"MBPP validation{versus}, {v.forward_per_token:.2f} fwd/token  {c.recipe}"
+                )
+        if validate_all:
+            for e in validate_every_trial(settings, validation_runs, mdl, tok, progress=progress):
+                v, p = e.validation, e.over_plain
+                versus = "" if p is None else f"; {p.gain:+.1f} over plain at its temperature"
+                err.print(
+                    f"trials {', '.join(map(str, e.trials))}: {v.gain:+.1f} [{v.low:+.1f}, "
+                    f"{v.high:+.1f}] on MBPP validation{versus}, {v.forward_per_token:.2f} "
+                    f"fwd/token  {e.recipe}"
                 )
     except (ValueError, EvalError) as exc:
         raise fail(str(exc)) from exc

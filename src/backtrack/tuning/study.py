@@ -19,13 +19,13 @@ The search (:func:`run_search`):
 
 Selection (:func:`select_winners`) never looks at HumanEval: the best feasible recipes of the
 search are decoded on MBPP *validation* (511-600) with several runs, paired against base, and
-ranked by that gain with its bootstrap CI. Summary table and Optuna's history, importance and
-Pareto plots are written next to the study.
+ranked by that gain with its bootstrap CI. :func:`validate_every_trial` decodes every trial's
+recipe there, for the Pareto plot of the whole search on problems it never saw. The summary
+and plots (:mod:`backtrack.tuning.report`) are written next to the study.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ from backtrack.evaluation.metrics import compare, forward_passes_per_token
 from backtrack.evaluation.runner import load_problems, run_eval
 from backtrack.evaluation.settings import BASE, EvalSettings
 from backtrack.evaluation.store import ResultStore
+from backtrack.tuning.report import Candidate, Score, TrialValidation, write_summary
 from backtrack.tuning.space import recipe_params, suggest_recipe
 
 DEFAULT_RUNGS = (40, 120, 374)
@@ -115,20 +116,6 @@ class TuneSettings:
                 "ray_actors": self.ray_actors,
             }
         )
-
-
-@dataclass(frozen=True)
-class Score:
-    """A recipe's pass@1 and paired gain over base on some cells (points, 95% CI)."""
-
-    gain: float
-    low: float
-    high: float
-    pass_at_1: float
-    base_pass_at_1: float
-    forward_per_token: float
-    problems: int
-    runs: int
 
 
 def score(
@@ -307,20 +294,6 @@ def _enqueue(study, names: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------- selection and report
-@dataclass(frozen=True)
-class Candidate:
-    """A completed, feasible trial of the search, and its score on validation."""
-
-    number: int
-    recipe: str
-    train_gain: float
-    train_forward_per_token: float
-    validation: Score | None = None
-    # Against plain decoding at the recipe's own temperature: what the operator adds beyond
-    # the temperature (the objective, a gain over T=0.5 sampling, rewards a lower one too).
-    over_plain: Score | None = None
-
-
 def finished_trials(study) -> list[Candidate]:
     """Completed trials, feasible ones first, each group by train gain (best first)."""
     import optuna
@@ -379,6 +352,52 @@ def select_winners(
     return ranked
 
 
+def validate_every_trial(
+    settings: TuneSettings,
+    runs: int = 1,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+    limit: int | None = None,
+    progress: bool = True,
+) -> list[TrialValidation]:
+    """Decode the recipe of every trial (complete, pruned or stopped) on MBPP validation, with
+    plain decoding at each recipe's temperature, and write the summary and
+    ``pareto_validation.png``: the whole search, scored on problems it never saw. Cells
+    already decoded (by ``--select``, or an interrupted call) are reused."""
+    study = open_study(settings)
+    trials = [t for t in study.get_trials(deepcopy=False) if "recipe" in t.user_attrs]
+    if not trials:
+        raise ValueError("the study has no trial with a recipe yet")
+    by_recipe: dict[str, list] = {}
+    for t in trials:
+        by_recipe.setdefault(t.user_attrs["recipe"], []).append(t)
+    plain = {recipe: plain_recipe(recipe) for recipe in by_recipe}
+    configs = list(by_recipe)
+    configs += sorted({p for p in plain.values() if p not in (None, BASE, *configs)})
+    run_eval(
+        settings.eval_settings("validation", configs, limit, runs),
+        model,
+        tokenizer,
+        progress=progress,
+        log=log,
+    )
+    validation = Path(settings.out) / "validation"
+    points = [
+        TrialValidation(
+            tuple(t.number for t in group),
+            tuple(t.state.name.lower() for t in group),
+            recipe,
+            score(validation, recipe),
+            score(validation, recipe, reference=plain[recipe]) if plain[recipe] else None,
+        )
+        for recipe, group in by_recipe.items()
+    ]
+    points.sort(key=lambda p: -p.validation.gain)
+    write_summary(settings, study, every_trial=points)
+    return points
+
+
 def plain_recipe(recipe: str) -> str | None:
     """Plain decoding at ``recipe``'s temperature, as a configuration (``base`` at the
     evaluation's own 0.5), or None for a recipe that is plain decoding itself."""
@@ -390,156 +409,15 @@ def plain_recipe(recipe: str) -> str | None:
     return canonical_recipe(f"never@temperature={params['temperature']:g}")
 
 
-def write_summary(settings: TuneSettings, study, validated: Sequence[Candidate] = ()) -> Path:
-    """``summary.md`` (every finished trial; the validated ones with their CI), ``summary.json``
-    and Optuna's plots (history, importances, train Pareto front) in the study folder.
-
-    Without ``validated``, the validation of an earlier ``--select`` (in summary.json) is kept:
-    a search resumed after a selection does not lose it."""
-    out = Path(settings.out)
-    if not validated:
-        validated = _earlier_validation(out / "summary.json")
-    lines = [
-        f"# Study {settings.study}: {settings.model}, MBPP train {list(settings.rungs)}",
-        "",
-        "Gain: paired pass@1 over base (temperature 0.5, top-k 50) on the same problems and "
-        f"seeds, points. Constraint: at most {settings.max_forward_per_token} forward passes per "
-        "accepted token.",
-        "",
-    ]
-    if validated:
-        lines += [
-            "## Validated on MBPP validation (511-600)",
-            "",
-            "| trial | recipe | gain [95% CI] | pass@1 | base | vs plain at its temperature "
-            "[95% CI] | fwd/token | problems x runs |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for c in validated:
-            v, p = c.validation, c.over_plain
-            assert v is not None
-            versus = "-" if p is None else f"{p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
-            lines.append(
-                f"| {c.number} | `{c.recipe}` | {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] | "
-                f"{v.pass_at_1:.1f} | {v.base_pass_at_1:.1f} | {versus} | "
-                f"{v.forward_per_token:.2f} | {v.problems} x {v.runs} |"
-            )
-        lines += [
-            "",
-            "*vs plain at its temperature*: the same recipe against plain decoding at its own "
-            "temperature (greedy for 0): what the operator adds beyond the temperature.",
-        ]
-        lines.append("")
-    lines += [
-        "## Search (MBPP train)",
-        "",
-        "| trial | state | recipe | gain | problems | fwd/token |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if "recipe" not in t.user_attrs:
-            continue
-        last = max(t.intermediate_values.items(), default=(None, None))
-        gain = t.value if t.value is not None else last[1]
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name.lower(),
-                "recipe": t.user_attrs["recipe"],
-                "gain": gain,
-                "problems": t.user_attrs.get("problems"),
-                "forward_per_token": t.user_attrs.get("forward_per_token"),
-            }
-        )
-        lines.append(
-            f"| {t.number} | {t.state.name.lower()} | `{t.user_attrs['recipe']}` | "
-            f"{'-' if gain is None else f'{gain:+.1f}'} | {t.user_attrs.get('problems', '-')} | "
-            f"{t.user_attrs.get('forward_per_token', float('nan')):.2f} |"
-        )
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    payload = {
-        "study": settings.study,
-        "trials": rows,
-        "validated": [
-            {
-                **c.__dict__,
-                "validation": c.validation.__dict__ if c.validation else None,
-                "over_plain": c.over_plain.__dict__ if c.over_plain else None,
-            }
-            for c in validated
-        ],
-    }
-    (out / "summary.json").write_text(json.dumps(payload, indent=1))
-    _plots(study, rows, out, settings.max_forward_per_token)
-    return out / "summary.md"
-
-
-def _earlier_validation(path: Path) -> list[Candidate]:
-    try:
-        entries = json.loads(path.read_text()).get("validated") or []
-        return [
-            Candidate(
-                e["number"], e["recipe"], e["train_gain"], e["train_forward_per_token"],
-                Score(**e["validation"]) if e.get("validation") else None,
-                Score(**e["over_plain"]) if e.get("over_plain") else None,
-            )
-            for e in entries
-        ]  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # none yet, or a summary from an older version: rewritten below
-
-
-def _plots(study, rows: list[dict], out: Path, max_forward: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as oplt
-
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        ax = oplt.plot_optimization_history(study)
-        ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-    if len(complete) >= 2:
-        try:
-            with warnings.catch_warnings():  # "few trials per regime" early in a study
-                warnings.simplefilter("ignore")
-                ax = oplt.plot_param_importances(study)
-            ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
-            plt.close(ax.figure)
-        except (RuntimeError, ValueError):  # too few distinct parameter values yet
-            pass
-    points = [r for r in rows if r["gain"] is not None and r["forward_per_token"] is not None]
-    if points:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        # Interrupted trials (state fail) still scored their subsets: shown, and marked.
-        kinds = (("complete", "o", "complete"), ("pruned", "x", "pruned"), ("fail", "^", "stopped"))
-        for state, marker, label in kinds:
-            chosen = [r for r in points if r["state"] == state]
-            if not chosen:
-                continue
-            ax.scatter(
-                [r["forward_per_token"] for r in chosen],
-                [r["gain"] for r in chosen],
-                marker=marker,
-                label=f"{label} ({len(chosen)})",
-            )
-            for r in chosen:  # gains on different subsets: say which
-                ax.annotate(
-                    f"#{r['trial']} ({r['problems']})",
-                    (r["forward_per_token"], r["gain"]),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axvline(max_forward, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("forward passes per accepted token")
-        ax.set_ylabel("pass@1 gain over base (points, MBPP train)")
-        ax.set_title("every trial: #number (problems scored); dashed: the constraint", fontsize=9)
-        ax.legend()
-        fig.savefig(out / "pareto.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+__all__ = [
+    "Candidate",
+    "Score",
+    "TrialValidation",
+    "TuneSettings",
+    "plain_recipe",
+    "run_search",
+    "score",
+    "select_winners",
+    "validate_every_trial",
+    "write_summary",
+]
