@@ -435,7 +435,7 @@ def test_missing_corrupt_and_mismatched_policies_are_refused(trained, tmp_path) 
 
 
 def test_config_files_and_command_errors(tmp_path, capsys) -> None:
-    for name in ("train-tiny.yaml", "train-default.yaml"):
+    for name in ("train-tiny.yaml", "train-default.yaml", "train-restarts.yaml"):
         config = TrainConfig.load(REPO / "configs" / name)
         assert config.env.split == "train" and config.env.max_rollback >= 1
     assert TrainConfig.load(REPO / "configs" / "train-tiny.yaml").env.model == "tiny-random-qwen2"

@@ -122,8 +122,6 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise TrainConfigError(f"batch_size must be >= 2, got {self.batch_size}")
-        if self.pretrain_labels is not None and not Path(self.pretrain_labels).is_file():
-            raise TrainConfigError(f"pretrain_labels: no such file {self.pretrain_labels}")
         if self.pretrain_epochs < 1 or self.pretrain_learning_rate <= 0:
             raise TrainConfigError("pretrain_epochs must be >= 1 and pretrain_learning_rate > 0")
         if self.lstm_hidden_size < 1:
@@ -295,6 +293,10 @@ def train(
     ``model_and_tokenizer`` reuses a loaded model instead of loading ``config.model``.
     """
     cfg = TrainConfig.load(config)
+    # Checked here, not when the config loads: `backtrack label` reads the same config to make
+    # the labels this names.
+    if cfg.pretrain_labels is not None and not Path(cfg.pretrain_labels).is_file():
+        raise TrainConfigError(f"pretrain_labels: no such file {cfg.pretrain_labels}")
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
