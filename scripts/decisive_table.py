@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backtrack.evaluation.metrics import compare, forward_passes_per_token, mean_pass1
-from backtrack.evaluation.report import load_results, paired_subset
+from backtrack.evaluation.report import batch_rows, load_results, paired_subset
 from backtrack.recipes import expand
 
 BEAM = "beam:2"
@@ -82,7 +82,7 @@ def table(
             [max(1, int(r["final_tokens"])) for r in decoded],
         )
         wall = sum(float(r["wall_time_s"]) for r in decoded) / len(decoded)
-        held = decoded[0].get("rows", 1 if decoded[0].get("kind", "engine") == "engine" else None)
+        held = batch_rows(decoded[0])
         row_s = wall * held if held else None
         if config == recipe:
             versus, counts = "-", "-"

@@ -76,6 +76,22 @@ def tiny():
     return build_tiny_model()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a busy shared CPU the small LSTM policies are many
+    times faster that way (the RL tests use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mbpp(shared_data: Path) -> str:
+    """The MBPP file (HumanEval layout) of the shared data directory."""
+    return str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

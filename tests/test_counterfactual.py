@@ -41,20 +41,6 @@ from backtrack.rl.train import TrainConfigError, train  # noqa: E402
 OBS_TOL = 1e-4
 
 
-@pytest.fixture()
-def one_thread():
-    """The small LSTM runs many times faster on one thread of a busy CPU (test_rl.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mbpp(shared_data: Path) -> str:
-    return str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")
-
-
 def _config(mbpp: str, out: Path, **extra) -> dict:
     return {
         "model": "tiny-random-qwen2",
@@ -137,7 +123,7 @@ def test_a_step_is_labelled_where_its_restarts_pass(tiny, mbpp, monkeypatch):
     )
     steps = candidate_steps(trajectory, 2)
     scripted = iter([[True, True, True, False]])
-    monkeypatch.setattr(counterfactual, "_verdicts", lambda problems, c, w: next(scripted))
+    monkeypatch.setattr(counterfactual, "_verdicts", lambda problems, c, w, box: next(scripted))
     [labelled] = label_restarts(model, tok, [trajectory], {problem.task_id: problem},
                                 env_config.generation, positions=2, restarts=2,
                                 min_pass_rate=0.75)  # fmt: skip
@@ -157,7 +143,7 @@ class _Space(gym.Env):
         return self.observation_space.sample(), 0.0, True, False, {}
 
 
-def test_behaviour_cloning_learns_where_to_delete(one_thread):
+def test_behaviour_cloning_learns_where_to_delete(one_thread):  # conftest.py
     """A rule the features carry (delete where the token's probability, feature 0, is below
     0.3): after cloning, the policy's most likely action follows it. Measured: the loss
     breaks through after 6 to 12 epochs at this learning rate; 20 leave room."""

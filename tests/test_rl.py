@@ -45,17 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "def add(a, b):\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mbpp(shared_data: Path) -> str:
-    return str(shared_data / "mbpp" / "mbpp_release_v1.jsonl")
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def make_env(tiny, mbpp: str, **overrides) -> BacktrackEnv:

@@ -310,6 +310,17 @@ def generate(
         json_out.write_text(json.dumps(result.to_dict(), indent=1))
 
 
+def _print_validation(label: str, validation, over_plain, recipe: str) -> None:
+    """One recipe's MBPP validation result, as ``tune --select`` and ``--validate-all`` say it."""
+    versus = ""
+    if over_plain is not None:
+        versus = f"; {over_plain.interval} over plain decoding at its temperature"
+    err.print(
+        f"{label}: {validation.interval} points on MBPP validation{versus}, "
+        f"{validation.forward_per_token:.2f} fwd/token  {recipe}"
+    )
+
+
 @app.command()
 def tune(
     out: Annotated[Path, typer.Option(help="Study folder (records, study.db, summary, plots).")],
@@ -416,29 +427,12 @@ def tune(
             err.print(f"search summary: {summary}")
         if select:
             for c in select_winners(settings, select, validation_runs, mdl, tok):
-                v, p = c.validation, c.over_plain
-                assert v is not None
-                versus = (
-                    ""
-                    if p is None
-                    else (
-                        f"; {p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}] over plain decoding at its "
-                        "temperature"
-                    )
-                )
-                err.print(
-                    f"trial {c.number}: {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] points on "
-                    f"MBPP validation{versus}, {v.forward_per_token:.2f} fwd/token  {c.recipe}"
-                )
+                assert c.validation is not None
+                _print_validation(f"trial {c.number}", c.validation, c.over_plain, c.recipe)
         if validate_all:
             for e in validate_every_trial(settings, validation_runs, mdl, tok, progress=progress):
-                v, p = e.validation, e.over_plain
-                versus = "" if p is None else f"; {p.gain:+.1f} over plain at its temperature"
-                err.print(
-                    f"trials {', '.join(map(str, e.trials))}: {v.gain:+.1f} [{v.low:+.1f}, "
-                    f"{v.high:+.1f}] on MBPP validation{versus}, {v.forward_per_token:.2f} "
-                    f"fwd/token  {e.recipe}"
-                )
+                trials = f"trials {', '.join(map(str, e.trials))}"
+                _print_validation(trials, e.validation, e.over_plain, e.recipe)
     except (ValueError, EvalError) as exc:
         raise fail(str(exc)) from exc
 

@@ -160,26 +160,14 @@ class BeamSearchDecoder:
                     ids = encode_prompt(self.tokenizer, item[1])
                     live[g] = _Search(item[0], ids, groups[g], [_Beam(groups[g][0], [], [], 0.0)])
                     fresh.append(live[g])
-            logits_of: dict[int, torch.Tensor] = {}
             if fresh:
+                # Their first step comes from the prefill's logits.
                 started = time.perf_counter()
                 logits = batch.admit([s.slots[0] for s in fresh], [s.prompt_ids for s in fresh])
                 for i, search in enumerate(fresh):
                     search.started = started
-                    logits_of[search.slots[0]] = logits[i]
-            # Step every search that has its logits: the fresh ones from the prefill, the
-            # others from the previous forward pass.
-            for g, search in enumerate(live):
-                if search is None:
-                    continue
-                rows = [logits_of[b.slot] for b in search.beams if b.slot in logits_of]
-                if len(rows) == len(search.beams):
-                    self._advance(search, torch.stack(rows), eos, config, batch)
-                if search.done:
-                    for slot in search.slots:
-                        batch.free(slot)
-                    live[g] = None
-                    yield search.index, self._result(search)
+                    self._advance(search, logits[i : i + 1], eos, config, batch)
+                yield from self._retire(live, batch)
             if not any(live):
                 if exhausted:
                     return
@@ -198,14 +186,18 @@ class BeamSearchDecoder:
                 if search is not None:
                     rows = torch.stack([logits_of[b.slot] for b in search.beams])
                     self._advance(search, rows, eos, config, batch)
-            for g, search in enumerate(live):
-                if search is not None and search.done:
-                    for slot in search.slots:
-                        batch.free(slot)
-                    live[g] = None
-                    yield search.index, self._result(search)
-            if exhausted and not any(live):
-                return
+            yield from self._retire(live, batch)
+
+    def _retire(
+        self, live: list[_Search | None], batch: BatchState
+    ) -> Iterator[tuple[int, GenerationResult]]:
+        """Free the rows of every finished search and yield its result."""
+        for g, search in enumerate(live):
+            if search is not None and search.done:
+                for slot in search.slots:
+                    batch.free(slot)
+                live[g] = None
+                yield search.index, self._result(search)
 
     # ------------------------------------------------------------------ one step
     def _advance(

@@ -141,6 +141,13 @@ def _configs_in_order(records: Sequence[dict], meta: dict) -> list[str]:
     return ordered
 
 
+def batch_rows(record: dict) -> int | None:
+    """The batch rows a record's decoding held: its ``rows`` (beam search holds one per beam),
+    1 for an engine record written before that field existed, None for a decoding outside
+    the batch (transformers' ``model.generate``)."""
+    return record.get("rows", 1 if record.get("kind", "engine") == "engine" else None)
+
+
 def summarize(
     result: ResultSet, baseline: str = BASE, resamples: int = metrics.DEFAULT_RESAMPLES
 ) -> list[Row]:
@@ -163,7 +170,7 @@ def summarize(
         # Engine rows of a batched run are timed inside a shared batch; a transformers baseline
         # decodes alone (no "rows"). Their per-sequence speeds do not compare. The engine's
         # beam search is timed in the batch too, but holds one row per beam.
-        rows_held = recs[0].get("rows", 1 if recs[0].get("kind", "engine") == "engine" else None)
+        rows_held = batch_rows(recs[0])
         batched_apart = result.batch_size > 1 and rows_held is None
         est = metrics.mean_pass1(records, name, resamples=resamples)
         diff, gained, lost = None, 0, 0

@@ -116,8 +116,13 @@ def load_trajectories(path: str | Path) -> list[Trajectory]:
     return out
 
 
-def _verdicts(problems: Sequence[Problem], completions: Sequence[str], workers: int) -> list[bool]:
-    sandbox = SandboxConfig(timeout_s=3.0)
+def _verdicts(
+    problems: Sequence[Problem],
+    completions: Sequence[str],
+    workers: int,
+    sandbox: SandboxConfig | None = None,
+) -> list[bool]:
+    sandbox = sandbox or SandboxConfig(timeout_s=3.0)  # the environment's default limit
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(
             lambda pc: run_program(program_for(pc[0], pc[1]), sandbox).passed,
@@ -135,6 +140,7 @@ def sample_trajectories(
     seeds: Sequence[int],
     batch_size: int = 16,
     workers: int = 2,
+    sandbox: SandboxConfig | None = None,
 ) -> list[Trajectory]:
     """One plain-sampling trajectory per (problem, seed), batched, with its verdict."""
     if config.period != 1:
@@ -150,7 +156,7 @@ def sample_trajectories(
         postprocess(p, r.text, "completion", config.stop)
         for p, r in zip(problems, results, strict=True)
     ]
-    passed = _verdicts(problems, completions, workers)
+    passed = _verdicts(problems, completions, workers, sandbox)
     trajectories = []
     for p, seed, rec, result, ok in zip(problems, seeds, recorders, results, passed, strict=True):
         if len(rec.observations) != len(result.token_ids):
@@ -189,6 +195,7 @@ def label_restarts(
     batch_size: int = 16,
     workers: int = 2,
     seed: int = 0,
+    sandbox: SandboxConfig | None = None,
 ) -> Iterator[Trajectory]:
     """Label each trajectory (see the module docstring); yield it when done."""
     if not 0.0 < min_pass_rate <= 1.0:
@@ -223,7 +230,7 @@ def label_restarts(
             )
             for step, result in zip(owners, results, strict=True)
         ]
-        verdicts = _verdicts([problem] * len(completions), completions, workers)
+        verdicts = _verdicts([problem] * len(completions), completions, workers, sandbox)
         restarts_of: dict[str, list[bool]] = {str(s): [] for s in steps}
         for step, ok in zip(owners, verdicts, strict=True):
             restarts_of[str(step)].append(bool(ok))
@@ -276,14 +283,18 @@ def behaviour_cloning(
     hidden = policy.lstm_actor.hidden_size
     layers = policy.lstm_actor.num_layers
 
-    def run(t: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(t: Trajectory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Observations, a zero LSTM state and episode starts for one trajectory. The state
+        starts at zero, which is what an episode start resets it to; with no start flagged,
+        sb3 runs the LSTM over the sequence in one call, not step by step."""
         obs = torch.tensor(np.asarray(t.observations, dtype=np.float32), device=device)
-        actions = torch.tensor(t.labels, dtype=torch.long, device=device)
         zeros = torch.zeros((layers, 1, hidden), device=device)
+        return obs, zeros, torch.zeros(len(t.labels), device=device)
+
+    def run(t: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+        obs, zeros, starts = inputs(t)
+        actions = torch.tensor(t.labels, dtype=torch.long, device=device)
         states = RNNStates((zeros, zeros), (zeros, zeros))
-        # The states start at zero, which is what an episode start resets them to; with no
-        # start flagged, sb3 runs the LSTM over the sequence in one call, not step by step.
-        starts = torch.zeros(len(t.labels), device=device)
         _, log_prob, _ = policy.evaluate_actions(obs, actions, states, starts)
         return log_prob, actions
 
@@ -305,9 +316,7 @@ def behaviour_cloning(
     hits = misses = wrong = negatives = 0
     with torch.no_grad():
         for t in data:
-            obs = torch.tensor(np.asarray(t.observations, dtype=np.float32), device=device)
-            zeros = torch.zeros((layers, 1, hidden), device=device)
-            starts = torch.zeros(len(t.labels), device=device)
+            obs, zeros, starts = inputs(t)
             dist, _ = policy.get_distribution(obs, (zeros, zeros), starts)
             best = dist.distribution.probs.argmax(dim=-1).tolist()
             for label, choice in zip(t.labels, best, strict=True):
@@ -364,17 +373,18 @@ def make_labels(
         )
     model, tokenizer = model_and_tokenizer
     by_id = {p.task_id: p for p in problems}
+    sandbox = SandboxConfig(timeout_s=env.sandbox_timeout_s)  # the environment's verdicts
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), disable=not progress,
                desc="labels", unit="problem")  # fmt: skip
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         trajectories = sample_trajectories(
             model, tokenizer, [p for _, p in part], env.generation, env.feature_extractor(),
-            [seed + i for i, _ in part], batch_size,
+            [seed + i for i, _ in part], batch_size, sandbox=sandbox,
         )  # fmt: skip
         for labelled in label_restarts(
             model, tokenizer, trajectories, by_id, env.generation, positions, restarts,
-            min_pass_rate, batch_size, seed=seed + part[0][0],
+            min_pass_rate, batch_size, seed=seed + part[0][0], sandbox=sandbox,
         ):  # fmt: skip
             append_trajectory(out, labelled)
             bar.update(1)

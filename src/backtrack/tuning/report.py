@@ -31,6 +31,11 @@ class Score:
     problems: int
     runs: int
 
+    @property
+    def interval(self) -> str:
+        """The gain with its CI, as every table and message writes it: ``+3.3 [-4.4, +11.1]``."""
+        return f"{self.gain:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -93,9 +98,9 @@ def write_summary(
         for c in validated:
             v, p = c.validation, c.over_plain
             assert v is not None
-            versus = "-" if p is None else f"{p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
+            versus = "-" if p is None else p.interval
             lines.append(
-                f"| {c.number} | `{c.recipe}` | {v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] | "
+                f"| {c.number} | `{c.recipe}` | {v.interval} | "
                 f"{v.pass_at_1:.1f} | {v.base_pass_at_1:.1f} | {versus} | "
                 f"{v.forward_per_token:.2f} | {v.problems} x {v.runs} |"
             )
@@ -115,10 +120,10 @@ def write_summary(
         ]
         for e in every_trial:
             v, p = e.validation, e.over_plain
-            versus = "-" if p is None else f"{p.gain:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
+            versus = "-" if p is None else p.interval
             lines.append(
                 f"| {', '.join(map(str, e.trials))} | {', '.join(e.states)} | `{e.recipe}` | "
-                f"{v.gain:+.1f} [{v.low:+.1f}, {v.high:+.1f}] | {v.pass_at_1:.1f} | {versus} | "
+                f"{v.interval} | {v.pass_at_1:.1f} | {versus} | "
                 f"{v.forward_per_token:.2f} | {v.problems} x {v.runs} |"
             )
         lines += ["", "Plot: `pareto_validation.png`.", ""]

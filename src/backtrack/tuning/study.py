@@ -334,9 +334,7 @@ def select_winners(
     chosen = feasible[:top]
     if not chosen:
         raise ValueError("the study has no completed trial within the forward-pass constraint")
-    plain = {c.recipe: plain_recipe(c.recipe) for c in chosen}
-    configs = [c.recipe for c in chosen]
-    configs += sorted({p for p in plain.values() if p is not None and p not in configs})
+    plain, configs = _with_plain([c.recipe for c in chosen])
     evaluation = settings.eval_settings("validation", configs, limit, runs)
     run_eval(evaluation, model, tokenizer, progress=progress, log=log)
     validation = Path(settings.out) / "validation"
@@ -372,9 +370,7 @@ def validate_every_trial(
     by_recipe: dict[str, list] = {}
     for t in trials:
         by_recipe.setdefault(t.user_attrs["recipe"], []).append(t)
-    plain = {recipe: plain_recipe(recipe) for recipe in by_recipe}
-    configs = list(by_recipe)
-    configs += sorted({p for p in plain.values() if p not in (None, BASE, *configs)})
+    plain, configs = _with_plain(list(by_recipe))
     run_eval(
         settings.eval_settings("validation", configs, limit, runs),
         model,
@@ -396,6 +392,14 @@ def validate_every_trial(
     points.sort(key=lambda p: -p.validation.gain)
     write_summary(settings, study, every_trial=points)
     return points
+
+
+def _with_plain(recipes: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Each recipe's plain reference (:func:`plain_recipe`), and the configurations to decode
+    for both: the recipes, then the references not among them (base is always decoded)."""
+    plain = {recipe: plain_recipe(recipe) for recipe in recipes}
+    extra = {p for p in plain.values() if p not in (None, BASE, *recipes)}
+    return plain, [*recipes, *sorted(extra)]
 
 
 def plain_recipe(recipe: str) -> str | None:
