@@ -303,6 +303,9 @@ def test_openai_cache_hit_makes_no_second_request(server: FakeOpenAIServer) -> N
     assert judge.cache_hits == 1
     judge.score(PROBLEM, CODE + "\n")  # different code: a new request
     assert len(server.requests) == 2
+    stats = judge.stats
+    assert (stats.requests, stats.cache_hits, stats.computed) == (3, 1, 2)
+    assert stats.seconds > 0.0 and stats.prompt_tokens == 0  # a remote judge counts no tokens
 
 
 def test_openai_cache_is_lru_and_can_be_disabled(server: FakeOpenAIServer) -> None:
@@ -466,6 +469,62 @@ def test_local_judge_uses_chat_template_when_present(tiny: tuple[Any, Any]) -> N
     assert prompt.endswith("<|im_start|>assistant\n")
     assert CODE in prompt
     assert 0.0 <= judge.score(PROBLEM, CODE) <= 1.0
+
+
+# An episode's judgements: each partial program grows the last one, with a rollback ("ret") and
+# a restart of the body ("z = 1") in between, as the RL environment asks them.
+EPISODE = [
+    "    y",
+    "    y = x",
+    "    y = x * 2\n",
+    "    y = x * 2\n    return",
+    "    y = x * 2\n    ret",
+    "    y = x * 2\n    return y\n",
+    "    z = 1\n",
+    "    z = 1\n    return 2 * x\n",
+]
+
+
+def test_local_judge_reuses_the_shared_prefix_and_scores_as_from_scratch(
+    tiny: tuple[Any, Any],
+) -> None:
+    """Only the tokens after the previous prompt's shared prefix are run (the prefix's cache is
+    cropped, never recomputed), and every rating matches a judge that runs each prompt from
+    scratch."""
+    model, tokenizer = tiny
+    reusing = LocalJudge(model, tokenizer, cache_size=0)
+    scratch = LocalJudge(model, tokenizer, cache_size=0, reuse_prefix=False)
+    lengths, handle = _count_forwards(model)
+    try:
+        for code in EPISODE:
+            reused = reusing.rating_distribution(PROBLEM, code)
+            # Measured on the tiny float32 model (Intel Xeon, AVX512): 0.0 per digit over this
+            # episode; cached keys/values are the same numbers a fresh prefill computes, only
+            # the split of the prompt differs. 1e-5 leaves room for other CPUs' tiling and is
+            # 1,000x below what a key/value at a wrong position changes (1e-2 or more).
+            assert reused == pytest.approx(scratch.rating_distribution(PROBLEM, code), abs=1e-5)
+    finally:
+        handle.remove()
+    full = [len(reusing._encode(PROBLEM, code)) for code in EPISODE]
+    fed = lengths[0::2]  # reusing and scratch alternate
+    assert lengths[1::2] == full  # from scratch: every prompt whole
+    assert fed[0] == full[0] and all(n < whole for n, whole in zip(fed[1:], full[1:], strict=True))
+    assert reusing.stats.prompt_tokens == sum(fed) < sum(full) / 2
+    assert scratch.stats.prompt_tokens == sum(full)
+    assert reusing.stats.requests == len(EPISODE) and reusing.stats.cache_hits == 0
+    assert reusing.stats.seconds > 0.0
+
+
+def test_judge_stats_count_requests_hits_and_computed_scores(tiny: tuple[Any, Any]) -> None:
+    judge = LocalJudge(*tiny)
+    for code in (CODE, CODE, "    return x", CODE):
+        judge.score(PROBLEM, code)
+    stats = judge.stats
+    assert (stats.requests, stats.cache_hits, stats.computed) == (4, 2, 2)
+    assert stats.hit_rate == 0.5 and judge.cache_hits == 2
+    assert stats.seconds_per_judgment == pytest.approx(stats.seconds / 2)
+    assert set(stats.as_dict()) >= {"requests", "cache_hits", "seconds", "hit_rate"}
+    assert TestsOnlyJudge().stats.requests == 0
 
 
 def test_local_judge_truncates_long_code_to_fit(tiny: tuple[Any, Any]) -> None:

@@ -177,6 +177,28 @@ def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) ->
     assert info["rolled_back"] == 0 and reward == 0.0
 
 
+def test_episode_info_says_what_a_local_teacher_cost(tiny, mbpp) -> None:
+    """A real teacher (the tiny model judging through LocalJudge): the last step's info counts
+    this episode's requests, cache hits, seconds and the prompt tokens the teacher ran."""
+    from backtrack.rl.judges import LocalJudge
+
+    judge = LocalJudge(*tiny)
+    env = BacktrackEnv(
+        EnvConfig.from_mapping(dict(data_path=mbpp, limit=2, max_new_tokens=10, judge_every=1)),
+        model_and_tokenizer=tiny,
+        judge=judge,
+    )
+    for seed in (0, 1):
+        before = judge.stats.requests, judge.stats.prompt_tokens
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(0)
+        assert info["judge_requests"] == judge.stats.requests - before[0] >= 2
+        assert info["judge_tokens"] == judge.stats.prompt_tokens - before[1] > 0
+        assert info["judge_seconds"] > 0.0 and 0 <= info["judge_hits"] <= info["judge_requests"]
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -35,6 +35,10 @@ Rewards, per :meth:`BacktrackEnv.step`:
   final step is left to the tests); the tests-only judge switches it off;
 * cost: ``-discard_cost`` per token actually deleted and ``-forward_cost`` per forward pass.
 
+The last step's ``info`` also says what the episode's judgements cost (``judge_requests``,
+``judge_hits`` from the score cache, ``judge_seconds``, ``judge_tokens`` the teacher ran), which
+the trainer writes to ``monitor.csv`` and TensorBoard.
+
 Each episode's session is seeded with ``info["episode_seed"]``, so it samples from its own
 ``torch.Generator`` (the session's, as for any seeded generation): an episode is reproducible
 and equals ``Decoder.generate(..., seed=episode_seed)`` with the same decisions, whatever else
@@ -77,6 +81,9 @@ __all__ = ["BacktrackEnv", "EnvConfig", "FeatureOperator"]
 
 #: Episodes that end before the agent is ever consulted are skipped; give up after this many.
 _MAX_EMPTY_EPISODES = 20
+
+#: The keys of a finished episode's ``info`` that say what its judgements cost.
+JUDGE_COST_KEYS = ("judge_requests", "judge_hits", "judge_seconds", "judge_tokens")
 
 
 def default_generation() -> GenerationConfig:
@@ -262,6 +269,7 @@ class BacktrackEnv(gym.Env):
         self._last_step: Step | None = None
         self._judged_len = 0
         self._judge_score = 0.0
+        self._judge_before = dataclasses.replace(self.judge.stats)
         self._finished = True
 
     # ------------------------------------------------------------------ the loop
@@ -331,6 +339,7 @@ class BacktrackEnv(gym.Env):
             )
         self._finished = False
         self._judged_len = 0
+        self._judge_before = dataclasses.replace(self.judge.stats)
         self._judge_score = (
             float(self.judge.score(self.problem.prompt, self._partial_code()))
             if self._judge_on
@@ -392,8 +401,20 @@ class BacktrackEnv(gym.Env):
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,
             counts=dataclasses.asdict(result.counts),
+            **self._judge_cost(),
         )
         return self.config.pass_reward if verdict.passed else 0.0
+
+    def _judge_cost(self) -> dict[str, float]:
+        """What this episode's judgements cost: requests, cache hits, seconds, prompt tokens."""
+        now, before = self.judge.stats, self._judge_before
+        deltas = (
+            now.requests - before.requests,
+            now.cache_hits - before.cache_hits,
+            now.seconds - before.seconds,
+            now.prompt_tokens - before.prompt_tokens,
+        )
+        return dict(zip(JUDGE_COST_KEYS, deltas, strict=True))
 
     def close(self) -> None:
         if self._owns_judge:

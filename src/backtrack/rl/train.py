@@ -15,7 +15,7 @@ The output directory receives::
     config.yaml           the resolved configuration of the run
     checkpoints/          policy_<steps>_steps.zip every ``checkpoint_every`` steps
     tb/                   TensorBoard logs (rollout/ep_rew_mean, rollout/pass_rate, losses...)
-    monitor.csv           one line per episode (reward, length, passed)
+    monitor.csv           one line per episode (reward, length, passed, judge cost)
 
 ``resume=True`` loads the newest checkpoint and continues to ``total_timesteps`` without
 resetting the step counter.
@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from backtrack.operators.learned import METADATA_NAME
-from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems
+from backtrack.rl.env import JUDGE_COST_KEYS, BacktrackEnv, EnvConfig, load_problems
 
 __all__ = [
     "TrainConfig",
@@ -238,7 +238,7 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, An
             return keep_going
 
     class EpisodeStats(BaseCallback):
-        """Log the unit-test pass rate and discarded tokens of finished episodes."""
+        """Log the pass rate, discarded tokens and judge cost of finished episodes."""
 
         def _on_step(self) -> bool:
             for info, done in zip(self.locals["infos"], self.locals["dones"], strict=False):
@@ -246,6 +246,8 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, An
                     self.logger.record_mean("rollout/pass_rate", float(info["passed"]))
                     discarded = info["counts"]["tokens_discarded"]
                     self.logger.record_mean("rollout/tokens_discarded", float(discarded))
+                    for key in JUDGE_COST_KEYS:
+                        self.logger.record_mean(f"rollout/{key}", float(info[key]))
             return True
 
     save_freq = max(config.checkpoint_every // config.n_envs, 1)
@@ -332,7 +334,10 @@ def train(
             )
             monitor_file = str(out / (f"monitor{index}.csv" if index else "monitor.csv"))
             return Monitor(
-                env, monitor_file, info_keywords=("passed",), override_existing=start is None
+                env,
+                monitor_file,
+                info_keywords=("passed", *JUDGE_COST_KEYS),
+                override_existing=start is None,
             )
 
         return build

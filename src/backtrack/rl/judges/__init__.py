@@ -9,9 +9,10 @@ Three judges share :class:`Judge`:
 
 * :class:`OpenAIJudge` asks any OpenAI-compatible chat endpoint (vLLM, llama.cpp, Ollama, ...)
   for a 0-10 rating, with timeouts, retries with exponential backoff and an LRU cache.
-* :class:`LocalJudge` reads a local Hugging Face model's next-token probabilities of the digits
-  ``0``..``9`` after a rating prompt: one forward pass, no generation, so it is cheap and
-  deterministic, and it gives a graded score (the expected rating) rather than a sampled one.
+* :class:`LocalJudge` reads a local model's next-token probabilities of the digits ``0``..``9``
+  after a rating prompt (on transformers or llama.cpp): one forward pass over what the previous
+  prompt did not share, no generation, so it is cheap and graded (the expected rating) rather
+  than sampled.
 * :class:`TestsOnlyJudge` disables the dense reward, so only the unit tests count.
 
 :func:`make_judge` builds any of them from a CLI string or a YAML mapping.
@@ -19,8 +20,8 @@ Three judges share :class:`Judge`:
 Submodules, one job each:
 
 * :mod:`~backtrack.rl.judges.base`: the :class:`Judge` interface, :class:`JudgeError`,
-  :class:`JudgeConfigError`, :data:`NEUTRAL_SCORE`, :data:`DEFAULT_CACHE_SIZE` and the LRU
-  score cache.
+  :class:`JudgeConfigError`, :class:`JudgeStats`, :data:`NEUTRAL_SCORE`,
+  :data:`DEFAULT_CACHE_SIZE` and the LRU score cache.
 * :mod:`~backtrack.rl.judges.prompts`: the system prompt and user message both model-backed
   judges send, with the answer format each asks for.
 * :mod:`~backtrack.rl.judges.openai_http`: :class:`OpenAIJudge` (httpx) and
@@ -41,6 +42,7 @@ from backtrack.rl.judges.base import (
     Judge,
     JudgeConfigError,
     JudgeError,
+    JudgeStats,
 )
 from backtrack.rl.judges.local import LocalJudge
 from backtrack.rl.judges.openai_http import OpenAIJudge, parse_rating
@@ -53,6 +55,7 @@ __all__ = [
     "Judge",
     "JudgeConfigError",
     "JudgeError",
+    "JudgeStats",
     "LocalJudge",
     "OpenAIJudge",
     "TestsOnlyJudge",

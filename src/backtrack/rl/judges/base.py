@@ -4,6 +4,7 @@
 * :class:`JudgeError` (a judge could not score) and :class:`JudgeConfigError` (a bad spec).
 * :data:`NEUTRAL_SCORE` and :data:`DEFAULT_CACHE_SIZE`.
 * :class:`LRUCache`: the thread-safe LRU map the model-backed judges keep their scores in.
+* :class:`JudgeStats`: what a judge cost so far (requests, cache hits, model seconds, tokens).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 #: What ``OpenAIJudge(on_error="neutral")`` returns when a request fails for a transient reason:
@@ -38,6 +40,44 @@ class JudgeConfigError(ValueError):
     """A judge spec (CLI string or config mapping) is invalid; the message lists what is allowed."""
 
 
+@dataclass
+class JudgeStats:
+    """What a judge has cost so far: the figures a dense-reward run is budgeted by.
+
+    ``requests`` counts scores asked for, ``cache_hits`` those answered from the score cache,
+    ``seconds`` the wall time spent computing the rest (model forwards or HTTP round trips) and
+    ``prompt_tokens`` the prompt tokens a local teacher actually ran (after reusing the cached
+    prefix of the previous prompt; 0 for remote judges).
+    """
+
+    requests: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+
+    @property
+    def computed(self) -> int:
+        """Scores that needed the model (requests minus cache hits)."""
+        return self.requests - self.cache_hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+    @property
+    def seconds_per_judgment(self) -> float:
+        """Mean wall time of a computed score (cache hits cost next to nothing)."""
+        return self.seconds / self.computed if self.computed else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            **asdict(self),
+            "computed": self.computed,
+            "hit_rate": self.hit_rate,
+            "seconds_per_judgment": self.seconds_per_judgment,
+        }
+
+
 class Judge(ABC):
     """Scores how likely a partial program is on track to a correct solution.
 
@@ -48,6 +88,15 @@ class Judge(ABC):
 
     #: False for judges whose score is a constant no-op, so callers can skip calling them.
     enabled: bool = True
+
+    @property
+    def stats(self) -> JudgeStats:
+        """This judge's running cost (see :class:`JudgeStats`); zeros for a judge that never
+        computes anything."""
+        found = self.__dict__.get("_stats")
+        if found is None:
+            found = self.__dict__["_stats"] = JudgeStats()
+        return found
 
     @abstractmethod
     def score(self, problem_prompt: str, partial_code: str) -> float:

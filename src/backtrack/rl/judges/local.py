@@ -1,13 +1,17 @@
-"""The local judge: :class:`LocalJudge` reads a Hugging Face teacher's rating-digit probabilities.
+"""The local judge: :class:`LocalJudge` reads a teacher's rating-digit probabilities.
 
 One forward pass over the rating prompt, no generation, so it is cheap and deterministic, and
-it gives a graded score (the expected rating) rather than a sampled one. torch is imported
-only when a score is computed, so importing this module stays light.
+it gives a graded score (the expected rating) rather than a sampled one. The teacher runs on any
+backend (transformers or llama.cpp, through :mod:`backtrack.backends`), and it keeps the cache
+of its last prompt: consecutive judgements of one episode share everything up to the newest
+code, so only the new lines and the closing instruction are run, as the engine crops rather
+than recomputes. torch is imported only when a judge is built, so importing this module stays
+light.
 """
 
 from __future__ import annotations
 
-import inspect
+import time
 from typing import Any
 
 from backtrack.rl.judges.base import (
@@ -29,18 +33,34 @@ _DIGITS = "0123456789"
 
 
 class LocalJudge(Judge):
-    """A judge reading a local Hugging Face causal LM's probabilities of the rating digits.
+    """A judge reading a local causal LM's probabilities of the rating digits.
 
     The prompt (the tokenizer's chat template when it has one, else plain text ending in
     ``Rating (0-9):``) ends exactly where the rating digit comes. One forward pass gives the
     next-token distribution; it is restricted to the tokens for ``0``..``9`` (with and without a
     leading space, since tokenizers differ on which one follows a colon or an assistant header),
     renormalized, and the expected rating divided by 9 is the score. No sampling, so the score is
-    deterministic and graded even from a small teacher.
+    graded even from a small teacher.
 
-    ``max_prompt_tokens`` (default: the model's ``max_position_embeddings``) bounds the prompt;
-    longer partial code loses its beginning, since the most recent code says most about whether
-    the current step is on track and the problem statement keeps the signature.
+    >>> model, tokenizer = load_model("qwen2.5-coder-1.5b-instruct", backend="llama.cpp")
+    >>> judge = LocalJudge(model, tokenizer)            # doctest: +SKIP
+    >>> judge.score("def add(a, b):", "    return a + b")   # doctest: +SKIP
+    0.87
+
+    Args:
+        model: a transformers causal LM or a backend (:class:`LlamaCppModel`). On llama.cpp
+            give the judge a model of its own: one ``LlamaCppModel`` holds one single-sequence
+            session at a time, and sharing it with a decoding session is refused loudly.
+        tokenizer: the model's Hugging Face tokenizer.
+        cache_size: scores kept per ``(problem, code)``; 0 disables the score cache.
+        use_chat_template: default: when the tokenizer has one.
+        max_prompt_tokens: bound on the prompt (default: the model's context); longer partial
+            code loses its beginning, since the most recent code says most about whether the
+            current step is on track and the problem statement keeps the signature.
+        reuse_prefix: keep the teacher's cache of the previous prompt and run only the tokens
+            after the longest shared prefix. A score then depends on the previous prompt by
+            float rounding only (a different split of the same arithmetic; see the tests for
+            the measured size); ``False`` runs every prompt from scratch.
     """
 
     def __init__(
@@ -51,8 +71,12 @@ class LocalJudge(Judge):
         cache_size: int = DEFAULT_CACHE_SIZE,
         use_chat_template: bool | None = None,
         max_prompt_tokens: int | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
+        from backtrack.backends import as_backend
+
         self.model = model
+        self.backend = as_backend(model)
         self.tokenizer = tokenizer
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template and not has_template:
@@ -60,8 +84,13 @@ class LocalJudge(Judge):
         self.use_chat_template = has_template if use_chat_template is None else use_chat_template
         if max_prompt_tokens is None:
             config = getattr(model, "config", None)
-            max_prompt_tokens = getattr(config, "max_position_embeddings", None)
+            max_prompt_tokens = getattr(config, "max_position_embeddings", None) or getattr(
+                model, "n_ctx", None
+            )
         self.max_prompt_tokens = max_prompt_tokens
+        self.reuse_prefix = reuse_prefix
+        self._prompt_cache: Any = None  # the backend cache holding _cached_ids
+        self._cached_ids: list[int] = []
         self._cache = LRUCache(cache_size)
         self.digit_token_ids = _digit_token_ids(tokenizer)
         # Flattened candidate ids and, for each, which digit it stands for.
@@ -70,14 +99,6 @@ class LocalJudge(Judge):
         for digit, ids in enumerate(self.digit_token_ids):
             self._candidate_ids.extend(ids)
             self._candidate_digit.extend([digit] * len(ids))
-        self._forward_kwargs: dict[str, Any] = {}
-        params = inspect.signature(model.forward).parameters
-        if "logits_to_keep" in params:
-            # Only the last position is needed; skipping the rest saves a vocab-sized matmul
-            # per prompt token.
-            self._forward_kwargs["logits_to_keep"] = 1
-        if "use_cache" in params:
-            self._forward_kwargs["use_cache"] = False
         #: Total probability the model put on digit tokens at the last scored call, before
         #: renormalizing: a low value means the teacher ignores the answer format.
         self.last_digit_mass: float | None = None
@@ -85,11 +106,12 @@ class LocalJudge(Judge):
     @property
     def cache_hits(self) -> int:
         """How many scores were answered from the cache without a forward pass."""
-        return self._cache.hits
+        return self.stats.cache_hits
 
     def __repr__(self) -> str:
         name = (
             getattr(getattr(self.model, "config", None), "_name_or_path", "")
+            or str(getattr(self.model, "path", ""))
             or type(self.model).__name__
         )
         return f"LocalJudge(model={name!r}, chat_template={self.use_chat_template})"
@@ -109,20 +131,15 @@ class LocalJudge(Judge):
     def rating_distribution(self, problem_prompt: str, partial_code: str) -> list[float]:
         """Probabilities of ratings 0..9 (renormalized over digit tokens); cached, one forward."""
         key = (problem_prompt, partial_code)
+        self.stats.requests += 1
         cached = self._cache.get(key)
         if cached is not None:
+            self.stats.cache_hits += 1
             return list(cached)
         import torch
 
-        input_ids = self._encode(problem_prompt, partial_code)
-        device = _model_device(self.model)
-        input_ids = torch.tensor([input_ids], dtype=torch.long, device=device)
-        attention_mask = torch.ones_like(input_ids)
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, **self._forward_kwargs
-            )
-        logits = out.logits[0, -1].float()
+        started = time.perf_counter()
+        logits = self._last_logits(self._encode(problem_prompt, partial_code))
         log_probs = torch.log_softmax(logits, dim=-1)
         cand = log_probs[torch.tensor(self._candidate_ids, device=logits.device)]
         self.last_digit_mass = float(cand.exp().sum())
@@ -130,6 +147,7 @@ class LocalJudge(Judge):
         digit_index = torch.tensor(self._candidate_digit)
         per_digit = torch.zeros(10, dtype=torch.float32).index_add_(0, digit_index, cand_probs)
         probs = tuple(float(p) for p in per_digit)
+        self.stats.seconds += time.perf_counter() - started
         self._cache.put(key, probs)
         return list(probs)
 
@@ -140,8 +158,33 @@ class LocalJudge(Judge):
         return min(1.0, max(0.0, expected))
 
     def close(self) -> None:
-        """Drop the cache. The model is the caller's (it may be shared), so it is kept."""
+        """Drop the caches. The model is the caller's (it may be shared), so it is kept."""
         self._cache.clear()
+        self._prompt_cache, self._cached_ids = None, []
+
+    def _last_logits(self, ids: list[int]) -> Any:
+        """The logits after ``ids`` (float32 ``[V]``), running only what the cache lacks."""
+        keep = 0
+        if self.reuse_prefix and self._prompt_cache is not None:
+            limit = min(len(self._cached_ids), len(ids) - 1)  # feed at least one token
+            while keep < limit and self._cached_ids[keep] == ids[keep]:
+                keep += 1
+        if keep == 0:
+            self._prompt_cache, self._cached_ids = self.backend.new_cache(), []
+        elif keep < len(self._cached_ids):
+            self._prompt_cache.crop(keep - len(self._cached_ids))  # negative: drop the rest
+        fresh = ids[keep:]
+        try:
+            logits = self.backend.forward(self._prompt_cache, fresh)
+        except BaseException:
+            self._prompt_cache, self._cached_ids = None, []  # what it holds is unknown now
+            raise
+        if self.reuse_prefix:
+            self._cached_ids = list(ids)
+        else:
+            self._prompt_cache = None
+        self.stats.prompt_tokens += len(fresh)
+        return logits[0].float()
 
     def _encode(self, problem_prompt: str, partial_code: str) -> list[int]:
         ids = self._tokenize(self.build_prompt(problem_prompt, partial_code))
@@ -169,13 +212,6 @@ class LocalJudge(Judge):
         # usual ones (e.g. BOS) as in ordinary use.
         ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
         return list(ids)
-
-
-def _model_device(model: Any) -> Any:
-    device = getattr(model, "device", None)
-    if device is not None:
-        return device
-    return next(model.parameters()).device
 
 
 def _digit_token_ids(tokenizer: Any) -> list[list[int]]:

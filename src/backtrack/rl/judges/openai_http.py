@@ -170,7 +170,7 @@ class OpenAIJudge(Judge):
     @property
     def cache_hits(self) -> int:
         """How many scores were answered from the cache without an HTTP request."""
-        return self._cache.hits
+        return self.stats.cache_hits
 
     def __repr__(self) -> str:
         # Deliberately names the env var, never the key.
@@ -182,9 +182,12 @@ class OpenAIJudge(Judge):
     def score(self, problem_prompt: str, partial_code: str) -> float:
         """Rate the partial code via the endpoint; cached per (problem, code)."""
         key = (problem_prompt, partial_code)
+        self.stats.requests += 1
         cached = self._cache.get(key)
         if cached is not None:
+            self.stats.cache_hits += 1
             return cached
+        started = time.perf_counter()
         try:
             value = self._request(problem_prompt, partial_code)
         except JudgeError as exc:
@@ -194,6 +197,8 @@ class OpenAIJudge(Judge):
                 logger.warning("judge failed, using neutral score %.1f: %s", NEUTRAL_SCORE, exc)
                 return NEUTRAL_SCORE
             raise
+        finally:
+            self.stats.seconds += time.perf_counter() - started
         self._cache.put(key, value)
         return value
 

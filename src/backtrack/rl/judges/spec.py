@@ -1,8 +1,9 @@
 """Building a judge from a spec: :func:`make_judge` and the parsing of CLI spec strings.
 
-A spec is a CLI string (``"tests"``, ``"local:MODEL"``, ``"openai:http://HOST:PORT/v1?model=M"``)
-or a YAML mapping with ``type`` and the judge's options; query-string values are coerced to the
-constructor's types and unknown options are rejected with the allowed ones listed.
+A spec is a CLI string (``"tests"``, ``"local:MODEL"``, ``"local:MODEL?backend=llama.cpp"``,
+``"openai:http://HOST:PORT/v1?model=M"``) or a YAML mapping with ``type`` and the judge's
+options; query-string values are coerced to the constructor's types and unknown options are
+rejected with the allowed ones listed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,16 @@ _LOCAL_PARAMS: dict[str, type] = {
     "cache_size": int,
     "use_chat_template": bool,
     "max_prompt_tokens": int,
+    "reuse_prefix": bool,
 }
-_LOAD_PARAMS: dict[str, type] = {"dtype": str, "device": str, "quantize": str}
+_LOAD_PARAMS: dict[str, type] = {
+    "dtype": str,
+    "device": str,
+    "quantize": str,
+    "backend": str,
+    "threads": int,
+    "n_ctx": int,
+}
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -100,7 +109,7 @@ def make_judge(
     """Build a judge from a CLI string or a config mapping.
 
     Strings: ``"tests"`` (also ``"none"``/``"off"``),
-    ``"local:MODEL_NAME[?dtype=..&device=..&quantize=..&max_prompt_tokens=..]"``,
+    ``"local:MODEL_NAME[?backend=llama.cpp&threads=..&dtype=..&max_prompt_tokens=..]"``,
     ``"openai:http://HOST:PORT/v1?model=NAME[&timeout=..&on_error=neutral..]"``. Mappings (from
     YAML) carry ``type`` (``tests|local|openai``) plus the same options, e.g.
     ``{"type": "openai", "base_url": ..., "model": ..., "timeout": 10}``. ``overrides`` win over
@@ -142,7 +151,11 @@ def make_judge(
     if kind == "local":
         _check_keys("local", config, {"model", *_LOCAL_PARAMS, *_LOAD_PARAMS})
         name = config.pop("model", None)
-        load_kwargs = {k: config.pop(k) for k in list(config) if k in _LOAD_PARAMS}
+        load_kwargs = {
+            key: _coerce(key, config.pop(key), _LOAD_PARAMS[key])
+            for key in list(config)
+            if key in _LOAD_PARAMS
+        }
         kwargs = {key: _coerce(key, value, _LOCAL_PARAMS[key]) for key, value in config.items()}
         if model_and_tokenizer is not None:
             model, tokenizer = model_and_tokenizer
