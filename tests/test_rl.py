@@ -477,3 +477,19 @@ def test_learned_operator_warns_under_settings_it_was_not_trained_with(trained: 
     other = dataclasses.replace(same, temperature=0.9, ban="none")
     with pytest.warns(UserWarning, match=r"temperature: trained 0\.5, now 0\.9.*ban"):
         operator.check_config(other)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "configs").glob("train-*.yaml")), ids=str
+)
+def test_shipped_training_configs_load_and_name_a_valid_judge(path, tiny) -> None:
+    """Every config in configs/ loads (unknown keys and bad values are refused) and its judge
+    spec builds (option names and types checked; a local teacher is stood in for by the tiny
+    model), so a typo fails here and not an hour into a run."""
+    from backtrack.rl.judges import make_judge
+    from backtrack.rl.train import TrainConfig
+
+    config = TrainConfig.load(path)
+    judge = make_judge(config.env.judge, model_and_tokenizer=tiny)
+    assert 0.0 <= judge.score("def f():\n", "    return 1\n") <= 1.0
+    judge.close()
