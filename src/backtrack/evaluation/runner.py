@@ -111,10 +111,10 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
     out = Path(settings.out)
     check_output_dir(out)
     meta = build_meta(settings, configs, [p.task_id for p in problems])
-    hf_only = [c.name for c in configs if c.kind != "engine"]
-    if settings.ray and hf_only:
+    baselines = [c.name for c in configs if c.kind != "engine"]
+    if settings.ray and baselines:
         raise EvalError(
-            f"--ray decodes engine configurations only; run {', '.join(hf_only)} without --ray "
+            f"--ray decodes engine configurations only; run {', '.join(baselines)} without --ray "
             "(in the same --out: the records add up)"
         )
     generate_only = [c.name for c in configs if c.kind == "hf-sample"]
@@ -124,9 +124,9 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
             f"{meta['backend_resolved']} backend cannot run; evaluate it with --backend "
             "transformers (in another --out: one result directory holds one backend)"
         )
-    if hf_only and settings.generation.bans() is not None:
+    if baselines and settings.generation.bans() is not None:
         raise EvalError(
-            f"{', '.join(hf_only)} cannot enforce banned strings (baselines decode without "
+            f"{', '.join(baselines)} cannot enforce banned strings (baselines decode without "
             "the engine's bans); evaluate it without --ban-string/--ban-regex"
         )
     meta_path = out / META_FILE

@@ -26,7 +26,8 @@ Submodules, one job each:
   judges send, with the answer format each asks for.
 * :mod:`~backtrack.rl.judges.openai_http`: :class:`OpenAIJudge` (httpx) and
   :func:`parse_rating`, which reads its answers.
-* :mod:`~backtrack.rl.judges.local`: :class:`LocalJudge` (torch is imported only when scoring).
+* :mod:`~backtrack.rl.judges.local`: :class:`LocalJudge` (torch is imported only when a judge
+  is built).
 * :mod:`~backtrack.rl.judges.tests_only`: :class:`TestsOnlyJudge`.
 * :mod:`~backtrack.rl.judges.spec`: :func:`make_judge` and the parsing of spec strings.
 
