@@ -171,6 +171,10 @@ def test_a_study_runs_resumes_and_selects(tiny, shared_data, tmp_path):
     payload = json.loads((tmp_path / "study" / "summary.json").read_text())
     assert len(payload["trials"]) == 5
     assert (tmp_path / "study" / "pareto.png").exists()
+    import matplotlib
+
+    # Optuna's plots set its ggplot style process-wide; the summary must not leave it behind.
+    assert matplotlib.rcParams["axes.facecolor"] == "white"
     write_summary(settings, study)  # again, without validation: the earlier one is kept
     assert ranked[0].recipe in (tmp_path / "study" / "summary.md").read_text().split("## Search")[0]
     # Every trial's recipe on validation, the selection's cells reused.

@@ -261,19 +261,22 @@ def _plots(study, rows: list[dict], out: Path, max_forward: float) -> None:
     from optuna.visualization import matplotlib as oplt
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        ax = oplt.plot_optimization_history(study)
-        ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-    if len(complete) >= 2:
-        try:
-            with warnings.catch_warnings():  # "few trials per regime" early in a study
-                warnings.simplefilter("ignore")
-                ax = oplt.plot_param_importances(study)
-            ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
+    # Optuna's plots switch matplotlib to its ggplot style for the whole process; the context
+    # puts the defaults back for our own charts (pareto.png, pareto_validation.png).
+    with matplotlib.rc_context():
+        if complete:
+            ax = oplt.plot_optimization_history(study)
+            ax.figure.savefig(out / "history.png", dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
-        except (RuntimeError, ValueError):  # too few distinct parameter values yet
-            pass
+        if len(complete) >= 2:
+            try:
+                with warnings.catch_warnings():  # "few trials per regime" early in a study
+                    warnings.simplefilter("ignore")
+                    ax = oplt.plot_param_importances(study)
+                ax.figure.savefig(out / "importances.png", dpi=120, bbox_inches="tight")
+                plt.close(ax.figure)
+            except (RuntimeError, ValueError):  # too few distinct parameter values yet
+                pass
     points = [r for r in rows if r["gain"] is not None and r["forward_per_token"] is not None]
     if points:
         fig, ax = plt.subplots(figsize=(7, 4.5))
