@@ -107,14 +107,19 @@ def test_operators_list_has_no_markup() -> None:
     assert "``" not in result.output
 
 
-def test_missing_model_packages_give_one_pasteable_command() -> None:
+def test_missing_model_packages_give_one_pasteable_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from backtrack.models import TEACHER_MODEL
     from backtrack.models.packaged import missing_distributions
     from backtrack.models.registry import builtin_spec
+    from backtrack.models.weight_store import CACHE_ENV
 
     source = builtin_spec(TEACHER_MODEL).source
     if not missing_distributions(source):
         pytest.skip("the teacher model's packages are installed here")
+    # An empty cache: a machine that once assembled the teacher would otherwise load it.
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     result = CliRunner().invoke(app, ["generate", "--model", TEACHER_MODEL, "--prompt", "x"])
     assert result.exit_code == 2
     commands = [line for line in result.output.splitlines() if "-m pip install" in line]
