@@ -98,6 +98,15 @@ class Judge(ABC):
             found = self.__dict__["_stats"] = JudgeStats()
         return found
 
+    def _lookup(self, cache: LRUCache, key: Hashable) -> Any | None:
+        """``cache``'s entry for ``key`` (or None), counting the request and any hit in
+        :attr:`stats`: the one place a model-backed judge's cache traffic is counted."""
+        self.stats.requests += 1
+        found = cache.get(key)
+        if found is not None:
+            self.stats.cache_hits += 1
+        return found
+
     @abstractmethod
     def score(self, problem_prompt: str, partial_code: str) -> float:
         """Return a score in [0, 1]: how likely ``partial_code`` is on track for the problem."""
@@ -117,7 +126,7 @@ class LRUCache:
 
     RL rollouts re-score the same prefix often (after a backtrack the operator returns to a
     prefix it has seen), and judge calls dominate step time, so caching pays off. ``maxsize=0``
-    disables caching. ``hits`` counts lookups answered from the cache.
+    disables caching. The judges count hits in their :class:`JudgeStats`.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -126,13 +135,11 @@ class LRUCache:
         self.maxsize = maxsize
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
 
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
-                self.hits += 1
                 return self._data[key]
             return None
 

@@ -131,10 +131,8 @@ class LocalJudge(Judge):
     def rating_distribution(self, problem_prompt: str, partial_code: str) -> list[float]:
         """Probabilities of ratings 0..9 (renormalized over digit tokens); cached, one forward."""
         key = (problem_prompt, partial_code)
-        self.stats.requests += 1
-        cached = self._cache.get(key)
+        cached = self._lookup(self._cache, key)
         if cached is not None:
-            self.stats.cache_hits += 1
             return list(cached)
         import torch
 

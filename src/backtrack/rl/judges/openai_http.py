@@ -182,10 +182,8 @@ class OpenAIJudge(Judge):
     def score(self, problem_prompt: str, partial_code: str) -> float:
         """Rate the partial code via the endpoint; cached per (problem, code)."""
         key = (problem_prompt, partial_code)
-        self.stats.requests += 1
-        cached = self._cache.get(key)
+        cached = self._lookup(self._cache, key)
         if cached is not None:
-            self.stats.cache_hits += 1
             return cached
         started = time.perf_counter()
         try:
