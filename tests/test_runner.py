@@ -135,12 +135,21 @@ def test_greedy_configurations_are_decoded_once_and_reused(tiny, tmp_path: Path)
 
     with pytest.raises(KeyboardInterrupt):
         run_eval(s, model, tok, on_record=interrupt, progress=False)
-    # Interrupted after run 0: the greedy configuration's copies were written anyway.
-    copied = [k for k in keys(tmp_path / "a") if k[0] == greedy and k[1] > 0]
-    assert len(copied) == 4
+    # Interrupted after run 0: the greedy configuration's copies were written with each of its
+    # run-0 records. Programs still executing in the pool when the hook raised may have been
+    # written too (CI once kept a 7th record), so the counts below are taken from the file.
+    first = keys(tmp_path / "a")
+    greedy_originals = [k for k in first if k[0] == greedy and k[1] == 0]
+    copied = [k for k in first if k[0] == greedy and k[1] > 0]
+    assert len(first) >= 6 and len(greedy_originals) >= 1
+    assert len(copied) == 2 * len(greedy_originals)
+    decoded = len(first) - len(copied)
     summary = run_eval(s, model, tok, progress=False)
-    # Runs 1 and 2: base and trend decoded (2 x 2 x 2).
-    assert summary.generated == 8 and summary.written == 8
+    # Everything decodable is 14 records: base and trend over 3 runs (2 x 2 x 3) and greedy
+    # once (2); what the first call decoded is not decoded again, and copies are not decoded.
+    assert summary.already_done == len(first)
+    assert summary.generated == 14 - decoded
+    assert summary.written == 18 - len(first)
     records, _ = read_records(tmp_path / "a" / "results.jsonl")
     assert len(records) == 18
     mine = {(r["run"], r["task_id"]): r for r in records if r["config"] == greedy}
