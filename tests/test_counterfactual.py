@@ -20,6 +20,7 @@ pytest.importorskip("sb3_contrib")
 
 from backtrack.engine.types import GenerationConfig  # noqa: E402
 from backtrack.operators.features import FEATURE_HIGH, FEATURE_LOW  # noqa: E402
+from backtrack.operators.spec import parse_operator  # noqa: E402
 from backtrack.rl import counterfactual  # noqa: E402
 from backtrack.rl.counterfactual import (  # noqa: E402
     Trajectory,
@@ -174,6 +175,9 @@ def test_training_pretrains_on_labels(tiny, mbpp, tmp_path):
           model_and_tokenizer=tiny)  # fmt: skip
     fit = json.loads((out / "pretrain.json").read_text())
     assert len(fit["epochs"]) == 2 and fit["steps"] > 0
+    # The cloned policy, before PPO, is kept and loads as an operator with its metadata.
+    cloned = parse_operator(f"rl:path={out / 'pretrained.zip'}")
+    assert cloned.metadata == json.loads((out / "backtrack.json").read_text())
     with pytest.raises(TrainConfigError, match="no such file"):
         train(_config(mbpp, out, pretrain_labels=str(tmp_path / "none.jsonl")),
               model_and_tokenizer=tiny)  # fmt: skip

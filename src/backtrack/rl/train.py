@@ -86,7 +86,8 @@ class TrainConfig:
         pretrain_labels: counterfactual restart labels (``backtrack label``, see
             :mod:`backtrack.rl.counterfactual`) to pretrain the fresh policy on by behaviour
             cloning before PPO (``pretrain_epochs`` passes at ``pretrain_learning_rate``);
-            the fit is written to ``pretrain.json``. Not used when resuming.
+            the fit is written to ``pretrain.json`` and the cloned policy, before any PPO
+            update, to ``pretrained.zip``. Not used when resuming.
     """
 
     output_dir: str = "runs/rl"
@@ -386,6 +387,11 @@ def train(
                 bias_towards_keeping(model.policy, cfg.init_keep_prob)
             if cfg.pretrain_labels is not None:
                 _pretrain(model.policy, cfg, out)
+                # The cloned policy before any PPO update, loadable as an operator
+                # (rl:path=.../pretrained.zip): what the labels alone teach.
+                pretrained = out / "pretrained.zip"
+                model.save(pretrained)
+                add_metadata(pretrained, metadata)
             remaining = cfg.total_timesteps
         if remaining > 0:
             model.learn(
