@@ -7,6 +7,7 @@ CPU the small LSTM is many times faster that way.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -266,7 +267,19 @@ def test_training_writes_policy_checkpoints_logs_and_metadata(trained: Path) -> 
     assert TrainConfig.load(out / "config.yaml").env.max_rollback == 3
     assert latest_checkpoint(out) == out / "checkpoints" / "policy_64_steps.zip"
     assert any((out / "tb").rglob("events.out.tfevents.*"))
-    assert (out / "monitor.csv").read_text().count("\n") >= 3  # header lines + episodes
+    # monitor.csv: one line per episode with its verdict, deletions and judge cost. With the
+    # tests-only reward the deletions also follow from the reward: the two must agree.
+    lines = (out / "monitor.csv").read_text().splitlines()[1:]  # first: sb3's JSON comment
+    episodes = list(csv.DictReader(lines))
+    assert len(episodes) >= 2
+    assert set(episodes[0]) >= {"r", "l", "passed", "tokens_discarded", "judge_requests"}
+    cfg = TrainConfig.load(out / "config.yaml").env
+    assert cfg.judge == "tests" and cfg.forward_cost == 0
+    for e in episodes:
+        reward = cfg.pass_reward * (e["passed"] == "True")
+        reward -= cfg.discard_cost * int(e["tokens_discarded"])
+        assert float(e["r"]) == pytest.approx(reward, abs=1e-5)  # monitor rounds r to 6 digits
+    assert any(int(e["tokens_discarded"]) > 0 for e in episodes)  # sb3's fresh policy deletes
 
 
 def test_learned_operator_loads_from_spec_and_decodes_deterministically(tiny, trained) -> None:

@@ -401,6 +401,7 @@ class BacktrackEnv(gym.Env):
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,
             counts=dataclasses.asdict(result.counts),
+            tokens_discarded=result.counts.tokens_discarded,
             **self._judge_cost(),
         )
         return self.config.pass_reward if verdict.passed else 0.0

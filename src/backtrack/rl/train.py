@@ -245,8 +245,8 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, An
             for info, done in zip(self.locals["infos"], self.locals["dones"], strict=False):
                 if done and "passed" in info:
                     self.logger.record_mean("rollout/pass_rate", float(info["passed"]))
-                    discarded = info["counts"]["tokens_discarded"]
-                    self.logger.record_mean("rollout/tokens_discarded", float(discarded))
+                    discarded = float(info["tokens_discarded"])
+                    self.logger.record_mean("rollout/tokens_discarded", discarded)
                     for key in JUDGE_COST_KEYS:
                         self.logger.record_mean(f"rollout/{key}", float(info[key]))
             return True
@@ -337,7 +337,8 @@ def train(
             return Monitor(
                 env,
                 monitor_file,
-                info_keywords=("passed", *JUDGE_COST_KEYS),
+                # Deletions logged directly: with a dense reward they do not follow from it.
+                info_keywords=("passed", "tokens_discarded", *JUDGE_COST_KEYS),
                 override_existing=start is None,
             )
 
