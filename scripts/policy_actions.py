@@ -34,6 +34,8 @@ class Probe(Operator):
     def __init__(self, policy: LearnedOperator) -> None:
         self.policy = policy
         self.probs: list[np.ndarray] = []
+        self.token_probs: list[float] = []  # probability of the sampled token, per step
+        self.texts: list[str] = []
 
     def initial_state(self):
         return self.policy.initial_state()
@@ -49,6 +51,8 @@ class Probe(Operator):
                 torch.as_tensor([float(start)]),
             )
         self.probs.append(dist.distribution.probs[0].numpy().copy())
+        self.token_probs.append(float(step.prob))
+        self.texts.append(step.text)
         self.policy.state = self.state
         self.policy(step)  # advances features and LSTM memory exactly as the operator does
         self.state = self.policy.state
@@ -62,10 +66,12 @@ def main() -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--problems", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=384)
+    ap.add_argument("--backend", default="transformers", help="transformers or llama.cpp")
     args = ap.parse_args()
 
     policy = LearnedOperator(args.policy)
-    model, tokenizer = load_model(policy.metadata.get("model", "qwen2.5-coder-0.5b-instruct"))
+    model_name = policy.metadata.get("model", "qwen2.5-coder-0.5b-instruct")
+    model, tokenizer = load_model(model_name, backend=args.backend)
     decoder = Decoder(model, tokenizer)
     problems = mbpp_problems(load_mbpp(args.data_path), args.split, drop_broken=True)
     probe = Probe(policy)
@@ -89,6 +95,25 @@ def main() -> None:
         f"p99 {np.quantile(p_delete, 0.99):.4f}, max {p_delete.max():.4f}"
     )
     print(f"tokens where the most likely action deletes (deterministic=true): {argmax_deletes:.4f}")
+    # Where: P(delete) against the probability of the token just sampled, and the tokens it
+    # would most like to delete.
+    token_probs = np.array(probe.token_probs)
+    print("P(delete) by the sampled token's probability:")
+    for lo, hi in ((0.0, 0.1), (0.1, 0.3), (0.3, 0.7), (0.7, 1.01)):
+        inside = (token_probs >= lo) & (token_probs < hi)
+        if inside.any():
+            print(
+                f"  p in [{lo:.1f}, {min(hi, 1.0):.1f}): {inside.sum():5d} tokens, "
+                f"mean P(delete) {p_delete[inside].mean():.4f}, "
+                f"argmax deletes {(probs[inside].argmax(axis=1) > 0).mean():.4f}"
+            )
+    ends_line = np.array(["\n" in t for t in probe.texts])
+    for name, mask in (("tokens ending a line", ends_line), ("other tokens", ~ends_line)):
+        if mask.any():
+            print(f"  {name}: {mask.sum()} tokens, mean P(delete) {p_delete[mask].mean():.4f}")
+    print("highest P(delete): sampled token (its probability) -> P(delete)")
+    for i in np.argsort(-p_delete)[:8]:
+        print(f"  {probe.texts[i]!r} ({token_probs[i]:.3f}) -> {p_delete[i]:.3f}")
 
 
 if __name__ == "__main__":
