@@ -94,6 +94,24 @@ def test_numbers_match_hand_computation(tmp_path: Path) -> None:
     assert "| 10.0 | 1.00 | 1.00 |" in table and "| 5.0 | 0.50 | 1.50 |" in table
 
 
+def test_differences_against_another_configuration(tmp_path: Path) -> None:
+    """--against op: base is now the row compared, with the sign and the speed ratio flipped."""
+    directory = write_dir(tmp_path, synthetic_records())
+    base, op = summarize(load_results(directory), baseline="op", resamples=500)
+    assert op.diff is None and base.diff is not None
+    assert base.diff.mean == pytest.approx(-0.25) and (base.gained, base.lost) == (0, 1)
+    assert base.throughput_ratio == pytest.approx(2.0) and op.throughput_ratio == 1.0
+    table = markdown_table([base, op], against="op")
+    assert "| vs ref [95% CI] |" in table and "| x ref |" in table and "`op`" in table
+    assert "-25.0 [" in table and "+0/-1" in table
+    with pytest.raises(ValueError, match="no configuration 'nope'.*base, op"):
+        summarize(load_results(directory), baseline="nope", resamples=50)
+    result = CliRunner().invoke(app, ["report", str(directory), "--no-plot", "--against", "nope"])
+    assert result.exit_code != 0 and "no configuration 'nope'" in result.output
+    result = CliRunner().invoke(app, ["report", str(directory), "--no-plot", "--against", "op"])
+    assert result.exit_code == 0 and "-25.0 [" in result.output
+
+
 def test_partial_directory_is_cut_to_paired_cells(tmp_path: Path) -> None:
     records = synthetic_records()
     # An interrupted run 2: base got T/0, op did not -> those cells are left out.
@@ -115,8 +133,12 @@ def test_damaged_line_is_a_note_not_an_error(tmp_path: Path) -> None:
 
 
 def test_plot_combines_models_into_a_png(tmp_path: Path) -> None:
-    rows = summarize(load_results(write_dir(tmp_path / "a", synthetic_records(), "m1")), 100)
-    rows += summarize(load_results(write_dir(tmp_path / "b", synthetic_records(), "m2")), 100)
+    rows = summarize(
+        load_results(write_dir(tmp_path / "a", synthetic_records(), "m1")), resamples=100
+    )
+    rows += summarize(
+        load_results(write_dir(tmp_path / "b", synthetic_records(), "m2")), resamples=100
+    )
     out = plot(rows, tmp_path / "fig.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

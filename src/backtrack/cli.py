@@ -773,6 +773,13 @@ def report(
     timeout: Annotated[float | None, typer.Option(help="Sandbox limit for --rescore.")] = None,
     workers: Annotated[int, typer.Option(help="Programs run in parallel (--rescore).")] = 2,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    against: Annotated[
+        str,
+        typer.Option(
+            help="The configuration differences are paired against (and speed is relative "
+            "to), e.g. a tuned recipe's full name; default base."
+        ),
+    ] = "base",
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
@@ -794,7 +801,7 @@ def report(
                 n, changed = rep.rescore(path, workers=workers, timeout_s=timeout)
                 err.print(f"{path}: rescored {n} records, {changed} verdicts changed")
             result = rep.load_results(path)
-            rows += rep.summarize(result, resamples=resamples)
+            rows += rep.summarize(result, baseline=against, resamples=resamples)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise fail(f"{path}: {exc}") from exc
         for note in result.notes:
@@ -803,13 +810,13 @@ def report(
         raise fail("no complete records to report")
     console = Console()
     if console.is_terminal:  # pipes and files get only the Markdown, which does not wrap
-        console.print(rep.rich_table(rows))
-    table = rep.markdown_table(rows)
+        console.print(rep.rich_table(rows, against))
+    table = rep.markdown_table(rows, against)
     typer.echo(table)
     if markdown is not None:
         markdown.write_text(table)
     if plot is not None:
-        rep.plot(rows, plot)
+        rep.plot(rows, plot, against)
         err.print(f"wrote {plot}")
 
 

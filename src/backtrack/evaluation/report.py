@@ -149,7 +149,7 @@ def batch_rows(record: dict) -> int | None:
 
 
 def summarize(
-    result: ResultSet, baseline: str = BASE, resamples: int = metrics.DEFAULT_RESAMPLES
+    result: ResultSet, *, baseline: str = BASE, resamples: int = metrics.DEFAULT_RESAMPLES
 ) -> list[Row]:
     """Report rows for one result directory (see the module docstring for the metrics)."""
     records, excluded = paired_subset(result.records)
@@ -161,6 +161,10 @@ def summarize(
     if not records:
         return []
     configs = _configs_in_order(records, result.meta)
+    if baseline != BASE and baseline not in configs:
+        raise ValueError(
+            f"no configuration {baseline!r} to compare against; it has: {', '.join(configs)}"
+        )
     has_base = baseline in configs
     base_tps = _tokens_per_s([r for r in records if r["config"] == baseline]) if has_base else None
     rows = []
@@ -245,6 +249,13 @@ HEADERS = (
 )
 
 
+def headers(against: str = BASE) -> tuple[str, ...]:
+    """The column names, with the differences and speed ratios named after their reference
+    ("base", or "ref" for another configuration, which the table's note names in full)."""
+    short = "base" if against == BASE else "ref"
+    return tuple(h.replace("base", short) for h in HEADERS)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
@@ -273,23 +284,27 @@ def row_cells(row: Row) -> list[str]:
     ]
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], against: str = BASE) -> str:
     """A GitHub-flavoured Markdown table (pass@1 and differences in percentage points)."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    names = headers(against)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n\n" + THROUGHPUT_NOTE + ".\n"
+    note = THROUGHPUT_NOTE + ".\n"
+    if against != BASE:
+        note += f"ref (differences paired against, speed relative to): `{against}`.\n"
+    return "\n".join(lines) + "\n\n" + note
 
 
-def rich_table(rows: Sequence[Row]):
+def rich_table(rows: Sequence[Row], against: str = BASE):
     """The same table for the terminal."""
     from rich.table import Table
 
     table = Table(
-        title="pass@1 (%) with 95% bootstrap CIs; differences paired vs base",
+        title=f"pass@1 (%) with 95% bootstrap CIs; differences paired vs {against}",
         caption=THROUGHPUT_NOTE,
     )
     names = 4  # dataset, directory, model, config: left-aligned text that may fold
-    for i, header in enumerate(HEADERS):
+    for i, header in enumerate(headers(against)):
         # Numbers never wrap; long names fold instead.
         table.add_column(
             header, justify="left" if i < names else "right", no_wrap=i >= names, overflow="fold"
@@ -319,9 +334,9 @@ def plot_groups(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys((r.dataset, r.model, r.directory) for r in rows))
 
 
-def plot(rows: Sequence[Row], path: str | Path) -> Path:
+def plot(rows: Sequence[Row], path: str | Path, against: str = BASE) -> Path:
     """Figure-1-style bars: pass@1 per configuration grouped by model (CI error bars), and
-    accepted-token throughput relative to base. Returns the written path."""
+    accepted-token throughput relative to ``against``. Returns the written path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,7 +374,8 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
         label = short_label(config)
         ax1.bar(offs, means, width, yerr=errs, capsize=3, label=label, color=color)
         ax2.bar(offs, ratios, width, label=label, color=color)
-    throughput = "accepted tokens/s relative to base\n(configurations decoded alike)"
+    reference = against if against == BASE else short_label(against)
+    throughput = f"accepted tokens/s relative to {reference}\n(configurations decoded alike)"
     for ax, label in ((ax1, "pass@1 (%)"), (ax2, throughput)):
         ax.set_xticks(x)
         ax.set_xticklabels(models, rotation=0)
