@@ -385,6 +385,34 @@ def test_learned_operator_state_after_rollback_equals_fresh_replay(tiny, trained
     _assert_same_state(operator.get_state(), fresh.get_state())
 
 
+def test_sampled_actions_draw_afresh_after_a_rollback_and_per_generation(tiny, trained) -> None:
+    """The action RNG advances through rollbacks (a rewound one would redo the decision that
+    asked for the rollback with the same draw, and repeat it), and each generation's seed
+    gives its own stream, while memory and features are still restored exactly."""
+    operator = LearnedOperator(str(trained), deterministic=False, seed=3)
+    config = GenerationConfig(max_new_tokens=32, temperature=0.5, top_k=50, seed=11)
+    session = Decoder(*tiny).session(PROMPT, operator, config)
+    first_stream = operator.get_state()[3]
+    steps = _drive(session, operator, 8)
+    before = operator.get_state()
+    assert session.rollback(3, "test") == 3
+    after = operator.get_state()
+    assert torch.equal(after[3], before[3])  # not rewound
+    fresh = LearnedOperator(str(trained))
+    fresh.reset()
+    for step in steps[:5]:
+        fresh(step)
+    assert after[0] == fresh.get_state()[0]  # features restored exactly
+    assert np.array_equal(after[1][0], fresh.get_state()[1][0])  # so is the memory
+    # Streams: the same seeds give the same one, another generation seed another one.
+    again = LearnedOperator(str(trained), deterministic=False, seed=3)
+    Decoder(*tiny).session(PROMPT, again, config)
+    assert torch.equal(again.get_state()[3], first_stream)
+    other = LearnedOperator(str(trained), deterministic=False, seed=3)
+    Decoder(*tiny).session(PROMPT, other, dataclasses.replace(config, seed=12))
+    assert not torch.equal(other.get_state()[3], first_stream)
+
+
 def test_restore_memory_false_keeps_the_lstm_running(tiny, trained) -> None:
     operator = LearnedOperator(str(trained), restore_memory=False)
     torch.manual_seed(0)
