@@ -436,9 +436,20 @@ def test_resume_continues_the_timestep_count(tiny, trained, tmp_path) -> None:
     shutil.copytree(trained.parent, out)
     config = TrainConfig.load(out / "config.yaml")
     config = dataclasses.replace(config, output_dir=str(out), total_timesteps=96)
+    # A run started by an older version logged no tokens_discarded column: resuming appends
+    # rows in the file's own columns (sb3 does not rewrite the header), never misaligned ones.
+    monitor = out / "monitor.csv"
+    comment, *rows = monitor.read_text().splitlines()
+    old = [line.split(",") for line in rows]
+    drop = old[0].index("tokens_discarded")
+    lines = [comment] + [",".join(c[:drop] + c[drop + 1 :]) for c in old]
+    monitor.write_text("\n".join(lines) + "\n")
     policy = train(config, resume=True, model_and_tokenizer=tiny)
     assert RecurrentPPO.load(policy, device="cpu").num_timesteps == 96
     assert latest_checkpoint(out) == out / "checkpoints" / "policy_96_steps.zip"
+    header, *episodes = monitor.read_text().splitlines()[1:]
+    assert "tokens_discarded" not in header and len(episodes) > len(old) - 1
+    assert all(len(e.split(",")) == len(header.split(",")) for e in episodes)
 
 
 def test_shipped_policy_loads_and_decodes(tiny) -> None:

@@ -258,6 +258,24 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, An
     ]
 
 
+#: What monitor.csv logs per episode besides sb3's r, l, t. Deletions are logged directly:
+#: with a dense reward they do not follow from the reward.
+MONITOR_COLUMNS = ("passed", "tokens_discarded", *JUDGE_COST_KEYS)
+
+
+def _monitor_columns(path: Path, resume: bool) -> tuple[str, ...]:
+    """The columns to log: :data:`MONITOR_COLUMNS`, or, when resuming, those of the file
+    being appended to (sb3 appends rows without rewriting the header, so a run started by an
+    older version keeps its own columns rather than getting misaligned rows)."""
+    if not resume or not path.is_file():
+        return MONITOR_COLUMNS
+    with path.open(encoding="utf-8") as fh:
+        fh.readline()  # sb3's JSON comment
+        header = fh.readline().strip().split(",")
+    known = [c for c in header if c in MONITOR_COLUMNS]
+    return tuple(known) if known else MONITOR_COLUMNS
+
+
 def _pretrain(policy: Any, cfg: TrainConfig, out: Path) -> None:
     """Behaviour cloning on counterfactual labels; the fit goes to ``pretrain.json``."""
     from backtrack.rl.counterfactual import behaviour_cloning, load_trajectories
@@ -333,12 +351,11 @@ def train(
             env = BacktrackEnv(
                 cfg.env, problems=problems, model_and_tokenizer=model_and_tokenizer, judge=judge
             )
-            monitor_file = str(out / (f"monitor{index}.csv" if index else "monitor.csv"))
+            monitor_file = out / (f"monitor{index}.csv" if index else "monitor.csv")
             return Monitor(
                 env,
-                monitor_file,
-                # Deletions logged directly: with a dense reward they do not follow from it.
-                info_keywords=("passed", "tokens_discarded", *JUDGE_COST_KEYS),
+                str(monitor_file),
+                info_keywords=_monitor_columns(monitor_file, resume=start is not None),
                 override_existing=start is None,
             )
 
