@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from backtrack.rl.env import JUDGE_COST_KEYS
+
 
 def load_episodes(run: Path) -> list[dict]:
     with (run / "monitor.csv").open(encoding="utf-8") as fh:
@@ -31,14 +33,11 @@ def load_episodes(run: Path) -> list[dict]:
             "t": float(x["t"]),
             "passed": x["passed"] == "True",
         }
-        for key in ("tokens_discarded", *JUDGE_KEYS):
+        for key in ("tokens_discarded", *JUDGE_COST_KEYS):
             if x.get(key) not in (None, ""):
                 episode[key] = float(x[key])
         episodes.append(episode)
     return episodes
-
-
-JUDGE_KEYS = ("judge_requests", "judge_hits", "judge_seconds", "judge_tokens")
 
 
 def deleted_tokens(episode: dict, config: dict, dense: bool) -> float | None:
