@@ -7,6 +7,9 @@ transformers run), plus the same directories re-scored on HumanEval+ (``backtrac
 Prints one Markdown table per dataset: every configuration's pass@1 with its CI, and the
 recipe's paired difference to each of the others on the problems and runs both have (the
 deterministic configurations' runs are copies of run 0, so their pairing is by problem).
+``--learned SPEC`` adds a learned operator's row (issue 18); it may have been decoded later into
+the same directory (the same seeds, its own batches), and its HumanEval+ verdicts may come from
+another ``backtrack rescore`` directory (``--plus`` is repeatable).
 ``--plot`` draws the Figure-1-style chart of the same numbers: pass@1 with its CI per
 dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
@@ -53,12 +56,20 @@ def restrict(records: list[dict], a: str, b: str) -> list[dict]:
     return paired_subset([r for r in records if r["config"] in (a, b)])[0]
 
 
-def label_of(config: str, recipe: str, greedy: str) -> str:
-    return {recipe: "recipe", greedy: "greedy"}.get(config, config)
+def label_of(config: str, recipe: str, greedy: str, learned: str | None = None) -> str:
+    names = {recipe: "recipe", greedy: "greedy"}
+    if learned:
+        names[learned] = "learned"
+    return names.get(config, config)
 
 
 def table(
-    records: list[dict], configs: list[str], recipe: str, greedy: str, dataset: str
+    records: list[dict],
+    configs: list[str],
+    recipe: str,
+    greedy: str,
+    dataset: str,
+    learned: str | None = None,
 ) -> tuple[list[str], list[Line]]:
     lines = [
         f"**{dataset}**",
@@ -91,7 +102,7 @@ def table(
             d = result.diff
             versus = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
             counts = f"{len(result.gained)} / {len(result.lost)}"
-        name = label_of(config, recipe, greedy)
+        name = label_of(config, recipe, greedy, learned)
         lines.append(
             f"| {name} | {problems} x {runs} | {100 * estimate.mean:.1f} [{100 * estimate.low:.1f}"
             f", {100 * estimate.high:.1f}] | {versus} | {counts} | {fwd:.2f} | {wall:.1f} "
@@ -154,7 +165,16 @@ def main() -> None:
     parser.add_argument("--recipe", required=True, help="the recipe's configuration or alias")
     parser.add_argument("--greedy", default="never@temperature=0")
     parser.add_argument("--beam", type=Path, default=None, help="another directory with beam:2")
-    parser.add_argument("--plus", type=Path, default=None, help="engine, on HumanEval+")
+    parser.add_argument(
+        "--plus",
+        type=Path,
+        action="append",
+        default=None,
+        help="the engine directory re-scored on HumanEval+ (repeatable: e.g. one per rescore)",
+    )
+    parser.add_argument(
+        "--learned", default=None, help="a learned operator's configuration, shown as 'learned'"
+    )
     parser.add_argument("--beam-plus", type=Path, default=None, help="beam, on HumanEval+")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="the chart (.png)")
@@ -162,28 +182,33 @@ def main() -> None:
 
     recipe = expand(args.recipe)
     configs = ["base", args.greedy, "probability-trend", recipe]
+    if args.learned:
+        configs.append(args.learned)
     lines: list[str] = []
     figures: dict[str, list[Line]] = {}
     for dataset, engine, beam in (
         ("HumanEval", args.engine, args.beam),
-        ("HumanEval+", args.plus, args.beam_plus),
+        ("HumanEval+", args.plus or [], args.beam_plus),
     ):
-        if engine is None:
+        engines = engine if isinstance(engine, list) else [engine]
+        if not engines:
             continue
         # The problems x runs every engine configuration has (a run in progress is left out).
         # beam:2 decoded in the same directory is deterministic: its run-0 records are copied
         # to every run, so it joins that rectangle.
         shown = list(configs)
-        mine = records_of(engine, [*configs, BEAM])
+        mine = [r for directory in engines for r in records_of(directory, [*configs, BEAM])]
         if any(r["config"] == BEAM for r in mine) and beam is None:
             shown.append(BEAM)
         records = paired_subset([r for r in mine if r["config"] in shown])[0]
         if beam is not None:
             records += records_of(beam, [BEAM])
             shown.append(BEAM)
-        text, figures[dataset] = table(records, shown, recipe, args.greedy, dataset)
+        text, figures[dataset] = table(records, shown, recipe, args.greedy, dataset, args.learned)
         lines += text + [""]
     lines.append(f"recipe: `{recipe}`")
+    if args.learned:
+        lines.append(f"learned: `{args.learned}`")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
