@@ -186,11 +186,10 @@ def main() -> None:
         configs.append(args.learned)
     lines: list[str] = []
     figures: dict[str, list[Line]] = {}
-    for dataset, engine, beam in (
-        ("HumanEval", args.engine, args.beam),
+    for dataset, engines, beam in (
+        ("HumanEval", [args.engine], args.beam),
         ("HumanEval+", args.plus or [], args.beam_plus),
     ):
-        engines = engine if isinstance(engine, list) else [engine]
         if not engines:
             continue
         # The problems x runs every engine configuration has (a run in progress is left out).
