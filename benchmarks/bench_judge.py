@@ -21,20 +21,20 @@ from collections import defaultdict
 from pathlib import Path
 
 from backtrack.evaluation.data import load_mbpp, mbpp_problems
-from backtrack.evaluation.prompts import EVALPLUS_STOP, build_program, postprocess
 from backtrack.models import load_model
+from backtrack.rl.env import default_generation, judgement_due, partial_program
 from backtrack.rl.judges import LocalJudge
 
 
 def judgement_points(problem, completion: str, tokenizer, every: int) -> list[str]:
-    """The partial programs the environment judges while this completion is written."""
+    """The partial programs the environment judges while this completion is written (its own
+    rule and cut, replayed token by token without rollbacks)."""
+    stop = default_generation().stop
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     points, judged = [], 0
     for n in range(1, len(ids) + 1):
-        piece = tokenizer.decode(ids[n - 1 : n])
-        if "\n" in piece or n - judged >= every:
-            text = postprocess(problem, tokenizer.decode(ids[:n]), "completion", EVALPLUS_STOP)
-            points.append(build_program(problem, text))
+        if judgement_due(tokenizer.decode(ids[n - 1 : n]), n, judged, every):
+            points.append(partial_program(problem, tokenizer.decode(ids[:n]), stop))
             judged = n
     return points
 

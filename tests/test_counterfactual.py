@@ -181,6 +181,10 @@ def test_training_pretrains_on_labels(tiny, mbpp, tmp_path):
     with pytest.raises(TrainConfigError, match="no such file"):
         train(_config(mbpp, out, pretrain_labels=str(tmp_path / "none.jsonl")),
               model_and_tokenizer=tiny)  # fmt: skip
+    # Resuming from a checkpoint does not clone again, so it does not need the labels.
+    train(_config(mbpp, out, pretrain_labels=str(tmp_path / "none.jsonl"), total_timesteps=64),
+          resume=True, model_and_tokenizer=tiny)  # fmt: skip
+    assert (out / "checkpoints" / "policy_64_steps.zip").is_file()
     bad = tmp_path / "bad.jsonl"
     t = load_trajectories(labels)[0]
     t.observations = [o[:3] for o in t.observations]

@@ -31,7 +31,7 @@ from backtrack.operators.learned import (  # noqa: E402
     LearnedOperator,
     PolicyLoadError,
 )
-from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator  # noqa: E402
+from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator, judgement_due  # noqa: E402
 from backtrack.rl.judges import Judge  # noqa: E402
 from backtrack.rl.train import (  # noqa: E402
     TrainConfig,
@@ -176,6 +176,14 @@ def test_rewards_dense_judge_is_potential_based_and_discards_cost(tiny, mbpp) ->
     assert reward == pytest.approx(-0.1)
     _, reward, _, _, info = plain.step(0)
     assert info["rolled_back"] == 0 and reward == 0.0
+
+
+def test_teacher_judges_at_line_ends_and_every_m_tokens_either_way() -> None:
+    assert judgement_due("    return x\n", 3, 2, every=16)  # a line end, however short
+    assert not judgement_due("x", 17, 2, every=16)
+    assert judgement_due("x", 18, 2, every=16)
+    assert judgement_due("x", 2, 18, every=16)  # rolled back 16 tokens past the last judgement
+    assert not judgement_due("x", 3, 18, every=16)
 
 
 def test_episode_info_says_what_a_local_teacher_cost(tiny, mbpp) -> None:

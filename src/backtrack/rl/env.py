@@ -86,6 +86,18 @@ _MAX_EMPTY_EPISODES = 20
 JUDGE_COST_KEYS = ("judge_requests", "judge_hits", "judge_seconds", "judge_tokens")
 
 
+def judgement_due(step_text: str, length: int, judged_length: int, every: int) -> bool:
+    """When the dense reward asks the teacher: the step wrote a line end, or the completion's
+    length (in tokens) moved ``every`` from the last judgement (a rollback moves it too)."""
+    return "\n" in step_text or abs(length - judged_length) >= every
+
+
+def partial_program(problem: Problem, completion_text: str, stop: Sequence[str]) -> str:
+    """The program the teacher judges: the completion so far, cut at the stop strings as the
+    evaluation cuts it, in the problem's program."""
+    return build_program(problem, postprocess(problem, completion_text, "completion", stop))
+
+
 def default_generation() -> GenerationConfig:
     """Training's decoding defaults: the paper's sampling (T=0.5, top-k 50), 128 tokens, the
     completion-mode stop strings."""
@@ -291,10 +303,7 @@ class BacktrackEnv(gym.Env):
 
     def _partial_code(self) -> str:
         assert self.session is not None and self.problem is not None
-        completion = postprocess(
-            self.problem, self.session.text, "completion", self.generation_config.stop
-        )
-        return build_program(self.problem, completion)
+        return partial_program(self.problem, self.session.text, self.generation_config.stop)
 
     def _info(self) -> dict[str, Any]:
         assert self.problem is not None and self.session is not None
@@ -376,8 +385,8 @@ class BacktrackEnv(gym.Env):
         if not self._judge_on or self.session is None or self._last_step is None:
             return 0.0
         length = len(self.session.completion)
-        if "\n" not in self._last_step.text and abs(length - self._judged_len) < (
-            self.config.judge_every
+        if not judgement_due(
+            self._last_step.text, length, self._judged_len, self.config.judge_every
         ):
             return 0.0
         assert self.problem is not None

@@ -314,9 +314,15 @@ def train(
     ``model_and_tokenizer`` reuses a loaded model instead of loading ``config.model``.
     """
     cfg = TrainConfig.load(config)
+    out = Path(cfg.output_dir).expanduser()
+    start = latest_checkpoint(out) if resume else None
     # Checked here, not when the config loads: `backtrack label` reads the same config to make
-    # the labels this names.
-    if cfg.pretrain_labels is not None and not Path(cfg.pretrain_labels).is_file():
+    # the labels this names. A resumed run has cloned them already, so it does not need them.
+    if (
+        start is None
+        and cfg.pretrain_labels is not None
+        and not Path(cfg.pretrain_labels).is_file()
+    ):
         raise TrainConfigError(f"pretrain_labels: no such file {cfg.pretrain_labels}")
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.monitor import Monitor
@@ -324,7 +330,6 @@ def train(
 
     from backtrack.rl.judges import make_judge
 
-    out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     metadata = policy_metadata(cfg)
@@ -344,7 +349,6 @@ def train(
             cfg.env.model, dtype=cfg.env.dtype, device=cfg.env.device, backend=cfg.env.backend
         )
     judge = make_judge(cfg.env.judge)
-    start = latest_checkpoint(out) if resume else None
 
     def make_env(index: int):
         def build():
