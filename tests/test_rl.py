@@ -458,6 +458,13 @@ def test_resume_continues_the_timestep_count(tiny, trained, tmp_path) -> None:
     header, *episodes = monitor.read_text().splitlines()[1:]
     assert "tokens_discarded" not in header and len(episodes) > len(old) - 1
     assert all(len(e.split(",")) == len(header.split(",")) for e in episodes)
+    # The resumed episodes go on with fresh problems and seeds: sb3 seeds a loaded model with
+    # the run's seed again, which would replay the draws of the run's first episodes.
+    columns = header.split(",")
+    drawn = [tuple(e.split(",")[columns.index(c)] for c in ("task_id", "episode_seed"))
+             for e in episodes]  # fmt: skip
+    first, resumed = drawn[: len(old) - 1], drawn[len(old) - 1 :]
+    assert not set(first) & set(resumed)
 
 
 def test_shipped_policy_loads_and_decodes(tiny) -> None:

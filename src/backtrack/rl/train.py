@@ -15,10 +15,11 @@ The output directory receives::
     config.yaml           the resolved configuration of the run
     checkpoints/          policy_<steps>_steps.zip every ``checkpoint_every`` steps
     tb/                   TensorBoard logs (rollout/ep_rew_mean, rollout/pass_rate, losses...)
-    monitor.csv           one line per episode (reward, length, passed, judge cost)
+    monitor.csv           one line per episode (problem, seed, reward, length, passed,
+                          judge cost)
 
 ``resume=True`` loads the newest checkpoint and continues to ``total_timesteps`` without
-resetting the step counter.
+resetting the step counter, drawing fresh problems and seeds (not the run's first ones again).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -176,6 +178,12 @@ class TrainConfig:
         return {**own, **self.env.to_flat()}
 
 
+def resume_seed(seed: int, steps: int) -> int:
+    """The seed a run resumed at ``steps`` continues with: a fresh stream for each resume
+    point, the same one when the same point is resumed again."""
+    return int(np.random.SeedSequence([seed, steps]).generate_state(1)[0])
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint with the most steps in ``output_dir/checkpoints``, if any."""
     folder = Path(output_dir) / "checkpoints"
@@ -260,7 +268,7 @@ def _callbacks(config: TrainConfig, checkpoints: Path, metadata: Mapping[str, An
 
 #: What monitor.csv logs per episode besides sb3's r, l, t. Deletions are logged directly:
 #: with a dense reward they do not follow from the reward.
-MONITOR_COLUMNS = ("passed", "tokens_discarded", *JUDGE_COST_KEYS)
+MONITOR_COLUMNS = ("task_id", "episode_seed", "passed", "tokens_discarded", *JUDGE_COST_KEYS)
 
 
 def _monitor_columns(path: Path, resume: bool) -> tuple[str, ...]:
@@ -375,6 +383,10 @@ def train(
             model = RecurrentPPO.load(
                 start, env=venv, device=cfg.policy_device, tensorboard_log=tb, verbose=cfg.verbose
             )
+            # sb3 seeds a loaded model (its RNGs and the environments) with the run's seed
+            # again, so the resumed run would replay the problems and sampling draws of the
+            # run's first episodes; a seed of its own per resume point continues with fresh ones.
+            model.set_random_seed(resume_seed(cfg.seed, model.num_timesteps))
             remaining = cfg.total_timesteps - model.num_timesteps
             print(
                 f"[backtrack] resuming from {start} at step {model.num_timesteps}", file=sys.stderr
