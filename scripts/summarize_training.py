@@ -40,6 +40,21 @@ def load_episodes(run: Path) -> list[dict]:
     return episodes
 
 
+def wall_seconds(episodes: list[dict]) -> tuple[float, int]:
+    """The run's wall time up to its last finished episode, and how many sessions it ran in.
+
+    sb3's ``t`` counts from the start of the session that wrote the row, so it starts again
+    from zero after ``--resume``; each session's time is its last row's ``t``.
+    """
+    total, sessions, previous = 0.0, 1, 0.0
+    for e in episodes:
+        if e["t"] < previous:  # a resumed session's first episode
+            total += previous
+            sessions += 1
+        previous = e["t"]
+    return total + previous, sessions
+
+
 def deleted_tokens(episode: dict, config: dict, dense: bool) -> float | None:
     """Tokens deleted in an episode: logged, or from its reward (tests-only judge, no forward
     cost); None when neither is possible."""
@@ -60,7 +75,7 @@ def judge_summary(episodes: list[dict]) -> str | None:
     seconds = sum(e["judge_seconds"] for e in judged)
     tokens = sum(e["judge_tokens"] for e in judged)
     hits = sum(e["judge_hits"] for e in judged)
-    wall = episodes[-1]["t"]
+    wall, _ = wall_seconds(episodes)
     return (
         f"teacher: {requests:.0f} judgements in {len(judged)} episodes "
         f"({requests / len(judged):.1f} per episode, {seconds / len(judged):.1f} s per episode); "
@@ -82,9 +97,11 @@ def main() -> None:
     if not episodes:
         raise SystemExit(f"{args.run}/monitor.csv has no finished episodes yet")
     n = len(episodes)
+    wall, sessions = wall_seconds(episodes)
+    resumed = f" in {sessions} sessions (resumed)" if sessions > 1 else ""
     print(
         f"{args.run}: {n} episodes, {sum(e['l'] for e in episodes)} agent steps, "
-        f"{episodes[-1]['t'] / 60:.1f} min"
+        f"{wall / 60:.1f} min{resumed}"
     )
     print()
     print("| episodes | steps | pass rate | deleted tokens / episode | steps / episode |")
