@@ -29,19 +29,22 @@ SETTINGS = [
 ]
 
 
-def _samplers(seed: int) -> list[Sampler]:
+def _samplers(seed: int, match_generate: bool = True) -> list[Sampler]:
     return [
-        Sampler(GenerationConfig(**kw), torch.Generator().manual_seed(seed + i))
+        Sampler(GenerationConfig(**kw), torch.Generator().manual_seed(seed + i), match_generate)
         for i, kw in enumerate(SETTINGS)
     ]
 
 
+# match_generate=False (llama.cpp): the top-k rows draw over their support only, so the batch
+# mixes two ways of drawing and two values of k; each row must still draw what it draws alone.
+@pytest.mark.parametrize("match_generate", [True, False], ids=["generate", "support"])
 @pytest.mark.parametrize("seed", range(5))
-def test_a_row_in_a_batch_draws_what_it_draws_alone(seed):
+def test_a_row_in_a_batch_draws_what_it_draws_alone(seed, match_generate):
     logits = torch.randn(len(SETTINGS), VOCAB, generator=torch.Generator().manual_seed(seed)) * 4
     bans = [(), {int(logits[1].argmax())}, (), (), (), ()]
-    together = draw(logits, _samplers(seed), bans)
-    for row, sampler in enumerate(_samplers(seed)):
+    together = draw(logits, _samplers(seed, match_generate), bans)
+    for row, sampler in enumerate(_samplers(seed, match_generate)):
         alone = draw(logits[row : row + 1], [sampler], [bans[row]])
         assert int(alone.tokens[0]) == int(together.tokens[row])
         assert torch.equal(alone.probs[0], together.probs[row])

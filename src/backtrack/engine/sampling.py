@@ -203,8 +203,44 @@ def draw(
 ) -> Draws:
     """Draw one token for each row of raw ``logits [B, V]`` (float32).
 
-    Row ``r`` uses ``samplers[r]`` (its warpers and generator) and excludes ``banned[r]``.
+    Row ``r`` uses ``samplers[r]`` (its warpers and generator) and excludes ``banned[r]``,
+    and draws exactly what it would draw alone, whatever the other rows are: rows are drawn
+    in groups that take the same path (over the top-k support or the whole vocabulary, and
+    the same k), since the path decides how much of a row's random stream a draw uses.
     """
+    groups: dict[tuple[bool, int | None], list[int]] = {}
+    for row, sampler in enumerate(samplers):
+        groups.setdefault((sampler.support_only, sampler.top_k), []).append(row)
+    if len(groups) <= 1:
+        return _draw_group(logits, samplers, banned)
+    parts = []
+    for rows in groups.values():
+        index = torch.tensor(rows, device=logits.device)
+        part = _draw_group(logits[index], [samplers[r] for r in rows], [banned[r] for r in rows])
+        parts.append((index, part))
+    return Draws(
+        **{
+            name: _stitch(logits, [(index, getattr(part, name)) for index, part in parts])
+            for name in Draws.__dataclass_fields__
+            if name != "logits"
+        },
+        logits=logits,
+    )
+
+
+def _stitch(logits: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-row values of several groups of rows, put back in the rows' order."""
+    first = parts[0][1]
+    out = first.new_empty((logits.shape[0], *first.shape[1:]))
+    for index, values in parts:
+        out[index] = values
+    return out
+
+
+def _draw_group(
+    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+) -> Draws:
+    """:func:`draw` for rows that take one path."""
     if samplers and all(s.support_only for s in samplers):
         return _draw_support(logits, samplers, banned)
     scores = _scores(logits, samplers, banned)
