@@ -112,6 +112,23 @@ def test_differences_against_another_configuration(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "-25.0 [" in result.output
 
 
+def test_against_a_recipe_by_its_name(tmp_path: Path) -> None:
+    """A recipe is recorded under its configuration; --against recipe:NAME finds it."""
+    from backtrack.recipes import expand
+
+    name = "recipe:qwen2.5-coder-0.5b-instruct"
+    records = synthetic_records()
+    for record in records:
+        if record["config"] == "op":
+            record["config"] = expand(name)
+    directory = write_dir(tmp_path, records)
+    result = CliRunner().invoke(app, ["report", str(directory), "--no-plot", "--against", name])
+    assert result.exit_code == 0 and "-25.0 [" in result.output
+    result = CliRunner().invoke(app, ["report", str(directory), "--no-plot", "--against",
+                                      "recipe:nope"])  # fmt: skip
+    assert result.exit_code != 0 and "unknown recipe 'recipe:nope'" in result.output
+
+
 def test_partial_directory_is_cut_to_paired_cells(tmp_path: Path) -> None:
     records = synthetic_records()
     # An interrupted run 2: base got T/0, op did not -> those cells are left out.

@@ -777,12 +777,18 @@ def report(
         str,
         typer.Option(
             help="The configuration differences are paired against (and speed is relative "
-            "to), e.g. a tuned recipe's full name; default base."
+            "to), e.g. recipe:NAME or a configuration's full name; default base."
         ),
     ] = "base",
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
+    from backtrack.recipes import expand
+
+    try:
+        against = expand(against)  # recipe:NAME: the configuration it was evaluated under
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
     for path in dirs:  # before anything is written or created
         require_result_directory(path)
