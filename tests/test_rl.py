@@ -544,6 +544,15 @@ def test_learned_operator_warns_under_settings_it_was_not_trained_with(trained: 
     other = dataclasses.replace(same, temperature=0.9, ban="none")
     with pytest.warns(UserWarning, match=r"temperature: trained 0\.5, now 0\.9.*ban"):
         operator.check_config(other)
+    # Checking changes nothing: the sampled actions' stream is seeded by begin(), which the
+    # engine calls for each generation (the server checks a request before it is decoded).
+    sampled = LearnedOperator(str(trained), deterministic=False)
+    sampled.reset()
+    before = sampled.get_state()[3]
+    sampled.check_config(dataclasses.replace(same, seed=7))
+    assert torch.equal(sampled.get_state()[3], before)
+    sampled.begin(dataclasses.replace(same, seed=7))
+    assert not torch.equal(sampled.get_state()[3], before)
 
 
 @pytest.mark.parametrize(

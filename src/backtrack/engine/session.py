@@ -182,9 +182,10 @@ class DecodingSession:
         self._start = time.perf_counter()
         if self.operator is not None:
             self.operator.reset()
-            check = getattr(self.operator, "check_config", None)  # duck-typed operators
-            if check is not None:
-                check(self.config)
+            for hook in ("check_config", "begin"):  # duck-typed operators may lack them
+                method = getattr(self.operator, hook, None)
+                if method is not None:
+                    method(self.config)
             set_prompt = getattr(self.operator, "set_prompt", None)
             if set_prompt is not None:
                 set_prompt(self.detokenizer.decode(self.prompt_ids))

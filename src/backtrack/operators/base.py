@@ -55,11 +55,18 @@ class Operator:
         self.state = self.initial_state()
 
     def check_config(self, config: GenerationConfig) -> None:
-        """Called by the engine before each generation with its settings.
+        """Called by the engine before each generation with its settings (and by the server
+        when a request arrives), to refuse or warn; it changes nothing.
 
         Operators tuned or trained for particular settings (e.g. a learned policy) warn here
         when used under others; the default accepts anything.
         """
+
+    def begin(self, config: GenerationConfig) -> None:
+        """Called by the engine before each generation (after :meth:`reset` and
+        :meth:`check_config`) with its settings, for state that depends on them (a learned
+        policy seeds its sampled actions with the generation's seed); the default does
+        nothing."""
 
     def set_prompt(self, prompt: str) -> None:
         """Called by the engine before each generation (after :meth:`reset`) with the prompt's
@@ -111,6 +118,10 @@ class AnyOf(Operator):
     def check_config(self, config: GenerationConfig) -> None:
         for op in self.operators:
             op.check_config(config)
+
+    def begin(self, config: GenerationConfig) -> None:
+        for op in self.operators:
+            op.begin(config)
 
     def set_prompt(self, prompt: str) -> None:
         for op in self.operators:

@@ -169,13 +169,9 @@ class LearnedOperator(Operator):
         legacy = ("max_new_tokens", "temperature", "top_k", "period")
         return {k: self.metadata[k] for k in legacy if k in self.metadata}
 
-    def check_config(self, config: GenerationConfig) -> None:
-        """Warn when decoding under settings the policy was not trained with, and seed the
-        sampled actions' stream for this generation (``seed`` and the generation's seed).
-
-        Stop strings are left out: they only cut the completion, the policy never sees them.
-        Python shows a given warning once per call site, so an evaluation warns once.
-        """
+    def begin(self, config: GenerationConfig) -> None:
+        """Seed the sampled actions' stream for this generation (``seed`` and the
+        generation's seed)."""
         if not self.deterministic and config.seed is not None and self.state is not None:
             # Each generation samples its actions from its own stream, seeded by the
             # operator's seed and the generation's: with the operator's seed alone, every
@@ -184,6 +180,13 @@ class LearnedOperator(Operator):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(mixed)
                 self.state = (*self.state[:3], torch.get_rng_state())
+
+    def check_config(self, config: GenerationConfig) -> None:
+        """Warn when decoding under settings the policy was not trained with.
+
+        Stop strings are left out: they only cut the completion, the policy never sees them.
+        Python shows a given warning once per call site, so an evaluation warns once.
+        """
         trained = {k: v for k, v in self.trained_generation().items() if k != "stop"}
         differences = config.differences(trained)
         if differences:
