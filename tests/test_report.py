@@ -203,6 +203,12 @@ def test_humaneval_completions_rescored_on_humaneval_plus(tmp_path: Path, shared
     assert [r["passed"] for r in load_results(tmp_path / "cli").records] == [True, False]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "cli")])
     assert result.exit_code != 0 and "already holds results" in result.output
+    # --config takes a recipe by its name, as report's --against does.
+    result = runner.invoke(app, [*args, "--config", "recipe:nope", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "unknown recipe 'recipe:nope'" in result.output
+    result = runner.invoke(app, [*args, "--config", "recipe:qwen2.5-coder-0.5b-instruct",
+                                 "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code != 0 and "has no configuration line-restart:" in result.output
 
 
 def test_rescore_flips_verdicts_from_stored_completions(tmp_path: Path) -> None:

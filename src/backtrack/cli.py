@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -747,6 +748,17 @@ def eval_benchmark(
     )
 
 
+def configuration_names(names: Iterable[str]) -> list[str]:
+    """Configuration names as result directories record them: ``recipe:NAME`` is recorded
+    under the configuration it stands for. An unknown recipe is a one-line error."""
+    from backtrack.recipes import expand
+
+    try:
+        return [expand(name) for name in names]
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
 def require_result_directory(path: Path) -> None:
     """Refuse, with a one-line error, a path that is not a result directory of `eval`."""
     from backtrack.evaluation.store import RESULTS_FILE
@@ -783,13 +795,8 @@ def report(
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
     from backtrack.evaluation import report as rep
-    from backtrack.recipes import expand
 
-    try:
-        against = expand(against)  # recipe:NAME: the configuration it was evaluated under
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
-
+    (against,) = configuration_names([against])
     for path in dirs:  # before anything is written or created
         require_result_directory(path)
     if plot is None and not no_plot:
@@ -841,7 +848,8 @@ def rescore_command(
     ] = None,
     workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
     config: Annotated[
-        list[str] | None, typer.Option(help="Only this configuration (repeatable; default all).")
+        list[str] | None,
+        typer.Option(help="Only this configuration, or recipe:NAME (repeatable; default all)."),
     ] = None,
 ) -> None:
     """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
@@ -849,11 +857,12 @@ def rescore_command(
     from backtrack.evaluation import report as rep
     from backtrack.evaluation.data import DataError
 
+    configs = configuration_names(config or ())
     require_result_directory(source)
     try:
         ensure_writable_directory(out.parent if out.parent != Path() else Path.cwd(), "--out")
         n, changed, differ = rep.rescore_as(
-            source, out, dataset, data_path, workers, timeout, tuple(config or ())
+            source, out, dataset, data_path, workers, timeout, tuple(configs)
         )
     except (ValueError, DataError, OutputPathError, OSError) as exc:
         raise fail(str(exc)) from exc
