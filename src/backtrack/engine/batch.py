@@ -117,7 +117,8 @@ class BatchDecoder:
     the batch stays full while requests remain. See the module docstring for the cache layout.
 
     Args:
-        model, tokenizer: as for :class:`~backtrack.engine.decoder.Decoder`.
+        model: as for :class:`~backtrack.engine.decoder.Decoder`.
+        tokenizer: as for :class:`~backtrack.engine.decoder.Decoder`.
         compact_fraction: compact the shared cache when the columns compaction would remove
             exceed this fraction of its width (and ``min_compact`` columns).
         min_compact: never compact for fewer removable columns than this (a compaction copies

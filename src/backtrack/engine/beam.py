@@ -95,8 +95,9 @@ class BeamSearchDecoder:
     ...     print(index, result.text)
 
     Args:
-        model, tokenizer: as for :class:`~backtrack.engine.decoder.Decoder` (a transformers
-            model or a backend such as ``LlamaCppModel``).
+        model: as for :class:`~backtrack.engine.decoder.Decoder` (a transformers model or a
+            backend such as ``LlamaCppModel``).
+        tokenizer: as for :class:`~backtrack.engine.decoder.Decoder`.
         beams: ``N``, the number of beams (>= 1; 1 is greedy decoding).
         length_penalty: hypotheses are scored ``log-prob sum / length ** length_penalty``
             (transformers' default, 1.0).
