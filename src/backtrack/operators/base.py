@@ -92,7 +92,19 @@ class Operator:
 
 
 class Never(Operator):
-    """Never backtracks: plain sampling through the same engine (the no-op baseline)."""
+    """Never backtracks: plain sampling through the same engine (the no-op baseline).
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> Never()(step(0.001))
+        0
+    """
 
     name = "never"
 
@@ -101,7 +113,26 @@ class Never(Operator):
 
 
 class AnyOf(Operator):
-    """Combine operators: each sees every step; the largest deletion asked for wins."""
+    """Combine operators: each sees every step; the largest deletion asked for wins.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators import ProbabilityThreshold, Repetition
+        >>> op = AnyOf([ProbabilityThreshold(min_prob=0.05), Repetition(max_repetitions=2)])
+        >>> op.name
+        'probability-threshold+repetition'
+        >>> op.reset()
+        >>> op(step(0.01))                                       # the threshold fires: 1 token
+        1
+        >>> op(step(0.9, token_id=7, generated=(7, 7, 7)))       # a run of 3: delete the run
+        3
+    """
 
     name = "any-of"
 

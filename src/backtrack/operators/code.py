@@ -28,6 +28,10 @@ def python_prefix(source: str) -> PythonPrefix:
 
     Uses the interpreter's own parser through :mod:`codeop` (which tells incomplete input
     from invalid input); compile warnings (e.g. an invalid escape) are silenced.
+
+    Examples:
+        >>> python_prefix("def f(x):\\n"), python_prefix("x = 1\\n"), python_prefix("x = )\\n")
+        ('incomplete', 'complete', 'invalid')
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -45,9 +49,6 @@ class LineRestart(Operator):
     A line the model was unsure about is written again from its start, with its first token
     banned there, instead of one token at a time.
 
-    >>> op = LineRestart(min_prob=0.05)            # doctest: +SKIP
-    >>> decoder.generate(prompt, op, GenerationConfig(temperature=0.5, top_k=50))
-
     Args:
         min_prob: delete the line if any of its tokens had a probability below this, in
             [0, 1). Default 0.05; 0 disables the test.
@@ -57,6 +58,25 @@ class LineRestart(Operator):
             Default 32.
 
     State: ``(line start position, least probability, sum of probabilities, tokens)``.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = LineRestart(min_prob=0.05)
+        >>> op.reset()
+        >>> line = [step(0.9, position=0, text="x ="), step(0.01, position=1, text=" 1"),
+        ...         step(0.8, position=2, text="\\n")]
+        >>> [op(s) for s in line]           # the line end deletes the unsure line, 3 tokens
+        [0, 0, 3]
+
+        In decoding (a loaded model and tokenizer):
+
+        >>> decoder.generate(prompt, op, config)          # doctest: +SKIP
     """
 
     name = "line-restart"
@@ -97,9 +117,6 @@ class SyntaxCheck(Operator):
     statement that cannot continue is not. It suits completion-mode code prompts (the prompt
     is Python); on a prompt that is not valid Python it never fires.
 
-    >>> op = SyntaxCheck()                          # doctest: +SKIP
-    >>> decoder.generate(humaneval_prompt, op, GenerationConfig(temperature=0.5, top_k=50))
-
     Args:
         max_k: deepest deletion in tokens, >= 1. When the last good line end is further back
             (the engine clamped an earlier deletion, e.g. to the rollback window), the
@@ -109,6 +126,26 @@ class SyntaxCheck(Operator):
     retry cap (``GenerationConfig.max_retries_per_position``) or the budget stops it.
 
     State: the completion length (tokens) at the last line end that could still be valid.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = SyntaxCheck()
+        >>> op.reset()
+        >>> op.set_prompt("def f(x):\\n")
+        >>> op(step(0.9, position=0, text="    return x\\n", completion="    return x\\n"))
+        0
+        >>> op(step(0.9, position=1, text=" )\\n", completion="    return x\\n )\\n"))
+        1
+
+        In decoding (a loaded model and tokenizer, a HumanEval prompt):
+
+        >>> decoder.generate(humaneval_prompt, op, config)        # doctest: +SKIP
     """
 
     name = "syntax-check"

@@ -36,6 +36,18 @@ class ProbabilityThreshold(Operator):
     Args:
         min_prob: threshold in (0, 1). Default 0.05.
         k: tokens to delete. Default 1.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = ProbabilityThreshold(min_prob=0.05)
+        >>> op(step(0.01)), op(step(0.30))
+        (1, 0)
     """
 
     name = "probability-threshold"
@@ -54,6 +66,18 @@ class EntropyThreshold(Operator):
     Args:
         max_entropy: threshold >= 0. Default 0.2.
         k: tokens to delete. Default 2.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = EntropyThreshold(max_entropy=0.2)
+        >>> op(step(0.5, entropy=1.3)), op(step(0.99, entropy=0.05))
+        (2, 0)
     """
 
     name = "entropy-threshold"
@@ -74,6 +98,18 @@ class ProbabilityMargin(Operator):
     Args:
         min_margin: threshold in [0, 1]. Default 0.05.
         k: tokens to delete. Default 1.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = ProbabilityMargin(min_margin=0.05)
+        >>> op(step(0.40, top2_prob=0.38)), op(step(0.90, top2_prob=0.05))
+        (1, 0)
     """
 
     name = "probability-margin"
@@ -94,6 +130,19 @@ class ProbabilityDrop(Operator):
         k: tokens to delete. Default 1.
 
     State: the previous kept token's probability.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = ProbabilityDrop(max_drop=0.8)
+        >>> op.reset()
+        >>> [op(step(p)) for p in (0.9, 0.1)]          # 0.1 < (1 - 0.8) x 0.9
+        [0, 1]
     """
 
     name = "probability-drop"
@@ -121,6 +170,21 @@ class ProbabilityTrend(Operator):
         k: tokens to delete. Default 1.
 
     State: the tuple of the last ``window`` probabilities.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = ProbabilityTrend(window=4, drop=0.5)
+        >>> op.reset()
+        >>> [op(step(p)) for p in (0.9, 0.8, 0.85, 0.3)]   # 0.3 < 0.5 x mean(0.9, 0.8, 0.85)
+        [0, 0, 0, 1]
+        >>> op.state                                       # the token that fired is not kept
+        (0.9, 0.8, 0.85)
     """
 
     name = "probability-trend"
@@ -152,6 +216,20 @@ class Repetition(Operator):
         max_repetitions: longest allowed run of one token, >= 1. Default 3.
 
     Stateless: the run is read from ``step.generated``.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = Repetition(max_repetitions=3)
+        >>> op(step(0.9, token_id=7, generated=(1, 7, 7, 7, 7)))   # 4 in a row: delete all 4
+        4
+        >>> op(step(0.9, token_id=7, generated=(1, 7, 7, 7)))
+        0
     """
 
     name = "repetition"
@@ -180,6 +258,20 @@ class NGramOverlap(Operator):
 
     Stateless: n-grams are read from ``step.generated`` (linear in the completion length,
     which is a few microseconds for code-sized completions).
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = NGramOverlap(n=2)
+        >>> op(step(0.9, token_id=2, generated=(1, 2, 3, 1, 2)))   # (1, 2) occurred before
+        1
+        >>> op(step(0.9, token_id=4, generated=(1, 2, 3, 4)))
+        0
     """
 
     name = "ngram-overlap"
@@ -208,6 +300,18 @@ class LogitThreshold(Operator):
     Args:
         min_logit: threshold on the raw logit. Default -20.0.
         k: tokens to delete. Default 1.
+
+    Examples:
+        >>> import torch
+        >>> from backtrack.engine import Step
+        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
+        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
+        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
+        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
+        ...         "generated": (5,), "completion": "x", **fields})
+        >>> op = LogitThreshold(min_logit=-20.0)
+        >>> op(step(0.5, logit=-25.0)), op(step(0.5, logit=3.0))
+        (1, 0)
     """
 
     name = "logit-threshold"

@@ -122,7 +122,18 @@ def parse_one(spec: str) -> Operator:
 
 
 def parse_operator(spec: str | Operator | None) -> Operator:
-    """Build an operator from a spec string (an Operator passes through; None means never)."""
+    """Build an operator from a spec string (an Operator passes through; None means never).
+
+    Examples:
+        >>> parse_operator("trend")
+        ProbabilityTrend(window=10, drop=0.5, k=1)
+        >>> parse_operator("probability-trend:drop=0.4+repetition:max_repetitions=4").name
+        'probability-trend+repetition'
+        >>> parse_operator("probability-trend:windw=3")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        backtrack.operators.spec.OperatorSpecError: operator ... has no parameter 'windw'...
+    """
     if spec is None:
         return Never()
     if isinstance(spec, Operator):
