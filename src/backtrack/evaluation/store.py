@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backtrack.engine.types import GENERATION_KEYS
+from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.settings import SEED_STRIDE, Configuration, EvalError, EvalSettings
 
 if TYPE_CHECKING:
-    from backtrack.evaluation.runner import WorkItem
     from backtrack.evaluation.sandbox import ExecResult
-    from backtrack.evaluation.sources import Generated
 
 RESULTS_FILE = "results.jsonl"
 META_FILE = "meta.json"
@@ -195,6 +194,36 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     if diffs:
         merged["forced_over"] = {k: old_value(k) for k in diffs}
     return merged
+
+
+def read_meta(directory: Path) -> dict | None:
+    """The result directory's meta.json, or None when it has none; ValueError when it is not
+    valid JSON."""
+    path = directory / META_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """Replace the result directory's meta.json atomically (a temporary file, then a rename),
+    so a reader never sees half of one; the runner and re-scoring both write it here."""
+    tmp = directory / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, directory / META_FILE)
+
+
+def read_directory(directory: Path) -> tuple[dict, list[dict], list[str]]:
+    """A result directory's meta.json (``{}`` without one), its records and the damage found
+    reading them (see :func:`read_records`); FileNotFoundError when it holds no results."""
+    results = directory / RESULTS_FILE
+    if not results.exists():
+        raise FileNotFoundError(f"no {RESULTS_FILE} in {directory}")
+    records, problems = read_records(results)
+    return read_meta(directory) or {}, records, problems
 
 
 # --------------------------------------------------------------------------- records
