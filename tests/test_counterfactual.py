@@ -32,7 +32,8 @@ from backtrack.rl.counterfactual import (  # noqa: E402
     sample_trajectories,
 )
 from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems  # noqa: E402
-from backtrack.rl.train import TrainConfig, TrainConfigError, train  # noqa: E402
+from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
+from backtrack.rl.train import train  # noqa: E402
 
 # Observations of a batched trajectory against the environment's for the same greedy
 # episode: the batch's logits differ from the single sequence's in the last bits

@@ -350,7 +350,7 @@ def make_labels(
 ) -> Path:
     """Label MBPP train trajectories under a training config's environment ``env`` (its
     model, decoding settings and feature extractor, so the observations are the policy's;
-    ``TrainConfig.load(path).env``) into ``out``, resuming what is there. Problem ``i`` is
+    ``backtrack.rl.config.TrainConfig.load(path).env``) into ``out``, resuming what is there. Problem ``i`` is
     sampled with seed ``seed + i``."""
     from tqdm import tqdm
 
