@@ -22,6 +22,7 @@ from backtrack.engine.types import GenerationConfig  # noqa: E402
 from backtrack.operators.features import FEATURE_HIGH, FEATURE_LOW  # noqa: E402
 from backtrack.operators.spec import parse_operator  # noqa: E402
 from backtrack.rl import counterfactual  # noqa: E402
+from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
 from backtrack.rl.counterfactual import (  # noqa: E402
     Trajectory,
     behaviour_cloning,
@@ -32,7 +33,6 @@ from backtrack.rl.counterfactual import (  # noqa: E402
     sample_trajectories,
 )
 from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems  # noqa: E402
-from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
 from backtrack.rl.train import train  # noqa: E402
 
 # Observations of a batched trajectory against the environment's for the same greedy

@@ -561,8 +561,8 @@ def test_shipped_training_configs_load_and_name_a_valid_judge(path, tiny) -> Non
     """Every config in configs/ loads (unknown keys and bad values are refused) and its judge
     spec builds (option names and types checked; a local teacher is stood in for by the tiny
     model), so a typo fails here and not an hour into a run."""
-    from backtrack.rl.judges import make_judge
     from backtrack.rl.config import TrainConfig
+    from backtrack.rl.judges import make_judge
 
     config = TrainConfig.load(path)
     judge = make_judge(config.env.judge, model_and_tokenizer=tiny)

@@ -208,12 +208,21 @@ def read_meta(directory: Path) -> dict | None:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (a temporary file, fsynced, then renamed over it), so a
+    crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def write_meta(directory: Path, meta: dict) -> None:
-    """Replace the result directory's meta.json atomically (a temporary file, then a rename),
-    so a reader never sees half of one; the runner and re-scoring both write it here."""
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, directory / META_FILE)
+    """Replace the result directory's meta.json atomically; the runner and re-scoring both
+    write it here."""
+    replace_file(directory / META_FILE, json.dumps(meta, indent=1))
 
 
 def read_directory(directory: Path) -> tuple[dict, list[dict], list[str]]:
@@ -307,14 +316,8 @@ class ResultStore:
         return records, problems
 
     def rewrite(self, records: Sequence[dict]) -> None:
-        """Replace the file atomically (write a temporary file, fsync, rename)."""
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for rec in records:
-                handle.write(json.dumps(rec) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        """Replace the file atomically (see :func:`replace_file`)."""
+        replace_file(self.path, "".join(json.dumps(rec) + "\n" for rec in records))
 
     def append(self, record: dict) -> None:
         """Write one record as one line and force it to disk before returning."""

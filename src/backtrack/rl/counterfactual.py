@@ -348,10 +348,10 @@ def make_labels(
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Label MBPP train trajectories under a training config's environment ``env`` (its
-    model, decoding settings and feature extractor, so the observations are the policy's;
-    ``backtrack.rl.config.TrainConfig.load(path).env``) into ``out``, resuming what is there. Problem ``i`` is
-    sampled with seed ``seed + i``."""
+    """Label MBPP train trajectories under a training config's environment ``env``
+    (``TrainConfig.load(path).env``, see :mod:`backtrack.rl.config`: its model, decoding
+    settings and feature extractor, so the observations are the policy's) into ``out``,
+    resuming what is there. Problem ``i`` is sampled with seed ``seed + i``."""
     from tqdm import tqdm
 
     if env.split != "train":

@@ -39,6 +39,7 @@ from backtrack.tuning.report import Candidate, Score, TrialValidation, write_sum
 from backtrack.tuning.settings import TuneSettings
 from backtrack.tuning.space import recipe_params, suggest_recipe
 
+
 def score(
     out: Path, config: str, tasks: Sequence[str] | None = None, reference: str = BASE
 ) -> Score:
