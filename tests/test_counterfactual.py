@@ -22,6 +22,7 @@ from backtrack.engine.types import GenerationConfig  # noqa: E402
 from backtrack.operators.features import FEATURE_HIGH, FEATURE_LOW  # noqa: E402
 from backtrack.operators.spec import parse_operator  # noqa: E402
 from backtrack.rl import counterfactual  # noqa: E402
+from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
 from backtrack.rl.counterfactual import (  # noqa: E402
     Trajectory,
     behaviour_cloning,
@@ -32,7 +33,7 @@ from backtrack.rl.counterfactual import (  # noqa: E402
     sample_trajectories,
 )
 from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems  # noqa: E402
-from backtrack.rl.train import TrainConfigError, train  # noqa: E402
+from backtrack.rl.train import train  # noqa: E402
 
 # Observations of a batched trajectory against the environment's for the same greedy
 # episode: the batch's logits differ from the single sequence's in the last bits
@@ -90,7 +91,8 @@ def test_recorded_observations_are_the_environments(tiny, mbpp):
 def test_labels_end_to_end_resume_and_damage(tiny, mbpp, tmp_path):
     out = tmp_path / "labels.jsonl"
     config = _config(mbpp, tmp_path / "run")
-    make_labels(config, out, limit=3, positions=2, restarts=2, batch_size=4,
+    env = TrainConfig.load(config).env
+    make_labels(env, out, limit=3, positions=2, restarts=2, batch_size=4,
                 model_and_tokenizer=tiny, progress=False)  # fmt: skip
     first = load_trajectories(out)
     ids = [p.task_id for p in load_problems(EnvConfig.from_mapping({"data_path": mbpp}))[:4]]
@@ -103,13 +105,14 @@ def test_labels_end_to_end_resume_and_damage(tiny, mbpp, tmp_path):
     # A line cut short by a crash is skipped and its problem redone; done ones are kept.
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40] + "\n")
-    make_labels(config, out, limit=4, positions=2, restarts=2, batch_size=4,
+    make_labels(env, out, limit=4, positions=2, restarts=2, batch_size=4,
                 model_and_tokenizer=tiny, progress=False)  # fmt: skip
     again = load_trajectories(out)
     assert sorted(t.task_id for t in again) == sorted(ids)
     assert again[:2] == first[:2]
+    validation = TrainConfig.load({**config, "split": "validation"}).env
     with pytest.raises(ValueError, match="MBPP train only"):
-        make_labels({**config, "split": "validation"}, tmp_path / "x.jsonl", limit=1,
+        make_labels(validation, tmp_path / "x.jsonl", limit=1,
                     model_and_tokenizer=tiny, progress=False)  # fmt: skip
 
 
@@ -168,7 +171,8 @@ def test_behaviour_cloning_learns_where_to_delete(one_thread):  # conftest.py
 
 def test_training_pretrains_on_labels(tiny, mbpp, tmp_path):
     labels = tmp_path / "labels.jsonl"
-    make_labels(_config(mbpp, tmp_path / "a"), labels, limit=2, positions=1, restarts=1,
+    env = TrainConfig.load(_config(mbpp, tmp_path / "a")).env
+    make_labels(env, labels, limit=2, positions=1, restarts=1,
                 batch_size=2, model_and_tokenizer=tiny, progress=False)  # fmt: skip
     out = tmp_path / "run"
     train(_config(mbpp, out, pretrain_labels=str(labels), pretrain_epochs=2),

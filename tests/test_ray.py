@@ -100,7 +100,8 @@ def test_ray_refuses_transformers_baselines(tmp_path):
 def test_tune_trials_decode_on_the_pool(local_ray, shared_data, tmp_path):
     import optuna
 
-    from backtrack.tuning.study import TuneSettings, run_search
+    from backtrack.tuning.settings import TuneSettings
+    from backtrack.tuning.study import run_search
 
     settings = TuneSettings(
         out=str(tmp_path / "study"),

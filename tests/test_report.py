@@ -20,11 +20,10 @@ from backtrack.evaluation.report import (
     markdown_table,
     paired_subset,
     plot,
-    rescore,
-    rescore_as,
     short_label,
     summarize,
 )
+from backtrack.evaluation.rescore import rescore, rescore_as
 
 # base passes P0 in both runs, P1 never -> 0.5; op passes P0 twice and P1 once -> 0.75.
 PASSED = {

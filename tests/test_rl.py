@@ -31,11 +31,10 @@ from backtrack.operators.learned import (  # noqa: E402
     LearnedOperator,
     PolicyLoadError,
 )
+from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
 from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator, judgement_due  # noqa: E402
 from backtrack.rl.judges import Judge  # noqa: E402
 from backtrack.rl.train import (  # noqa: E402
-    TrainConfig,
-    TrainConfigError,
     bias_towards_keeping,
     latest_checkpoint,
     train,
@@ -562,8 +561,8 @@ def test_shipped_training_configs_load_and_name_a_valid_judge(path, tiny) -> Non
     """Every config in configs/ loads (unknown keys and bad values are refused) and its judge
     spec builds (option names and types checked; a local teacher is stood in for by the tiny
     model), so a typo fails here and not an hour into a run."""
+    from backtrack.rl.config import TrainConfig
     from backtrack.rl.judges import make_judge
-    from backtrack.rl.train import TrainConfig
 
     config = TrainConfig.load(path)
     judge = make_judge(config.env.judge, model_and_tokenizer=tiny)

@@ -13,16 +13,16 @@ import pytest
 from backtrack.evaluation.settings import EvalError, build_configurations, split_configuration
 from backtrack.evaluation.store import ResultStore
 from backtrack.operators.spec import OPERATORS, parse_operator
+from backtrack.tuning.report import write_summary
+from backtrack.tuning.settings import TuneSettings
 from backtrack.tuning.space import OPERATOR_SPACE, recipe_params, suggest_recipe
 from backtrack.tuning.study import (
     _SET_CONSTRAINT,
-    TuneSettings,
     canonical_recipe,
     plain_recipe,
     run_search,
     select_winners,
     validate_every_trial,
-    write_summary,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

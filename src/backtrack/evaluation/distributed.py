@@ -23,14 +23,11 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backtrack.evaluation.cells import Generated, WorkItem, cell_key
 from backtrack.evaluation.scoring import score
 from backtrack.evaluation.settings import EvalError, EvalSettings
-from backtrack.evaluation.sources import Generated
-
-if TYPE_CHECKING:
-    from backtrack.evaluation.runner import WorkItem
 
 INSTALL_HINT = "pip install 'backtrack[ray]'"
 
@@ -58,10 +55,6 @@ def connect(address: str, num_cpus: int | None = None):
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise EvalError(f"cannot reach Ray at {address!r}: {exc}") from exc
     return ray
-
-
-def cell_key(item: WorkItem) -> tuple[str, int, str]:
-    return (item.config.name, item.run, item.problem.task_id)
 
 
 class _Worker:

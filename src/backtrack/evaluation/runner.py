@@ -2,9 +2,11 @@
 resume.
 
 The rest of an evaluation lives beside it, one job a module: :mod:`~.settings` (what was asked:
-settings, configurations, the seed rule), :mod:`~.sources` (completions from the engine or the
-transformers baselines), :mod:`~.sandbox` (running programs), :mod:`~.store` (meta.json and the
-resumable JSONL records) and :mod:`~.report` (tables, plots, re-scoring).
+settings, configurations, the seed rule), :mod:`~.cells` (the cells and what decoding them
+gave), :mod:`~.sources` (completions from the engine or the transformers baselines),
+:mod:`~.sandbox` (running programs), :mod:`~.store` (meta.json and the resumable JSONL
+records), :mod:`~.report` (tables, plots) and :mod:`~.rescore` (scoring stored completions
+again).
 
 Order of work: runs outermost, then problems, then configurations, so after any interruption
 every configuration has been run on (almost) the same (run, problem) cells and a report on the
@@ -13,13 +15,12 @@ partial directory is already a paired comparison.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from backtrack.evaluation.cells import Generated, WorkItem, cell_key
 from backtrack.evaluation.data import (
     DataError,
     Problem,
@@ -37,20 +38,16 @@ from backtrack.evaluation.settings import (
     build_configurations,
     seed_for,
 )
-from backtrack.evaluation.sources import CompletionSource, Generated, load_model_for
-from backtrack.evaluation.store import META_FILE, ResultStore, build_meta, make_record, merge_meta
+from backtrack.evaluation.sources import CompletionSource, load_model_for
+from backtrack.evaluation.store import (
+    ResultStore,
+    build_meta,
+    make_record,
+    merge_meta,
+    read_meta,
+    write_meta,
+)
 from backtrack.paths import OutputPathError, ensure_writable_directory
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One (configuration, run, problem) cell to fill."""
-
-    config: Configuration
-    run: int
-    problem: Problem
-    problem_index: int
-    seed: int
 
 
 @dataclass
@@ -129,12 +126,11 @@ def prepare(settings: EvalSettings) -> tuple[list[Configuration], list[Problem],
             f"{', '.join(baselines)} cannot enforce banned strings (baselines decode without "
             "the engine's bans); evaluate it without --ban-string/--ban-regex"
         )
-    meta_path = out / META_FILE
-    if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise EvalError(f"{meta_path} is not valid JSON: {exc}") from exc
+    try:
+        old = read_meta(out)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+    if old is not None:
         meta = merge_meta(old, meta, settings.force)
     return configs, problems, index, meta
 
@@ -174,10 +170,8 @@ def run_eval(
         log(f"warning: {message} (will be redone)")
     done = {(r["config"], int(r["run"]), r["task_id"]) for r in records}
     items = plan(configs, problems, index, settings.runs, settings.seed)
-    todo = [i for i in items if (i.config.name, i.run, i.problem.task_id) not in done]
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / META_FILE)
+    todo = [i for i in items if cell_key(i) not in done]
+    write_meta(out, meta)
     summary = RunSummary(len(items), len(items) - len(todo), 0, 0, problems_found, out)
     if not todo:
         return summary

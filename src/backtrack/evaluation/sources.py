@@ -10,34 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from backtrack.engine.session import eos_ids_for
+from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt
 from backtrack.evaluation.settings import EvalSettings
-
-if TYPE_CHECKING:
-    from backtrack.evaluation.runner import WorkItem
-
-
-@dataclass
-class Generated:
-    """A decoded completion plus its work counts, before execution."""
-
-    raw: str
-    finish_reason: str
-    final_tokens: int
-    forward_passes: int
-    tokens_sampled: int
-    tokens_discarded: int
-    backtracks: int
-    wall_time_s: float
-    deepest_rollback: int = 0  # see Counts.deepest_rollback
-    # Batch rows the decoding occupied (beam search: one per beam); None when it ran outside
-    # the batch (transformers' model.generate), so its speed does not compare with the rows'.
-    rows: int | None = 1
 
 
 def load_model_for(settings: EvalSettings):

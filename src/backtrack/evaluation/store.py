@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backtrack.engine.types import GENERATION_KEYS
+from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.settings import SEED_STRIDE, Configuration, EvalError, EvalSettings
 
 if TYPE_CHECKING:
-    from backtrack.evaluation.runner import WorkItem
     from backtrack.evaluation.sandbox import ExecResult
-    from backtrack.evaluation.sources import Generated
 
 RESULTS_FILE = "results.jsonl"
 META_FILE = "meta.json"
@@ -197,6 +196,45 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     return merged
 
 
+def read_meta(directory: Path) -> dict | None:
+    """The result directory's meta.json, or None when it has none; ValueError when it is not
+    valid JSON."""
+    path = directory / META_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (a temporary file, fsynced, then renamed over it), so a
+    crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """Replace the result directory's meta.json atomically; the runner and re-scoring both
+    write it here."""
+    replace_file(directory / META_FILE, json.dumps(meta, indent=1))
+
+
+def read_directory(directory: Path) -> tuple[dict, list[dict], list[str]]:
+    """A result directory's meta.json (``{}`` without one), its records and the damage found
+    reading them (see :func:`read_records`); FileNotFoundError when it holds no results."""
+    results = directory / RESULTS_FILE
+    if not results.exists():
+        raise FileNotFoundError(f"no {RESULTS_FILE} in {directory}")
+    records, problems = read_records(results)
+    return read_meta(directory) or {}, records, problems
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -278,14 +316,8 @@ class ResultStore:
         return records, problems
 
     def rewrite(self, records: Sequence[dict]) -> None:
-        """Replace the file atomically (write a temporary file, fsync, rename)."""
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for rec in records:
-                handle.write(json.dumps(rec) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        """Replace the file atomically (see :func:`replace_file`)."""
+        replace_file(self.path, "".join(json.dumps(rec) + "\n" for rec in records))
 
     def append(self, record: dict) -> None:
         """Write one record as one line and force it to disk before returning."""

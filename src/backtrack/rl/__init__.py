@@ -1,7 +1,9 @@
 """Reinforcement learning of a backtracking operator (needs ``pip install 'backtrack[rl]'``).
 
 * :mod:`backtrack.rl.env`: :class:`BacktrackEnv`, a Gymnasium environment over the engine.
-* :mod:`backtrack.rl.train`: ``train.train()`` / :func:`train_command` (RecurrentPPO, YAML).
+* :mod:`backtrack.rl.config`: :class:`TrainConfig`, a training run's YAML configuration.
+* :mod:`backtrack.rl.train`: ``train.train()`` / :func:`train_command` (RecurrentPPO).
+* :mod:`backtrack.rl.counterfactual`: restart labels (``backtrack label``), behaviour cloning.
 * :mod:`backtrack.rl.judges`: dense-reward judges.
 
 Names are imported lazily so that ``import backtrack.rl`` does not pull in gymnasium,
@@ -17,8 +19,8 @@ _EXPORTS = {
     "BacktrackEnv": "backtrack.rl.env",
     "EnvConfig": "backtrack.rl.env",
     "FeatureOperator": "backtrack.rl.env",
-    "TrainConfig": "backtrack.rl.train",
-    "TrainConfigError": "backtrack.rl.train",
+    "TrainConfig": "backtrack.rl.config",
+    "TrainConfigError": "backtrack.rl.config",
     "latest_checkpoint": "backtrack.rl.train",
     "train_command": "backtrack.rl.train",
     "make_judge": "backtrack.rl.judges",

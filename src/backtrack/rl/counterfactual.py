@@ -48,7 +48,7 @@ from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for
 from backtrack.evaluation.sandbox import SandboxConfig, run_program
 from backtrack.operators.features import FeatureExtractor
-from backtrack.rl.env import FeatureOperator
+from backtrack.rl.env import EnvConfig, FeatureOperator, load_problems
 
 __all__ = [
     "CloningStats",
@@ -336,7 +336,7 @@ def behaviour_cloning(
 
 
 def make_labels(
-    config: Any,
+    env: EnvConfig,
     out: str | Path,
     limit: int | None = None,
     positions: int = 4,
@@ -348,16 +348,12 @@ def make_labels(
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Label MBPP train trajectories under a training config's environment (its model,
-    decoding settings and feature extractor, so the observations are the policy's) into
-    ``out``, resuming what is there. Problem ``i`` is sampled with seed ``seed + i``."""
+    """Label MBPP train trajectories under a training config's environment ``env``
+    (``TrainConfig.load(path).env``, see :mod:`backtrack.rl.config`: its model, decoding
+    settings and feature extractor, so the observations are the policy's) into ``out``,
+    resuming what is there. Problem ``i`` is sampled with seed ``seed + i``."""
     from tqdm import tqdm
 
-    from backtrack.rl.env import load_problems
-    from backtrack.rl.train import TrainConfig
-
-    cfg = TrainConfig.load(config)
-    env = cfg.env
     if env.split != "train":
         raise ValueError(f"labels come from MBPP train only (the config's split is {env.split!r})")
     problems = load_problems(env)[:limit]

@@ -10,12 +10,9 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from backtrack.tuning.settings import TuneSettings
 from backtrack.tuning.space import recipe_params
-
-if TYPE_CHECKING:
-    from backtrack.tuning.study import TuneSettings
 
 
 @dataclass(frozen=True)

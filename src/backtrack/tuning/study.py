@@ -20,102 +20,24 @@ The search (:func:`run_search`):
 Selection (:func:`select_winners`) never looks at HumanEval: the best feasible recipes of the
 search are decoded on MBPP *validation* (511-600) with several runs, paired against base, and
 ranked by that gain with its bootstrap CI. :func:`validate_every_trial` decodes every trial's
-recipe there, for the Pareto plot of the whole search on problems it never saw. The summary
-and plots (:mod:`backtrack.tuning.report`) are written next to the study.
+recipe there, for the Pareto plot of the whole search on problems it never saw; both decode
+and score through :func:`validate`. The settings are :mod:`backtrack.tuning.settings`'s; the
+summary and plots (:mod:`backtrack.tuning.report`) are written next to the study.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from backtrack.evaluation.metrics import compare, forward_passes_per_token
 from backtrack.evaluation.runner import load_problems, run_eval
-from backtrack.evaluation.settings import BASE, EvalSettings
+from backtrack.evaluation.settings import BASE
 from backtrack.evaluation.store import ResultStore
 from backtrack.tuning.report import Candidate, Score, TrialValidation, write_summary
+from backtrack.tuning.settings import TuneSettings
 from backtrack.tuning.space import recipe_params, suggest_recipe
-
-DEFAULT_RUNGS = (40, 120, 374)
-MAX_FORWARD_PER_TOKEN = 1.15
-
-
-@dataclass
-class TuneSettings:
-    """What ``backtrack tune`` was asked to do.
-
-    Attributes:
-        out: the study's folder: ``study.db`` (unless ``storage`` is given), ``train/`` and
-            ``validation/`` result directories, the summary and the plots.
-        study: the Optuna study name. storage: an Optuna storage URL (default: SQLite in out).
-        model, backend, dtype, batch_size: how to decode (see ``backtrack eval``).
-        data_path: MBPP (``mbpp_release_v1.jsonl``).
-        trials: trials to run in this invocation (a resumed study adds to what it has).
-        rungs: growing numbers of train problems a trial is scored on.
-        operators: operator names the search may use (default: all).
-        seed: the sampler's seed (TPE) and the evaluation's seed.
-        max_forward_per_token: the constraint.
-        max_new_tokens: completion length (MBPP solutions are short).
-    """
-
-    out: str
-    data_path: str
-    model: str = "qwen2.5-coder-0.5b-instruct"
-    study: str = "backtrack"
-    storage: str | None = None
-    backend: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 16
-    trials: int = 20
-    rungs: Sequence[int] = DEFAULT_RUNGS
-    operators: Sequence[str] | None = None
-    seed: int = 0
-    max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
-    max_new_tokens: int = 384
-    workers: int = 2
-    ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
-    ray_actors: int = 2
-    # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
-    # tells a temperature's gain from an operator's; each is enqueued once per study.
-    enqueue: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
-            raise ValueError(f"rungs must be increasing positive counts, got {list(self.rungs)}")
-        if self.trials < 0 or self.batch_size < 1:
-            raise ValueError("trials must be >= 0 and batch_size >= 1")
-        for name in self.enqueue:
-            recipe_params(name)  # a bad recipe fails here, before any model loads
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
-
-    def eval_settings(
-        self, split: str, operators: Sequence[str], limit: int | None, runs: int = 1
-    ) -> EvalSettings:
-        return EvalSettings.from_flat(
-            {
-                "model": self.model,
-                "out": str(Path(self.out) / split),
-                "operators": list(operators),
-                "dataset": "mbpp",
-                "data_path": self.data_path,
-                "split": split,
-                "runs": runs,
-                "limit": limit,
-                "seed": self.seed,
-                "backend": self.backend,
-                "dtype": self.dtype,
-                "batch_size": self.batch_size,
-                "workers": self.workers,
-                "max_new_tokens": self.max_new_tokens,
-                "ray": self.ray,
-                "ray_actors": self.ray_actors,
-            }
-        )
 
 
 def score(
@@ -334,17 +256,13 @@ def select_winners(
     chosen = feasible[:top]
     if not chosen:
         raise ValueError("the study has no completed trial within the forward-pass constraint")
-    plain, configs = _with_plain([c.recipe for c in chosen])
-    evaluation = settings.eval_settings("validation", configs, limit, runs)
-    run_eval(evaluation, model, tokenizer, progress=progress, log=log)
-    validation = Path(settings.out) / "validation"
+    scores = validate(
+        settings, [c.recipe for c in chosen], runs, limit, model, tokenizer, log, progress
+    )
     ranked = [
-        Candidate(c.number, c.recipe, c.train_gain, c.train_forward_per_token,
-                  score(validation, c.recipe),
-                  score(validation, c.recipe, reference=plain[c.recipe])
-                  if plain[c.recipe] else None)
+        Candidate(c.number, c.recipe, c.train_gain, c.train_forward_per_token, *scores[c.recipe])
         for c in chosen
-    ]  # fmt: skip
+    ]
     ranked.sort(key=lambda c: -c.validation.gain if c.validation else 0.0)
     write_summary(settings, study, ranked)
     return ranked
@@ -370,28 +288,46 @@ def validate_every_trial(
     by_recipe: dict[str, list] = {}
     for t in trials:
         by_recipe.setdefault(t.user_attrs["recipe"], []).append(t)
-    plain, configs = _with_plain(list(by_recipe))
-    run_eval(
-        settings.eval_settings("validation", configs, limit, runs),
-        model,
-        tokenizer,
-        progress=progress,
-        log=log,
-    )
-    validation = Path(settings.out) / "validation"
+    scores = validate(settings, list(by_recipe), runs, limit, model, tokenizer, log, progress)
     points = [
         TrialValidation(
             tuple(t.number for t in group),
             tuple(t.state.name.lower() for t in group),
             recipe,
-            score(validation, recipe),
-            score(validation, recipe, reference=plain[recipe]) if plain[recipe] else None,
+            *scores[recipe],
         )
         for recipe, group in by_recipe.items()
     ]
     points.sort(key=lambda p: -p.validation.gain)
     write_summary(settings, study, every_trial=points)
     return points
+
+
+def validate(
+    settings: TuneSettings,
+    recipes: Sequence[str],
+    runs: int,
+    limit: int | None,
+    model=None,
+    tokenizer=None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, tuple[Score, Score | None]]:
+    """Decode ``recipes`` on MBPP validation (``runs`` runs, the first ``limit`` problems),
+    with base and each recipe's plain reference (:func:`plain_recipe`); return each recipe's
+    score against base and against its plain reference (None for a plain recipe). Cells the
+    validation directory already holds are reused."""
+    plain, configs = _with_plain(list(recipes))
+    evaluation = settings.eval_settings("validation", configs, limit, runs)
+    run_eval(evaluation, model, tokenizer, progress=progress, log=log)
+    validation = Path(settings.out) / "validation"
+    return {
+        recipe: (
+            score(validation, recipe),
+            score(validation, recipe, reference=plain[recipe]) if plain[recipe] else None,
+        )
+        for recipe in recipes
+    }
 
 
 def _with_plain(recipes: list[str]) -> tuple[dict[str, str | None], list[str]]:
@@ -414,14 +350,10 @@ def plain_recipe(recipe: str) -> str | None:
 
 
 __all__ = [
-    "Candidate",
-    "Score",
-    "TrialValidation",
-    "TuneSettings",
     "plain_recipe",
     "run_search",
     "score",
     "select_winners",
+    "validate",
     "validate_every_trial",
-    "write_summary",
 ]

@@ -1,0 +1,94 @@
+"""What ``backtrack tune`` was asked to do (:class:`TuneSettings`), and the evaluation settings
+each of its decodings runs under.
+
+A module of its own so that the search (:mod:`~backtrack.tuning.study`) and its report
+(:mod:`~backtrack.tuning.report`) both read the settings without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from backtrack.evaluation.settings import EvalSettings
+from backtrack.tuning.space import recipe_params
+
+DEFAULT_RUNGS = (40, 120, 374)
+MAX_FORWARD_PER_TOKEN = 1.15
+
+
+@dataclass
+class TuneSettings:
+    """What ``backtrack tune`` was asked to do.
+
+    Attributes:
+        out: the study's folder: ``study.db`` (unless ``storage`` is given), ``train/`` and
+            ``validation/`` result directories, the summary and the plots.
+        study: the Optuna study name. storage: an Optuna storage URL (default: SQLite in out).
+        model, backend, dtype, batch_size: how to decode (see ``backtrack eval``).
+        data_path: MBPP (``mbpp_release_v1.jsonl``).
+        trials: trials to run in this invocation (a resumed study adds to what it has).
+        rungs: growing numbers of train problems a trial is scored on.
+        operators: operator names the search may use (default: all).
+        seed: the sampler's seed (TPE) and the evaluation's seed.
+        max_forward_per_token: the constraint.
+        max_new_tokens: completion length (MBPP solutions are short).
+    """
+
+    out: str
+    data_path: str
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    study: str = "backtrack"
+    storage: str | None = None
+    backend: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+    trials: int = 20
+    rungs: Sequence[int] = DEFAULT_RUNGS
+    operators: Sequence[str] | None = None
+    seed: int = 0
+    max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
+    max_new_tokens: int = 384
+    workers: int = 2
+    ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
+    ray_actors: int = 2
+    # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
+    # tells a temperature's gain from an operator's; each is enqueued once per study.
+    enqueue: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
+            raise ValueError(f"rungs must be increasing positive counts, got {list(self.rungs)}")
+        if self.trials < 0 or self.batch_size < 1:
+            raise ValueError("trials must be >= 0 and batch_size >= 1")
+        for name in self.enqueue:
+            recipe_params(name)  # a bad recipe fails here, before any model loads
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
+
+    def eval_settings(
+        self, split: str, operators: Sequence[str], limit: int | None, runs: int = 1
+    ) -> EvalSettings:
+        return EvalSettings.from_flat(
+            {
+                "model": self.model,
+                "out": str(Path(self.out) / split),
+                "operators": list(operators),
+                "dataset": "mbpp",
+                "data_path": self.data_path,
+                "split": split,
+                "runs": runs,
+                "limit": limit,
+                "seed": self.seed,
+                "backend": self.backend,
+                "dtype": self.dtype,
+                "batch_size": self.batch_size,
+                "workers": self.workers,
+                "max_new_tokens": self.max_new_tokens,
+                "ray": self.ray,
+                "ray_actors": self.ray_actors,
+            }
+        )
