@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from backtrack.engine.session import CommittedText, DecodingSession
+from backtrack.engine.session import DecodingSession
+from backtrack.engine.streaming import CommittedText
 from backtrack.engine.types import Event, GenerationConfig, GenerationResult
 
 # The rollback window streaming uses when the config sets none: text trails decoding by at

@@ -7,7 +7,8 @@ gives the distribution at the position where decoding resumes; nothing is ever r
 and deleting every generated token simply leaves the prompt minus its last token cached.
 
 Alongside the ids and the cache, the session keeps, for every completion position, what must
-be put back when that position is deleted: the operator's state and the detokenizer's window.
+be put back when that position is deleted (the operator's state and the detokenizer's window)
+and what was already rejected there (:mod:`backtrack.engine.positions`).
 
 The loop, once for every driver
 -------------------------------
@@ -28,7 +29,6 @@ elsewhere (the batch) needs no override.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
 from backtrack.backends.kv_cache import rollback_cache
+from backtrack.engine.positions import Rejections, UndoLog, UndoRecord
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
@@ -76,19 +77,6 @@ def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
             raise ValueError("the prompt is empty")
         return list(ids)
     return [int(i) for i in prompt]
-
-
-def _text_start(position: _Position) -> int:
-    return position.text_len
-
-
-@dataclass
-class _Position:
-    """What a completion position needs to be undone."""
-
-    operator_state: Any
-    detok_state: DetokState
-    text_len: int  # length of the completion text before this token
 
 
 @dataclass
@@ -161,17 +149,13 @@ class DecodingSession:
         self.cache: SequenceCache | None = None
         if self.detokenizer is None:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
-        self._positions: list[_Position] = []
-        self._bans: dict[int, set[int]] = {}
-        # Tokens rejected at a position because they began a banned string: banned there for
-        # as long as the prefix stands, whatever ``config.ban`` says, so the ban makes progress.
-        self._string_bans: dict[int, set[int]] = {}
+        self._undo = UndoLog()
+        self._rejections = Rejections(self.config.ban)
         self.bans = self.config.bans()
         # The first token a banned string could still begin at (from the last scan), and the
         # high-water mark of committed_length(): nothing before it is ever deleted again.
         self._ban_hold = 0
         self._final = 0
-        self._retries: dict[int, int] = {}
         self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
@@ -241,10 +225,7 @@ class DecodingSession:
 
     def banned_now(self) -> Collection[int]:
         """Token ids banned at the position about to be sampled."""
-        position = len(self.completion)
-        rejected = self._bans.get(position, ())
-        phrase = self._string_bans.get(position)
-        return rejected if not phrase else {*rejected, *phrase}
+        return self._rejections.banned_at(len(self.completion))
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()
@@ -258,15 +239,14 @@ class DecodingSession:
         draws, row = self._drawn
         self._drawn = None
         position = len(self.completion)
-        if self.config.ban == "next":
-            self._bans.pop(position, None)
+        self._rejections.drawn(position)
         token = int(draws.tokens[row])
         prow = draws.probs[row]
         prob = float(prow[token])
         logprob = float(draws.logprob[row])
 
-        self._positions.append(
-            _Position(
+        self._undo.push(
+            UndoRecord(
                 self.operator.get_state() if self.operator is not None else None,
                 self._detok,
                 len(self.text),
@@ -348,7 +328,7 @@ class DecodingSession:
         if n == 0 or n % self.config.period or self.rollback_allowance() == 0:
             return False
         cap = self.config.max_retries_per_position
-        return cap is None or self._retries.get(n - 1, 0) < cap
+        return cap is None or self._rejections.retries(n - 1) < cap
 
     def decide(self, step: Step) -> int:
         """The session's operator's decision about ``step``: its ``k`` when due, else 0."""
@@ -385,27 +365,14 @@ class DecodingSession:
         found = self.bans.scan(self.text, self.text_offset(self._final))
         deleted = 0
         if found.match_start is not None:
-            keep = max(self._token_at(found.match_start), self._final)
+            keep = max(self._undo.token_at(found.match_start, len(self.text)), self._final)
             deleted = self.rollback(len(self.completion) - keep, "banned-string", force=True)
             self.counts.ban_rollbacks += 1
             # What is left is a prefix of text that had no complete match.
             found = self.bans.scan(self.text, self.text_offset(self._final))
-        self._ban_hold = self._token_at(found.hold_from)
+        self._ban_hold = self._undo.token_at(found.hold_from, len(self.text))
         self._final = self.committed_length()
         return deleted
-
-    def _token_at(self, offset: int) -> int:
-        """Index of the token whose text covers character ``offset`` of the completion text
-        (with the text-less tokens just before it, whose bytes begin that character), or
-        ``len(completion)`` past the end (less the trailing tokens of an unfinished one)."""
-        if offset < len(self.text):
-            index = bisect.bisect_right(self._positions, offset, key=_text_start) - 1
-        else:
-            index = len(self.completion)
-        start = self.text_offset(index)
-        while index > 0 and self._positions[index - 1].text_len == start:
-            index -= 1
-        return index
 
     def step(self) -> bool:
         """One turn of the loop: sample, ask the operator, conclude; True when finished."""
@@ -431,13 +398,13 @@ class DecodingSession:
             return 0
         keep = len(self.completion) - k
         removed = self.completion[keep:]
-        restore = self._positions[keep]
+        restore = self._undo.truncate(keep)
         if self.operator is not None:
             self.operator.set_state(restore.operator_state)
         self._detok = restore.detok_state
         removed_text = self.text[restore.text_len :]
         self.text = self.text[: restore.text_len]
-        del self.completion[keep:], self.logprobs[keep:], self._positions[keep:]
+        del self.completion[keep:], self.logprobs[keep:]
         # Restore the invariant (cache = every token but the last); the next forward pass,
         # feeding the new last token, gives the distribution at position `keep` again.
         target = len(self.prompt_ids) + keep - 1
@@ -447,31 +414,13 @@ class DecodingSession:
         self.pending_token = None
         # A driver without an operator (the RL agent) may reach behind what bans held final.
         self._final = min(self._final, keep)
-        self._on_resume(keep, removed[0])
-        if force:
-            self._string_bans.setdefault(keep, set()).add(removed[0])
+        # Bans and retry counts of later positions belonged to a prefix that is gone.
+        self._rejections.resumed(keep, removed[0], banned_string=force)
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
         self.counts.deepest_rollback = max(self.counts.deepest_rollback, self.furthest - keep)
         self.trace.append(RollbackEvent(keep, k, removed_text, tuple(removed), source))
         return k
-
-    def _on_resume(self, position: int, rejected: int) -> None:
-        """Bookkeeping when decoding resumes at ``position`` after rejecting ``rejected``.
-
-        Bans and retry counts of later positions belonged to a prefix that no longer exists.
-        """
-        for p in [p for p in self._bans if p > position]:
-            del self._bans[p]
-        for p in [p for p in self._string_bans if p > position]:
-            del self._string_bans[p]
-        for p in [p for p in self._retries if p > position]:
-            del self._retries[p]
-        self._retries[position] = self._retries.get(position, 0) + 1
-        if self.config.ban == "accumulate":
-            self._bans.setdefault(position, set()).add(rejected)
-        elif self.config.ban == "next":
-            self._bans[position] = {rejected}
 
     # ------------------------------------------------------------------ stopping
     def check_stop(self) -> bool:
@@ -479,7 +428,7 @@ class DecodingSession:
         if self.completion and self.completion[-1] in self.eos_ids:
             self._finish("eos")
         elif self.config.stop and (
-            hit := find_stop(self.text, self._positions[-1].text_len, self.config.stop)
+            hit := find_stop(self.text, self._undo.last().text_len, self.config.stop)
         ):
             self.stop_string = hit[1]
             self._finish("stop_string")
@@ -501,9 +450,7 @@ class DecodingSession:
     def text_offset(self, position: int) -> int:
         """Length of the completion text before the token at ``position`` (``len(text)`` at
         the end): where that token's text starts."""
-        if position >= len(self.completion):
-            return len(self.text)
-        return self._positions[position].text_len
+        return self._undo.text_offset(position, len(self.text))
 
     def final_text(self) -> str:
         """The completion decoded in one go, cut before the stop string."""
@@ -540,39 +487,3 @@ class DecodingSession:
             seen = len(self.trace)
             if done:
                 return
-
-
-class CommittedText:
-    """A session's text, handed out piece by piece as it becomes final (for streaming).
-
-    A token is final once no rollback can delete it (:meth:`DecodingSession.committed_length`:
-    behind the rollback window or beyond the budget, and clear of any banned string that could
-    still grow); text that could still turn out to be the start of a stop string is held back
-    too. So the pieces concatenate to exactly the result's text, and nothing handed out is
-    ever deleted. Every streaming path (``Decoder.stream_text``, the server) uses this.
-    """
-
-    def __init__(self, session: DecodingSession) -> None:
-        self.session = session
-        self.sent = 0  # characters handed out
-        self._hold = max((len(s) for s in session.config.stop), default=1) - 1
-
-    def new(self) -> str:
-        """The text that became final since the last call (``""`` if none)."""
-        session = self.session
-        if session.done:
-            return self.rest()
-        committed = session.committed_length()
-        if committed <= 0:
-            return ""
-        upto = min(session.text_offset(committed), len(session.text) - self._hold)
-        if upto <= self.sent:
-            return ""
-        piece, self.sent = session.text[self.sent : upto], upto
-        return piece
-
-    def rest(self) -> str:
-        """After the end: whatever of the final text was not handed out yet."""
-        final = self.session.final_text()
-        piece, self.sent = final[self.sent :], max(self.sent, len(final))
-        return piece

@@ -4,7 +4,8 @@ strings, decoding every request in one continuous batch.
 Needs the ``serve`` extra (``pip install 'backtrack[serve]'``: FastAPI and uvicorn).
 """
 
-from backtrack.serving.app import ServeSettings, create_app
+from backtrack.serving.app import create_app
 from backtrack.serving.scheduler import Scheduler
+from backtrack.serving.state import ServeSettings
 
 __all__ = ["Scheduler", "ServeSettings", "create_app"]

@@ -10,6 +10,12 @@ asked for with one extra object that the ``openai`` client sends through ``extra
     )
 
 ``top_k`` and ``min_p`` are accepted at top level, as vLLM and llama.cpp's server do.
+
+Defaults: a decoding setting a request leaves out (``null`` here) takes the engine's default,
+``GenerationConfig()``'s, as the CLI and the evaluation do (so ``temperature`` is not OpenAI's
+1.0: see :mod:`backtrack.serving.requests`). What the protocol itself defines keeps its value
+here: ``max_tokens`` (:data:`OPENAI_COMPLETION_MAX_TOKENS`), ``n=1``, ``stream=false``, and the
+``backtrack`` object's ``rollback_window`` (the engine's interactive window).
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backtrack.engine.decoder import INTERACTIVE_ROLLBACK_WINDOW
+
+# OpenAI's default ``max_tokens`` of /v1/completions (chat requests default to the server's
+# --max-tokens-limit).
+OPENAI_COMPLETION_MAX_TOKENS = 16
 
 
 class ServeError(Exception):
@@ -54,26 +66,28 @@ class BacktrackOptions(BaseModel):
         operator: operator spec (``backtrack operators``); default: the server's
             ``--operator``. Learned operators (``rl:...``) load files, so only the server's own
             may be used.
-        rollback_window: deepest rollback in tokens (default 32, the interactive window; ``null``:
-            unbounded, so a stream holds back everything until the end).
+        rollback_window: deepest rollback in tokens (default: the engine's interactive window,
+            :data:`~backtrack.engine.decoder.INTERACTIVE_ROLLBACK_WINDOW`; ``null``: unbounded,
+            so a stream holds back everything until the end).
         period, ban, max_retries_per_position, max_backtracks, max_discarded_tokens: as in
-            :class:`~backtrack.engine.GenerationConfig`.
-        banned_strings, banned_regex, ban_ignore_case: phrases never to produce.
+            :class:`~backtrack.engine.GenerationConfig` (``null``: its default).
+        banned_strings, banned_regex, ban_ignore_case: phrases never to produce (``null``:
+            :class:`~backtrack.engine.GenerationConfig`'s default, none).
         trace: return every token and rollback event in the response.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     operator: str | None = None
-    rollback_window: int | None = Field(default=32, ge=0)
+    rollback_window: int | None = Field(default=INTERACTIVE_ROLLBACK_WINDOW, ge=0)
     period: int | None = Field(default=None, ge=1)
     ban: Literal["accumulate", "next", "none"] | None = None
     max_retries_per_position: int | None = Field(default=None, ge=0)
     max_backtracks: int | None = Field(default=None, ge=0)
     max_discarded_tokens: int | None = Field(default=None, ge=0)
-    banned_strings: list[str] = Field(default_factory=list)
-    banned_regex: list[str] = Field(default_factory=list)
-    ban_ignore_case: bool = False
+    banned_strings: list[str] | None = None
+    banned_regex: list[str] | None = None
+    ban_ignore_case: bool | None = None
     trace: bool = False
 
 
@@ -82,14 +96,18 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields both endpoints share."""
+    """Fields both endpoints share.
+
+    ``None`` is "not given" for the sampling settings (temperature, top_p, top_k, min_p): the
+    engine's defaults apply. ``max_tokens``, ``n`` and ``stream`` default as OpenAI defines.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None

@@ -6,7 +6,7 @@ scheduler thread is the ticket's :class:`~backtrack.engine.batch.RequestSource`,
 request is admitted into the running batch at the next step (prefilled together with others,
 within the decoder's prefill budget), and a row that finishes or whose client goes away
 (:meth:`Scheduler.cancel`) frees its slot at once. After every step, each streaming ticket gets
-the text that became final in that step (:class:`~backtrack.engine.session.CommittedText`), so
+the text that became final in that step (:class:`~backtrack.engine.streaming.CommittedText`), so
 a client never receives text a rollback later deletes; the end of a row delivers its
 :class:`~backtrack.engine.GenerationResult`.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backtrack.engine.batch import BatchDecoder, BatchRun, Request
-from backtrack.engine.session import CommittedText
+from backtrack.engine.streaming import CommittedText
 from backtrack.engine.types import GenerationConfig, GenerationResult
 from backtrack.serving.protocol import ServeError
 

@@ -1,0 +1,141 @@
+"""Turning a request body into what the engine decodes: prompt ids, an operator and a
+:class:`~backtrack.engine.GenerationConfig`.
+
+A request's config is ``GenerationConfig()`` with the settings the request gave replaced
+(:meth:`~backtrack.engine.GenerationConfig.updated`): a setting the client leaves out takes
+the engine's own default, the same one the CLI and the evaluation start from. The exceptions
+are protocol definitions, not decoding defaults: ``max_tokens`` (OpenAI's 16 for completions,
+the server's limit for chat) and the rollback window (the interactive window, so that a
+stream trails decoding by a bounded number of tokens).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from backtrack.engine.session import encode_prompt
+from backtrack.engine.types import GenerationConfig
+from backtrack.operators import Never, Operator, OperatorSpecError, parse_operator
+from backtrack.serving.protocol import (
+    OPENAI_COMPLETION_MAX_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ServeError,
+)
+from backtrack.serving.state import ServeSettings
+
+# The protocol's spellings of "no such filter" (OpenAI's top_p 1, vLLM's top_k 0 and min_p 0)
+# and the engine's.
+_FILTER_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
+def check_model(settings: ServeSettings, name: str) -> None:
+    """Refuse (404) a model name this server does not serve."""
+    if name not in settings.model_names:
+        raise ServeError(
+            f"the model {name!r} does not exist; this server serves {settings.model_names[0]!r}",
+            404,
+            kind="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def prompt_ids(settings: ServeSettings, tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    """The ids of one prompt (text, or token ids checked against the vocabulary)."""
+    if isinstance(prompt, list):
+        vocab = len(tokenizer)
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ServeError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+    try:
+        ids = encode_prompt(tokenizer, prompt)
+    except ValueError as exc:
+        raise ServeError(str(exc), param="prompt") from None
+    if len(ids) > settings.max_prompt_tokens:
+        raise ServeError(
+            f"the prompt has {len(ids)} tokens; the limit is {settings.max_prompt_tokens} "
+            "(--max-prompt-tokens)",
+            param="prompt",
+        )
+    return ids
+
+
+def chat_prompt(tokenizer: Any, body: ChatCompletionRequest) -> str:
+    """The chat's messages rendered by the model's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ServeError("this model has no chat template; use /v1/completions")
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # the template's own checks (e.g. role order)
+        raise ServeError(f"the chat template refused the messages: {exc}") from None
+
+
+def request_operator(spec: str | None, default: Operator) -> Operator | None:
+    """A fresh operator for one choice (``spec``, else a copy of the server's ``default``);
+    ``None`` for ``never``, so a plain request streams every token at once (an operator
+    makes the stream wait for its window)."""
+    if spec is None:
+        operator = copy.deepcopy(default)
+    elif any(part.split(":")[0].strip() == "rl" for part in spec.split("+")):
+        raise ServeError(
+            "learned operators load files from the server's disk, so a request cannot "
+            "name one; start the server with --operator rl:path=...",
+            param="backtrack.operator",
+        )
+    else:
+        try:
+            operator = parse_operator(spec)
+        except OperatorSpecError as exc:
+            raise ServeError(str(exc), param="backtrack.operator") from None
+    return None if isinstance(operator, Never) else operator
+
+
+def max_tokens(body: ChatCompletionRequest | CompletionRequest, settings: ServeSettings) -> int:
+    """The request's token limit, by OpenAI's rules, checked against the server's limit."""
+    limit = body.max_tokens
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        limit = body.max_completion_tokens
+    if limit is None:  # the protocol's defaults
+        chat = isinstance(body, ChatCompletionRequest)
+        limit = settings.max_tokens_limit if chat else OPENAI_COMPLETION_MAX_TOKENS
+    if limit > settings.max_tokens_limit:
+        raise ServeError(
+            f"max_tokens is {limit}; the limit is {settings.max_tokens_limit} (--max-tokens-limit)",
+            param="max_tokens",
+        )
+    return limit
+
+
+def request_config(
+    body: ChatCompletionRequest | CompletionRequest, settings: ServeSettings
+) -> GenerationConfig:
+    """The request's decoding settings: ``GenerationConfig()`` updated with what it gave."""
+    bt = body.backtrack
+    optional = {
+        "temperature": body.temperature,
+        "top_k": body.top_k,
+        "top_p": body.top_p,
+        "min_p": body.min_p,
+        "stop": body.stop or None,
+        "period": bt.period,
+        "ban": bt.ban,
+        "max_retries_per_position": bt.max_retries_per_position,
+        "banned_strings": bt.banned_strings,
+        "banned_regex": bt.banned_regex,
+        "banned_ignore_case": bt.ban_ignore_case,
+        "max_backtracks": bt.max_backtracks,
+        "max_discarded_tokens": bt.max_discarded_tokens,
+    }
+    given = {key: value for key, value in optional.items() if value is not None}
+    for key, off in _FILTER_OFF.items():
+        if given.get(key) == off:
+            given[key] = None
+    # Always set: null is a window of its own (unbounded), not "the default".
+    given["rollback_window"] = bt.rollback_window
+    given["max_new_tokens"] = max_tokens(body, settings)
+    try:
+        return GenerationConfig().updated(given)
+    except ValueError as exc:
+        raise ServeError(str(exc), param="backtrack") from None

@@ -1,0 +1,213 @@
+"""The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` and
+``/health``, and how an answer is waited for (whole) or streamed (server-sent events)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from backtrack.engine.types import GenerationResult
+from backtrack.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ServeError,
+    error_body,
+)
+from backtrack.serving.replies import Reply, model_card, sse
+from backtrack.serving.requests import (
+    chat_prompt,
+    check_model,
+    prompt_ids,
+    request_config,
+    request_operator,
+)
+from backtrack.serving.scheduler import Ticket
+from backtrack.serving.state import ServerState, server_state
+
+# Seconds between checks that a waiting client is still connected.
+DISCONNECT_POLL_S = 0.5
+
+router = APIRouter()
+State = Annotated[ServerState, Depends(server_state)]
+
+
+@router.get("/v1/models")
+async def list_models(state: State) -> dict:
+    return {"object": "list", "data": [model_card(state.settings.model_names[0], state.created)]}
+
+
+@router.get("/v1/models/{name:path}")
+async def get_model(name: str, state: State) -> dict:
+    check_model(state.settings, name)
+    return model_card(name, state.created)
+
+
+@router.get("/health")
+async def health(state: State) -> dict:
+    return {
+        "status": "ok",
+        "decoding": state.scheduler.live_rows,
+        "queued": state.scheduler.queued(),
+    }
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, state: State):
+    prompts = [prompt_ids(state.settings, state.tokenizer, p) for p in body.prompts()]
+    return await _answer(state, body, prompts, request, chat=False)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: State):
+    text = chat_prompt(state.tokenizer, body)
+    prompts = [prompt_ids(state.settings, state.tokenizer, text)]
+    return await _answer(state, body, prompts, request, chat=True)
+
+
+async def _answer(
+    state: ServerState,
+    body: ChatCompletionRequest | CompletionRequest,
+    prompts: list[list[int]],
+    request: Request,
+    chat: bool,
+):
+    """Decode every choice of the request as rows of the batch; answer whole or streamed."""
+    check_model(state.settings, body.model)
+    if (field := body.unsupported()) is not None:
+        raise ServeError(f"{field} is not supported by this server", param=field)
+    config = request_config(body, state.settings)
+    if state.context_limit is not None:
+        longest = max(len(p) for p in prompts)
+        if longest + config.max_new_tokens > state.context_limit:
+            raise ServeError(
+                f"the prompt ({longest} tokens) and max_tokens ({config.max_new_tokens}) "
+                f"exceed the model's context of {state.context_limit} tokens",
+                param="max_tokens",
+            )
+    # One choice per (prompt, n); seeded choices get seeds seed, seed+1, ...
+    jobs = []
+    for p, ids in enumerate(prompts):
+        for j in range(body.n):
+            seed = None if body.seed is None else body.seed + j
+            operator = request_operator(body.backtrack.operator, state.default_operator)
+            try:
+                if operator is not None:
+                    operator.check_config(config)
+            except ValueError as exc:
+                raise ServeError(str(exc), param="backtrack.operator") from None
+            jobs.append((p * body.n + j, ids, operator, replace(config, seed=seed)))
+    scheduler = state.scheduler
+    scheduler.submit_room(len(jobs))
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    tickets = []
+    for choice, ids, operator, choice_config in jobs:
+        # Every choice of the request reports on one queue, tagged with its index.
+        ticket = scheduler.submit(
+            ids,
+            operator,
+            choice_config,
+            stream=body.stream,
+            loop=loop,
+            events=_Tagged(events, choice),
+        )
+        tickets.append(ticket)
+    reply = Reply(
+        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        body.model,
+        chat,
+        body.backtrack.trace,
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(state, reply, tickets, events, request, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    try:
+        results = await _collect(tickets, events, request)
+    finally:
+        for ticket in tickets:
+            scheduler.cancel(ticket)  # no-op for finished ones
+    if results is None:  # the client went away
+        return JSONResponse(error_body("client disconnected"), 499)
+    return reply.complete(results)
+
+
+class _Tagged:
+    """A ticket's view of the request's shared event queue: events tagged with its choice."""
+
+    def __init__(self, queue: asyncio.Queue, choice: int) -> None:
+        self.queue, self.choice = queue, choice
+
+    def put_nowait(self, event: tuple[str, Any]) -> None:
+        self.queue.put_nowait((self.choice, *event))
+
+
+async def _next_event(events: asyncio.Queue, request: Request):
+    """The next (choice, kind, payload); None once the client has gone away."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return None
+
+
+async def _collect(
+    tickets: list[Ticket], events: asyncio.Queue, request: Request
+) -> list[GenerationResult] | None:
+    """Every choice's result, in order; None if the client went away first."""
+    results: dict[int, GenerationResult] = {}
+    while len(results) < len(tickets):
+        event = await _next_event(events, request)
+        if event is None:
+            return None
+        choice, kind, payload = event
+        if kind == "error":
+            raise ServeError(payload, 500, kind="server_error")
+        if kind == "done":
+            results[choice] = payload
+    return [results[i] for i in range(len(tickets))]
+
+
+async def _stream(
+    state: ServerState,
+    reply: Reply,
+    tickets: list[Ticket],
+    events: asyncio.Queue,
+    request: Request,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """The server-sent events of a streaming request; its rows are freed however it ends."""
+    try:
+        if reply.chat:
+            for choice in range(len(tickets)):
+                yield reply.chunk(choice, delta={"role": "assistant", "content": ""})
+        results: dict[int, GenerationResult] = {}
+        while len(results) < len(tickets):
+            event = await _next_event(events, request)
+            if event is None:
+                return  # the client went away; finally frees the rows
+            choice, kind, payload = event
+            if kind == "text":
+                yield reply.chunk(choice, text=payload)
+            elif kind == "done":
+                results[choice] = payload
+                yield reply.chunk(choice, result=payload)
+            else:
+                yield sse(error_body(payload, "server_error"))
+                return
+        if include_usage:
+            yield reply.usage_chunk(list(results.values()))
+        yield "data: [DONE]\n\n"
+    finally:
+        for ticket in tickets:
+            state.scheduler.cancel(ticket)
