@@ -67,7 +67,9 @@ def test_per_input_timeout_fails_with_the_input_named() -> None:
     slow_on_3 = "    import time\n    if x == 3:\n        time.sleep(1.2)\n    return x * 2\n"
     tight = problem_of(record, times=([0.0, 0.0], [0.0]))
     roomy = problem_of(record, times=([0.0, 0.0], [0.5]))
-    results = run_all([(tight, slow_on_3), (roomy, slow_on_3), (tight, record["canonical_solution"])])
+    results = run_all(
+        [(tight, slow_on_3), (roomy, slow_on_3), (tight, record["canonical_solution"])]
+    )
     assert results[0].status == "failed"
     assert results[0].detail == "timeout on plus input 0 (limit 1.00 s)"
     assert results[1].status == "passed", results[1].stderr

@@ -122,7 +122,7 @@ def program_time_limit(base_times: Sequence[float], plus_times: Sequence[float])
 
 
 # Restores MBPP+ argument types; shared by the check and the reference timing program.
-CONVERT_SOURCE = '''
+CONVERT_SOURCE = """
 def _bt_convert(inputs, kind):
     T = tuple
     if kind == "tuple_args":
@@ -155,7 +155,7 @@ def _bt_convert(inputs, kind):
             return T(deep(i) for i in x) if isinstance(x, list) else x
         return [deep(inp) for inp in inputs]
     return inputs
-'''
+"""
 
 # Runs in the sandbox after the candidate's code; every name starts with _bt_ to stay clear of
 # the candidate's. No str.format here: the record's data travel as one JSON literal.

@@ -95,7 +95,7 @@ def cache_path(data_sha256: str, fingerprint: dict[str, str]) -> Path:
     return cache_root() / CACHE_SUBDIR / f"{data_sha256[:16]}-{machine[:12]}.json"
 
 
-_TIMING_MAIN = '''
+_TIMING_MAIN = """
 import copy, json, signal, sys, time
 
 
@@ -135,7 +135,7 @@ for task in json.loads(TASKS):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     print(json.dumps(line), flush=True)
-'''
+"""
 
 
 def _timing_program(tasks: list[dict]) -> str:
@@ -177,7 +177,7 @@ def measure(
     )
     results = run_many([_timing_program(c) for c in chunks], len(chunks), config)
     times: dict[str, TaskTimes] = {}
-    for chunk, result in zip(chunks, results):
+    for chunk, result in zip(chunks, results, strict=True):
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
         for line in lines:
             if "error" in line:
@@ -199,7 +199,9 @@ def _read_cache(path: Path, data_sha256: str) -> dict[str, TaskTimes] | None:
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("version") != FORMAT_VERSION or stored.get("data_sha256") != data_sha256:
             return None
-        return {k: TaskTimes(tuple(v["base"]), tuple(v["plus"])) for k, v in stored["tasks"].items()}
+        return {
+            k: TaskTimes(tuple(v["base"]), tuple(v["plus"])) for k, v in stored["tasks"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # absent or unreadable: measure again
 
