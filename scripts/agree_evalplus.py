@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,6 +115,33 @@ def run_evalplus(
     return verdicts
 
 
+def print_agreement(
+    label: str,
+    source: str,
+    keys: list[Key],
+    ours: dict[Key, dict],
+    theirs: dict[Key, tuple[bool, str, str]],
+    weight: Counter,
+) -> int:
+    """Print the agreement count and every disagreement; returns how many disagree."""
+    agree = [key for key in keys if bool(ours[key]["passed"]) == theirs[key][0]]
+    records = sum(weight[k] for k in agree)
+    print(
+        f"{label} ({source} verdicts): {len(agree)} of {len(keys)} unique completions agree "
+        f"with EvalPlus; {records} of {sum(weight[k] for k in keys)} records"
+    )
+    for key in keys:
+        if key in agree:
+            continue
+        mine, (_, base_status, plus_status) = ours[key], theirs[key]
+        first = key[1].strip().splitlines()[0][:60] if key[1].strip() else "<empty>"
+        print(
+            f"  {key[0]} x{weight[key]}: ours {mine['status']} ({mine['detail'] or '-'}); "
+            f"EvalPlus base {base_status}, plus {plus_status}; {first!r}"
+        )
+    return len(keys) - len(agree)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -145,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(parse_problem_ids(args.limit_tasks))
         verdicts = {k: v for k, v in verdicts.items() if k[0] in wanted}
     keys = sorted(verdicts, key=lambda k: (int(k[0].rsplit("/", 1)[1]), k[1]))
+    compared = {"stored": verdicts}
     if args.rescore:
         timeout_s = float(meta.get("timeout_s") or 3.0)
-        verdicts = rescore(problems, keys, mode, timeout_s, args.workers)
+        compared["rescored now"] = rescore(problems, keys, mode, timeout_s, args.workers)
     solutions = {key: build_program(problems[key[0]], key[1], mode) for key in keys}
     samples = [{"task_id": key[0], "solution": solutions[key]} for key in keys]
 
@@ -157,29 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         theirs = run_evalplus(
             args.evalplus_python, plus_data, {k[0] for k in keys}, samples, workdir, args.workers
         )
-
-    label = "HumanEval+" if plus else "HumanEval"
-    agree = agree_records = 0
-    disagreements = defaultdict(list)
+    their_verdicts = {}
     for key in keys:
         base_status, plus_status = theirs[(key[0], solutions[key])]
-        their_pass = base_status == "pass" and (plus_status == "pass" or not plus)
-        ours = verdicts[key]
-        if bool(ours["passed"]) == their_pass:
-            agree += 1
-            agree_records += weight[key]
-        else:
-            disagreements[key[0]].append((key, ours, base_status, plus_status))
-    total_records = sum(weight[k] for k in keys)
-    source = "rescored now" if args.rescore else "stored"
-    print(f"{label} ({source} verdicts): {agree} of {len(keys)} unique completions agree "
-          f"with EvalPlus; {agree_records} of {total_records} records")  # fmt: skip
-    for task_id, rows in disagreements.items():
-        for key, ours, base_status, plus_status in rows:
-            first = key[1].strip().splitlines()[0][:60] if key[1].strip() else "<empty>"
-            print(f"  {task_id} x{weight[key]}: ours {ours['status']} ({ours['detail'] or '-'}); "
-                  f"EvalPlus base {base_status}, plus {plus_status}; {first!r}")  # fmt: skip
-    return 0 if not disagreements else 1
+        passed = base_status == "pass" and (plus_status == "pass" or not plus)
+        their_verdicts[key] = (passed, base_status, plus_status)
+    label = "HumanEval+" if plus else "HumanEval"
+    disagreeing = 0
+    for source, ours in compared.items():
+        disagreeing = print_agreement(label, source, keys, ours, their_verdicts, weight)
+    return 0 if not disagreeing else 1
 
 
 if __name__ == "__main__":
