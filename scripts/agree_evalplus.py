@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{args.directory}: dataset {meta.get('dataset')!r} is not HumanEval(+)")
     plus = dataset == "humaneval+"
     plus_data = args.plus_data or (Path(meta["data_path"]) if plus else DEFAULT_PLUS_DATA)
+    if not plus_data.is_file():
+        sys.exit(f"HumanEval+ data file not found: {plus_data} (pass --plus-data)")
     mode = meta.get("mode") or "completion"
     problems = {
         p.task_id: p for p in (load_humaneval_plus(plus_data) if plus else load_humaneval())
