@@ -217,3 +217,13 @@ def test_build_prompt_modes(humaneval: list[Problem]) -> None:
     text = build_prompt(problem, "chat", FakeTokenizer())
     assert text.startswith("<user>Complete the following Python function")
     assert "def has_close_elements" in text
+
+
+def test_plus_problems_carry_their_own_time_limit() -> None:
+    """The slow references' problems get more than the old flat 30 s when they need it; every
+    limit covers both candidate budgets (at least 2 x (1 s floor + 1 s slack))."""
+    he_plus = {p.task_id: p for p in data.load_humaneval_plus(_shared(data.HUMANEVAL_PLUS_FILE))}
+    limits = {task: p.time_limit_s for task, p in he_plus.items()}
+    assert all(limit is not None and limit >= 4 for limit in limits.values())
+    assert limits["HumanEval/15"] > limits["HumanEval/2"]
+    assert data.sandbox_config_for(he_plus["HumanEval/15"]).timeout_s == limits["HumanEval/15"]

@@ -7,9 +7,11 @@ validation splits (:func:`mbpp_split`) for that.
 
 EvalPlus files (HumanEval+, MBPP+) carry inputs, not assertions. We turn them into an ordinary
 ``check(candidate)`` that runs the canonical solution (in its own namespace) and the candidate
-on every base+plus input and compares the outputs the way EvalPlus does (exact equality, or a
-tolerance for floats, plus the few special oracles EvalPlus defines). Expected outputs are thus
-computed inside the sandbox, so these tests need a larger time limit than HumanEval's 3 s.
+on every base+plus input and compares the outputs the way EvalPlus 0.3.1 does, with its
+per-input time limits (:mod:`backtrack.evaluation.evalplus_check`). Those limits come from the
+canonical solution's time on each input on this machine
+(:mod:`backtrack.evaluation.reference_times`, measured once and cached), and each such problem
+carries the wall-clock limit its whole program needs (``Problem.time_limit_s``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import gzip
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from backtrack.evaluation.evalplus_check import check_source, program_time_limit
+from backtrack.evaluation.reference_times import ReferenceTimeError, reference_times
+from backtrack.evaluation.sandbox import SandboxConfig
 
 HUMANEVAL_PLUS_FILE = "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP_FILE = "mbpp/mbpp_release_v1.jsonl"
 MBPP_PLUS_FILE = "evalplus/MbppPlus-v0.2.0.jsonl.gz"
 DATASETS = ("humaneval", "humaneval+", "mbpp", "mbpp+")
-# Per-program sandbox time limits (s). The EvalPlus checks run the reference solution too, over
-# hundreds of inputs: the slowest HumanEval+ canonical solution takes ~15 s here (HumanEval/15).
+# Per-program sandbox time limits (s) when a problem sets none (Problem.time_limit_s). The
+# EvalPlus checks run the reference solution too, over hundreds of inputs: the slowest
+# HumanEval+ canonical solution takes ~6 s here (HumanEval/139); their loaders set each
+# problem's own limit, these values are for the untimed loaders (timed=False).
 RECOMMENDED_TIMEOUT_S: dict[str, float] = {
     "humaneval": 3.0,
     "mbpp": 3.0,
@@ -64,6 +72,19 @@ class Problem:
     canonical_solution: str
     test: str
     entry_point: str
+    # The program's own wall-clock limit (s), when the dataset sets one (HumanEval+ and MBPP+:
+    # see evalplus_check.program_time_limit); None: the run's sandbox limit applies.
+    time_limit_s: float | None = None
+
+
+def sandbox_config_for(problem: Problem, config: SandboxConfig | None = None) -> SandboxConfig:
+    """``config`` (default limits when None) with the problem's own wall-clock limit, when it
+    sets one: HumanEval+ and MBPP+ programs need what their per-input limits allow, whatever
+    limit the run (or the run being rescored) used for other datasets."""
+    config = config or SandboxConfig()
+    if problem.time_limit_s is None:
+        return config
+    return replace(config, timeout_s=problem.time_limit_s)
 
 
 def _open_text(path: Path):
@@ -130,14 +151,15 @@ def load_mbpp(path: str | Path) -> list[Problem]:
     return [_problem(r) for r in read_jsonl(path)]
 
 
-def load_humaneval_plus(path: str | Path) -> list[Problem]:
-    """HumanEval+ (EvalPlus): HumanEval prompts with base+plus inputs turned into ``check``."""
-    return [_problem(r, build_plus_test(r, "humaneval")) for r in read_jsonl(path)]
+def load_humaneval_plus(path: str | Path, timed: bool = True) -> list[Problem]:
+    """HumanEval+ (EvalPlus): HumanEval prompts with base+plus inputs turned into ``check``;
+    ``timed``: with EvalPlus's per-input time limits (see :func:`_load_plus`)."""
+    return _load_plus(path, "humaneval", timed)
 
 
-def load_mbpp_plus(path: str | Path) -> list[Problem]:
+def load_mbpp_plus(path: str | Path, timed: bool = True) -> list[Problem]:
     """MBPP+ (EvalPlus): docstring prompts; the canonical solution is a whole function."""
-    return [_problem(r, build_plus_test(r, "mbpp")) for r in read_jsonl(path)]
+    return _load_plus(path, "mbpp", timed)
 
 
 def dataset_key(name: str) -> str:
@@ -235,165 +257,36 @@ def mbpp_problems(problems: Sequence[Problem], split: str, drop_broken: bool = F
 
 # ---------------------------------------------------------------------- EvalPlus tests
 
-# Outputs compared as sets / only for "not None" in MBPP+ (EvalPlus special oracles).
-_MBPP_SET_EQ = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
-                "larg_nnum", "intersection_array", "find_dissimilar", "Diff")  # fmt: skip
-_MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
 
-# MBPP+ stores tuples, sets and complex numbers as JSON lists/strings; these rules (task number
-# -> conversion) restore the argument types the canonical solutions expect.
-_MBPP_INPUT_KINDS: dict[str, tuple[int, ...]] = {
-    "tuple_args": (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596,
-                   616, 630, 726, 740, 744, 809),
-    "tuple_nested": (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780),
-    "tuple_first_items": (75, 413, 444, 753),
-    "tuple_second": (106, 750),
-    "sets_first": (115,),
-    "float_complex": (124,),
-    "tuple_first": (250, 405, 446, 617, 720, 763, 808),
-    "tuple_nested_args": (259, 401, 445),
-    "tuple_278": (278,),
-    "tuple_first_3": (307,),
-    "dict_tuples": (722,),
-    "complex_first": (252,),
-    "all_tuples": (580, 615, 791),
-}  # fmt: skip
+def build_plus_test(
+    record: dict,
+    dataset: str,
+    reference_times: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> str:
+    """Source of ``check(candidate)`` for an EvalPlus record (differential vs. canonical).
 
-_PLUS_TEST = """
-
-_bt_entry = globals().get({entry_point!r})  # MBPP+ has a task whose function is named check
-
-
-def check(candidate):
-    import copy, json, math
-
-    if candidate is check:
-        candidate = _bt_entry
-
-    _ns = {{}}
-    exec(compile({reference!r}, "<reference>", "exec"), _ns)
-    reference = _ns[{entry_point!r}]
-    inputs = _convert(json.loads({inputs!r}), {kind!r})
-    atol = {atol!r}
-    oracle = {oracle!r}
-
-    def is_floats(x):
-        if isinstance(x, float):
-            return True
-        return isinstance(x, (list, tuple)) and all(isinstance(i, float) for i in x)
-
-    def close(out, exp, tol):
-        if isinstance(exp, (list, tuple)):
-            return (type(out) is type(exp) and len(out) == len(exp)
-                    and all(close(o, e, tol) for o, e in zip(out, exp)))
-        if isinstance(out, bool) or isinstance(exp, bool):
-            return out == exp
-        if isinstance(out, (int, float)) and isinstance(exp, (int, float)):
-            if math.isnan(exp):
-                return math.isnan(out)
-            return out == exp or abs(out - exp) <= tol + 1e-7 * abs(exp)
-        return out == exp
-
-    def poly(xs, x):
-        return sum(c * math.pow(x, i) for i, c in enumerate(xs))
-
-    outs, exps = [], []
-    for args in inputs:
-        exp = reference(*copy.deepcopy(args))
-        out = candidate(*copy.deepcopy(args))
-        outs.append(out)
-        exps.append(exp)
-        if oracle == "find_zero":
-            assert abs(poly(args[0], out)) <= atol, args
-            continue
-        if oracle in ("same_or_all_true", "same_or_all_zero"):
-            continue
-        if oracle == "set_eq":
-            ok = set(out) == set(exp)
-        elif oracle == "not_none":
-            ok = (out is None) == (exp is None)
-        else:
-            ok = out == exp
-        tol = 1e-6 if atol == 0 and is_floats(exp) else atol
-        if not ok and tol != 0:
-            assert close(out, exp, tol), args
-        else:
-            assert ok, args
-    if oracle == "same_or_all_true":
-        assert outs == exps or all(o is True for o in outs)
-    if oracle == "same_or_all_zero":
-        assert outs == exps or all(o == 0 for o in outs)
-
-
-def _convert(inputs, kind):
-    T = tuple
-    if kind == "tuple_args":
-        return [[T(x) for x in inp] for inp in inputs]
-    if kind in ("tuple_nested", "tuple_nested_args"):
-        out = [[[T(x) for x in group] for group in inp] for inp in inputs]
-        return [[T(x) for x in inp] for inp in out] if kind == "tuple_nested_args" else out
-    if kind == "tuple_first_items":
-        return [[[T(x) for x in inp[0]]] + [inp[1]] for inp in inputs]
-    if kind == "tuple_second":
-        return [[inp[0]] + [T(inp[1])] for inp in inputs]
-    if kind == "sets_first":
-        return [[[set(i) if isinstance(i, list) and len(i) else {{}} for i in inp[0]]]
-                for inp in inputs]
-    if kind == "float_complex":
-        return [(float(inp[0]), complex(inp[1])) for inp in inputs]
-    if kind == "tuple_first":
-        return [[T(inp[0])] + [inp[1]] for inp in inputs]
-    if kind == "tuple_278":
-        out = [[[T(i) if isinstance(i, list) else i for i in inp[0]]] for inp in inputs]
-        return [[T(x) for x in inp] for inp in out]
-    if kind == "tuple_first_3":
-        return [[T(inp[0])] + [inp[1], inp[2]] for inp in inputs]
-    if kind == "dict_tuples":
-        return [[{{k: T(v) for k, v in inp[0].items()}}] + inp[1:] for inp in inputs]
-    if kind == "complex_first":
-        return [[complex(inp[0])] for inp in inputs]
-    if kind == "all_tuples":
-        def deep(x):
-            return T(deep(i) for i in x) if isinstance(x, list) else x
-        return [deep(inp) for inp in inputs]
-    return inputs
-"""
-
-
-def _oracle(entry_point: str, dataset: str) -> str:
-    """Which EvalPlus comparison rule applies to this function."""
-    if dataset == "humaneval":
-        return "find_zero" if entry_point == "find_zero" else "equal"
-    if entry_point in _MBPP_SET_EQ:
-        return "set_eq"
-    if entry_point in _MBPP_NOT_NONE:
-        return "not_none"
-    special = {"are_equivalent": "same_or_all_true", "sum_div": "same_or_all_zero"}
-    return special.get(entry_point, "equal")
-
-
-def _input_kind(task_id: str, dataset: str) -> str:
-    """The MBPP+ argument-type restoration rule for a task ("none" for HumanEval+)."""
-    if dataset != "mbpp":
-        return "none"
-    number = task_number(task_id)
-    return next((k for k, ids in _MBPP_INPUT_KINDS.items() if number in ids), "none")
-
-
-def build_plus_test(record: dict, dataset: str) -> str:
-    """Source of ``check(candidate)`` for an EvalPlus record (differential vs. canonical)."""
+    ``reference_times`` (base, plus): the canonical solution's seconds per input, which set
+    EvalPlus's per-input limits (see :mod:`backtrack.evaluation.evalplus_check`)."""
     try:
-        inputs = list(record["base_input"]) + list(record["plus_input"])
-        reference = record["prompt"] + record["canonical_solution"]
-        if dataset == "mbpp":
-            reference = record["canonical_solution"]
-        return _PLUS_TEST.format(
-            reference=reference,
-            entry_point=record["entry_point"],
-            inputs=json.dumps(inputs),
-            kind=_input_kind(record["task_id"], dataset),
-            atol=float(record.get("atol", 0) or 0),
-            oracle=_oracle(record["entry_point"], dataset),
-        )
-    except (KeyError, TypeError) as exc:
+        return check_source(record, dataset, reference_times)
+    except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{record.get('task_id')}: not an EvalPlus record ({exc})") from exc
+
+
+def _load_plus(path: str | Path, dataset: str, timed: bool) -> list[Problem]:
+    """Problems of an EvalPlus file; ``timed``: with per-input limits from the reference's
+    times on this machine (measured once, then cached) and a program limit to match."""
+    records = read_jsonl(path)
+    if not timed:
+        return [_problem(r, build_plus_test(r, dataset)) for r in records]
+    try:
+        times = reference_times(path, records, dataset)
+    except ReferenceTimeError as exc:
+        raise DataError(str(exc)) from exc
+    problems = []
+    for record in records:
+        task = times[str(record["task_id"])]
+        test = build_plus_test(record, dataset, (task.base, task.plus))
+        limit = program_time_limit(task.base, task.plus)
+        problems.append(replace(_problem(record, test), time_limit_s=limit))
+    return problems
