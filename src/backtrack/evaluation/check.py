@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from backtrack.evaluation.data import DataError, Problem, load_humaneval
+from backtrack.evaluation.data import DataError, Problem, load_humaneval, sandbox_config_for
 from backtrack.evaluation.prompts import program_for
 from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_many, run_program
 
@@ -45,7 +45,7 @@ def check_program(
 ) -> int:
     """Run ``problem.prompt + completion`` against the problem's tests and print the verdict."""
     out = out or sys.stdout
-    result = run_program(program_for(problem, completion), config)
+    result = run_program(program_for(problem, completion), sandbox_config_for(problem, config))
     if as_json:
         print(json.dumps(result_json(problem.task_id, result)), file=out)
     else:
@@ -98,7 +98,8 @@ def check_canonical(
         return EXIT_USAGE
     start = time.monotonic()
     programs = [program_for(p, p.canonical_solution) for p in problems]
-    results = run_many(programs, workers=workers, config=config)
+    configs = [sandbox_config_for(p, config) for p in problems]
+    results = run_many(programs, workers=workers, config=configs)
     elapsed = time.monotonic() - start
     failed = [(p.task_id, r) for p, r in zip(problems, results, strict=True) if not r.passed]
     if as_json:

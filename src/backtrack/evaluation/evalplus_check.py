@@ -47,6 +47,11 @@ GROUP_SLACK_S = 1.0
 # measured total is doubled for the load on a shared machine, and START_UP_SLACK_S covers the
 # interpreter and sandbox start, parsing the inputs, deep copies and comparisons.
 REFERENCE_TIME_MARGIN = 2.0
+# What a result directory's meta.json records as the rule its plus verdicts were scored by.
+SCORING_RULE = (
+    f"EvalPlus 0.3.1 per-input limits: max({MIN_TIME_LIMIT_S}, {TIME_LIMIT_FACTOR} x reference "
+    f"time), base and plus capped at min({GROUP_CAP_S}, sum) + {GROUP_SLACK_S} s"
+)
 START_UP_SLACK_S = 5.0
 
 # MBPP+ outputs compared as sets / only for "is not None" (evalplus/eval/_special_oracle.py).

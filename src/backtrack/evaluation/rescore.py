@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from backtrack.evaluation.data import load_dataset
+from backtrack.evaluation.data import Problem, load_dataset, sandbox_config_for
+from backtrack.evaluation.evalplus_check import SCORING_RULE
 from backtrack.evaluation.prompts import program_for
 from backtrack.evaluation.sandbox import SandboxConfig, run_many
 from backtrack.evaluation.store import (
@@ -38,8 +39,14 @@ def _execute(records: list[dict], problems: dict, workers: int, limit: float) ->
         program_for(problems[r["task_id"]], r["completion"], r.get("mode", "completion"))
         for r in records
     ]
-    distinct = list(dict.fromkeys(programs))
-    ran = run_many(distinct, workers=workers, config=SandboxConfig(timeout_s=limit))
+    # A program's limit is the run's, or its problem's own (HumanEval+, MBPP+: EvalPlus's
+    # per-input limits, see evaluation/evalplus_check.py).
+    config_of = {
+        program: sandbox_config_for(problems[r["task_id"]], SandboxConfig(timeout_s=limit))
+        for program, r in zip(programs, records, strict=True)
+    }
+    distinct = list(config_of)
+    ran = run_many(distinct, workers=workers, config=[config_of[p] for p in distinct])
     by_program = dict(zip(distinct, ran, strict=True))
     verdicts = [by_program[program] for program in programs]
     changed = 0
@@ -53,6 +60,13 @@ def _execute(records: list[dict], problems: dict, workers: int, limit: float) ->
             sandbox=asdict(verdict.sandbox),
         )
     return changed
+
+
+def scoring_rule(problems: Iterable[Problem]) -> str:
+    """How the verdicts of these problems are timed, as meta.json records it."""
+    if any(p.time_limit_s is not None for p in problems):
+        return SCORING_RULE
+    return "one wall-clock limit per program (timeout_s)"
 
 
 def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
@@ -70,7 +84,11 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
     changed = _execute(records, problems, workers, limit)
     ResultStore(path).rewrite(records)
     if meta:
-        meta.update(timeout_s=limit, rescored=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        meta.update(
+            timeout_s=limit,
+            scoring=scoring_rule(problems.values()),
+            rescored=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         write_meta(path, meta)
     return len(records), changed
 
@@ -128,6 +146,7 @@ def rescore_as(
         dataset=dataset,
         data_path=str(data_path) if data_path else None,
         timeout_s=limit,
+        scoring=scoring_rule(new.values()),
         rescored_from={"directory": str(source), "dataset": old_name, "configs": list(configs)},
         prompt_differs=differ,
         rescored=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -422,17 +422,22 @@ def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult
 def run_many(
     programs: Sequence[str],
     workers: int = 2,
-    config: SandboxConfig | None = None,
+    config: SandboxConfig | Sequence[SandboxConfig] | None = None,
     on_result: Callable[[int, ExecResult], None] | None = None,
 ) -> list[ExecResult]:
     """Run programs concurrently (threads only wait on subprocesses); results keep input order.
 
-    ``on_result(index, result)`` is called as each finishes, e.g. to drive a progress bar.
+    ``config``: one for every program, or one per program (HumanEval+ and MBPP+ problems each
+    have their own wall-clock limit). ``on_result(index, result)`` is called as each finishes,
+    e.g. to drive a progress bar.
     """
     results: list[ExecResult | None] = [None] * len(programs)
+    configs = list(config) if isinstance(config, Sequence) else [config] * len(programs)
+    if len(configs) != len(programs):
+        raise ValueError(f"{len(configs)} sandbox configs for {len(programs)} programs")
 
     def one(index: int) -> None:
-        result = run_program(programs[index], config)
+        result = run_program(programs[index], configs[index])
         results[index] = result
         if on_result is not None:
             on_result(index, result)

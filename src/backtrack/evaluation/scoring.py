@@ -6,7 +6,7 @@ neither torch nor the engine: this module needs only the prompts and the sandbox
 
 from __future__ import annotations
 
-from backtrack.evaluation.data import Problem
+from backtrack.evaluation.data import Problem, sandbox_config_for
 from backtrack.evaluation.prompts import program_for
 from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_program
 
@@ -14,5 +14,6 @@ from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_program
 def score(
     problem: Problem, completion: str, mode: str, config: SandboxConfig | None = None
 ) -> ExecResult:
-    """Run one post-processed completion against the problem's tests in the sandbox."""
-    return run_program(program_for(problem, completion, mode), config)
+    """Run one post-processed completion against the problem's tests in the sandbox (under the
+    problem's own wall-clock limit where it has one: HumanEval+, MBPP+)."""
+    return run_program(program_for(problem, completion, mode), sandbox_config_for(problem, config))
