@@ -112,7 +112,7 @@ def test_missing_model_packages_give_one_pasteable_command(
 ) -> None:
     from backtrack.models import TEACHER_MODEL
     from backtrack.models.packaged import missing_distributions
-    from backtrack.models.registry import builtin_spec
+    from backtrack.models import builtin_spec
     from backtrack.models.weight_store import CACHE_ENV
 
     source = builtin_spec(TEACHER_MODEL).source

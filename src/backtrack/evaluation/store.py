@@ -126,7 +126,7 @@ def resolved_plan(settings: EvalSettings) -> dict[str, str]:
     machine and on what is installed)."""
     from backtrack.models import ModelLoadError
     from backtrack.models.hardware import resolve_load_plan
-    from backtrack.models.registry import resolve_backend
+    from backtrack.models import resolve_backend
 
     try:
         backend = resolve_backend(
