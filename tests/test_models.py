@@ -39,8 +39,8 @@ from backtrack.models import (
     resolve_dtype,
     weight_store,
 )
-from backtrack.models.packaged import PackagedGguf, assemble_parts, locate_parts
 from backtrack.models.catalogue import BUILTIN_MODELS, ModelSpec, builtin_spec
+from backtrack.models.packaged import PackagedGguf, assemble_parts, locate_parts
 
 FAKE_NAME = "fake-packaged-model"
 

@@ -246,7 +246,9 @@ def _load_hf(
         raise ModelLoadError(f"model directory {name!r} does not exist")
     builtin = ", ".join(BUILTIN_MODELS)
     if not looks_local and "/" not in name:
-        close = difflib.get_close_matches(name.lower(), [*BUILTIN_MODELS, *MODEL_ALIASES], cutoff=0.8)
+        close = difflib.get_close_matches(
+            name.lower(), [*BUILTIN_MODELS, *MODEL_ALIASES], cutoff=0.8
+        )
         if close:
             # Almost certainly a typo of a built-in name: say so now rather than after a minute
             # of hub retries (or a surprise download of some unrelated hub model).
