@@ -205,7 +205,7 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     prompts = humaneval_prompts(args.prompts)
 
-    from backtrack.models.registry import prepare_model
+    from backtrack.models import prepare_model
 
     model_dir = Path(prepare_model(args.model))
     backtrack_bin = shutil.which("backtrack") or str(Path(sys.executable).parent / "backtrack")

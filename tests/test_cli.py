@@ -110,9 +110,8 @@ def test_operators_list_has_no_markup() -> None:
 def test_missing_model_packages_give_one_pasteable_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backtrack.models import TEACHER_MODEL
+    from backtrack.models import TEACHER_MODEL, builtin_spec
     from backtrack.models.packaged import missing_distributions
-    from backtrack.models.registry import builtin_spec
     from backtrack.models.weight_store import CACHE_ENV
 
     source = builtin_spec(TEACHER_MODEL).source

@@ -20,8 +20,12 @@ pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
 from backtrack.backends.llama_cpp_backend import LlamaCppModel, LlamaSequence  # noqa: E402
 from backtrack.engine import Decoder, GenerationConfig, RollbackEvent  # noqa: E402
 from backtrack.engine.batch import BatchDecoder  # noqa: E402
-from backtrack.models import ModelLoadError, load_model  # noqa: E402
-from backtrack.models.registry import SMOLLM2_MODEL, resolve_backend  # noqa: E402
+from backtrack.models import (  # noqa: E402
+    SMOLLM2_MODEL,
+    ModelLoadError,
+    load_model,
+    resolve_backend,
+)
 from backtrack.operators import Chaos, Never  # noqa: E402
 
 # Single sequence: the session and the replay make the same llama_decode calls, and a token

@@ -28,16 +28,19 @@ from backtrack.models import (
     MissingPackagesError,
     ModelLoadError,
     build_tiny_model,
+    catalogue,
     format_models_table,
     hardware,
+    hub,
     list_models,
     load_model,
-    registry,
+    loading,
+    prepare,
     resolve_dtype,
     weight_store,
 )
+from backtrack.models.catalogue import BUILTIN_MODELS, ModelSpec, builtin_spec
 from backtrack.models.packaged import PackagedGguf, assemble_parts, locate_parts
-from backtrack.models.registry import BUILTIN_MODELS, ModelSpec, builtin_spec
 
 FAKE_NAME = "fake-packaged-model"
 
@@ -96,7 +99,7 @@ def fake_model(tmp_path, monkeypatch):
     spec = ModelSpec(FAKE_NAME, "tiny", "test licence", source)
     monkeypatch.setitem(BUILTIN_MODELS, FAKE_NAME, spec)
     converter = CountingConverter(b"".join(chunks))
-    monkeypatch.setattr(registry, "_default_converter", lambda *a, **k: converter)
+    monkeypatch.setattr(prepare, "_default_converter", lambda *a, **k: converter)
     cache = tmp_path / "cache"
     monkeypatch.setenv("BACKTRACK_CACHE", str(cache))
     return {"spec": spec, "converter": converter, "cache": cache, "site": site}
@@ -174,8 +177,8 @@ def test_unknown_name_error_lists_builtins_and_suggests(monkeypatch):
         calls.append(args)
         raise OSError("hub unreachable")
 
-    monkeypatch.setattr(registry, "_load_dir", offline)  # never touch the network in tests
-    monkeypatch.setattr(registry, "hub_access", lambda name: {})  # "the hub is reachable"
+    monkeypatch.setattr(loading, "_load_dir", offline)  # never touch the network in tests
+    monkeypatch.setattr(loading, "hub_access", lambda name: {})  # "the hub is reachable"
     with pytest.raises(ModelLoadError) as info:
         load_model("qwen2.5-coder-0.5b")  # a typo: refused at once, no hub attempt
     message = str(info.value)
@@ -193,7 +196,7 @@ def test_unreachable_hub_fails_at_once_for_an_uncached_id(monkeypatch):
     def must_not_load(*args, **kwargs):
         raise AssertionError("from_pretrained must not be tried")
 
-    monkeypatch.setattr(registry, "_load_dir", must_not_load)
+    monkeypatch.setattr(loading, "_load_dir", must_not_load)
     # A port nothing listens on stands for the unreachable hub, on any machine.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,8 +219,8 @@ def test_hub_probe_and_cache_decide_how_to_load(tmp_path, monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen()
         open_url = f"http://127.0.0.1:{server.getsockname()[1]}"
-        assert registry.hub_unreachable_reason(open_url) is None
-    assert "ConnectionRefusedError" in registry.hub_unreachable_reason(open_url)
+        assert hub.hub_unreachable_reason(open_url) is None
+    assert "ConnectionRefusedError" in hub.hub_unreachable_reason(open_url)
     # A cache entry laid out as huggingface_hub writes it.
     snapshot = tmp_path / "models--owner--cached" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
@@ -227,9 +230,9 @@ def test_hub_probe_and_cache_decide_how_to_load(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", open_url)  # closed again by now
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     cache = str(tmp_path)
-    assert registry.hub_access("owner/cached", cache_dir=cache) == {"local_files_only": True}
+    assert hub.hub_access("owner/cached", cache_dir=cache) == {"local_files_only": True}
     with pytest.raises(ModelLoadError, match="unreachable"):
-        registry.hub_access("owner/absent", cache_dir=cache)
+        hub.hub_access("owner/absent", cache_dir=cache)
 
 
 def test_missing_packages_error_gives_exact_pip_command():
@@ -395,10 +398,10 @@ def test_corrupted_entry_is_detected_and_rebuilt(fake_model, damage):
     else:
         for child in entry.iterdir():
             child.unlink()
-    assert not registry._entry_ok(fake_model["spec"], fake_model["cache"])
+    assert not catalogue._entry_ok(fake_model["spec"], fake_model["cache"])
     model, _ = load_model(FAKE_NAME, progress=False)
     assert fake_model["converter"].calls == 2
-    assert registry._entry_ok(fake_model["spec"], fake_model["cache"])
+    assert catalogue._entry_ok(fake_model["spec"], fake_model["cache"])
     assert _leftovers(fake_model) == [entry.name]
     assert torch.isfinite(_logits(model)).all()
 
@@ -422,7 +425,7 @@ def test_load_errors_that_are_not_damage_are_not_rebuilt(fake_model, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(registry, "_load_dir", broken)
+    monkeypatch.setattr(loading, "_load_dir", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         load_model(FAKE_NAME, progress=False)
     assert fake_model["converter"].calls == 1

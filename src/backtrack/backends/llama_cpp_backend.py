@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from backtrack.errors import ModelLoadError
+
 INSTALL_HINT = (
     "the llama.cpp backend needs llama-cpp-python; install it with:\n"
     f"    {sys.executable} -m pip install 'llama-cpp-python==0.3.36'\n"
@@ -57,8 +59,6 @@ def _llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError as exc:
-        from backtrack.models.packaged import ModelLoadError
-
         raise ModelLoadError(INSTALL_HINT) from exc
     # llama-cpp-python prints llama.cpp's log (hundreds of lines per load) unless its logger
     # has a level; keep errors only, unless the user set one.
@@ -251,8 +251,6 @@ class LlamaCppModel:
         params.n_gpu_layers = 0
         self.model_ptr = lib.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.model_ptr:
-            from backtrack.models.packaged import ModelLoadError
-
             raise ModelLoadError(f"llama.cpp could not load {str(self.path)!r} (not a GGUF?)")
         self.vocab_ptr = lib.llama_model_get_vocab(self.model_ptr)
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab_ptr))

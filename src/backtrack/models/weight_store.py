@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from backtrack.models.packaged import ModelLoadError, report_step, sha256_file
+from backtrack.errors import ModelLoadError
+from backtrack.models.packaged import report_step, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "backtrack-manifest.json"
