@@ -296,3 +296,28 @@ def test_throughput_is_compared_only_between_alike_decodings(tmp_path: Path) -> 
     unbatched = write_dir(tmp_path / "unbatched", [*records, *beam], "m")
     rows = {r.config: r for r in summarize(load_results(unbatched), resamples=50)}
     assert rows["beam:2"].throughput_ratio == 1.0
+
+
+def test_plus_rescoring_limits_each_input_not_the_program(tmp_path: Path, shared_data) -> None:
+    # EvalPlus limits every input (max(1 s, 4x the reference's time)), not the whole program:
+    # a correct completion that sleeps 6 ms per call spends ~4.7 s on HumanEval/4's 788 inputs,
+    # past the 3 s the source run used for its programs, yet no input comes near 1 s, so
+    # EvalPlus passes it. One that sleeps 1.5 s on its first call fails by that input.
+    problem = next(p for p in load_humaneval() if p.task_id == "HumanEval/4")
+    body = problem.canonical_solution
+    slow = "    import time\n    time.sleep(0.006)\n" + body
+    stuck = "    import time\n    time.sleep(1.5)\n" + body
+    rec = {**synthetic_records()[0], "task_id": problem.task_id, "run": 0, "passed": True}
+    records = [
+        {**rec, "config": "base", "completion": slow},
+        {**rec, "config": "op", "completion": stuck},
+    ]
+    source = write_dir(tmp_path / "he", records)
+    # The source records no limit: rescore_as's program limit would be 3 s (HumanEval's).
+    plus = shared_data / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl.gz"
+    rescore_as(source, tmp_path / "plus", "humaneval-plus", str(plus))
+    base, op = load_results(tmp_path / "plus").records
+    assert base["passed"] and base["exec_time_s"] > 3.0, base
+    assert not op["passed"] and "timeout on base input 0 (limit 1.00 s)" in op["detail"], op
+    meta = json.loads((tmp_path / "plus" / "meta.json").read_text())
+    assert meta["scoring"].startswith("EvalPlus 0.3.1 per-input limits")

@@ -514,7 +514,7 @@ def serve(
 
 def _served_names(model: str) -> list[str]:
     """The names requests may use for the model: as given, and its built-in name."""
-    from backtrack.models.registry import builtin_spec
+    from backtrack.models import builtin_spec
 
     spec = builtin_spec(model)
     names = [model]
@@ -537,7 +537,7 @@ def operators() -> None:
 @app.command()
 def models() -> None:
     """List the named models: size, source, licence, and whether they are ready."""
-    from backtrack.models.registry import format_models_table
+    from backtrack.models import format_models_table
 
     typer.echo(format_models_table())
 
