@@ -225,6 +225,11 @@ def test_rescore_flips_verdicts_from_stored_completions(tmp_path: Path) -> None:
         set(r["sandbox"]) == {"network", "pid", "filesystem", "privileges_dropped"} for r in records
     )
     assert json.loads((path / "meta.json").read_text())["timeout_s"] == 5.0
+    # The old verdicts stay readable, with the rule they were made under.
+    assert [r["previous_verdict"]["passed"] for r in records] == [False, True]
+    assert records[0]["previous_verdict"]["scoring"] == (
+        "one wall-clock limit per program (timeout_s) (3 s)"
+    )
 
 
 def test_cli_report(tmp_path: Path) -> None:

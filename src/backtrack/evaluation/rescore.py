@@ -30,9 +30,18 @@ from backtrack.evaluation.store import (
 )
 
 
-def _execute(records: list[dict], problems: dict, workers: int, limit: float) -> int:
+def _execute(
+    records: list[dict],
+    problems: dict,
+    workers: int,
+    limit: float,
+    keep_previous: str | None = None,
+) -> int:
     """Run every record's completion against ``problems`` (by task id); update its verdict
-    fields in place. Returns how many verdicts changed."""
+    fields in place. Returns how many verdicts changed.
+
+    ``keep_previous``: the scoring rule the stored verdicts were made under; each record then
+    keeps its old verdict, readable, as ``previous_verdict`` (with that rule)."""
     # Identical programs run once (the copies of a deterministic configuration's run 0, and
     # completions that happen to agree).
     programs = [
@@ -52,6 +61,13 @@ def _execute(records: list[dict], problems: dict, workers: int, limit: float) ->
     changed = 0
     for rec, verdict in zip(records, verdicts, strict=True):
         changed += int(bool(rec["passed"]) != verdict.passed)
+        if keep_previous is not None:
+            rec["previous_verdict"] = {
+                "passed": rec["passed"],
+                "status": rec.get("status"),
+                "detail": rec.get("detail"),
+                "scoring": keep_previous,
+            }
         rec.update(
             passed=verdict.passed,
             status=verdict.status,
@@ -62,17 +78,21 @@ def _execute(records: list[dict], problems: dict, workers: int, limit: float) ->
     return changed
 
 
+PROGRAM_RULE = "one wall-clock limit per program (timeout_s)"
+
+
 def scoring_rule(problems: Iterable[Problem]) -> str:
     """How the verdicts of these problems are timed, as meta.json records it."""
     if any(p.time_limit_s is not None for p in problems):
         return SCORING_RULE
-    return "one wall-clock limit per program (timeout_s)"
+    return PROGRAM_RULE
 
 
 def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) -> tuple[int, int]:
     """Re-run the sandbox on every stored completion (e.g. after changing the time limit).
 
-    Updates ``passed``/``status``/``detail``/``exec_time_s``/``sandbox`` in place (atomic
+    Updates ``passed``/``status``/``detail``/``exec_time_s``/``sandbox`` in place, keeping
+    each record's old verdict as ``previous_verdict`` (atomic
     rewrite; records written before ``sandbox`` existed gain it) and records the limit used in
     meta.json. Returns (records rescored, verdicts changed).
     """
@@ -80,8 +100,10 @@ def rescore(path: str | Path, workers: int = 2, timeout_s: float | None = None) 
     meta, records, _ = read_directory(path)
     dataset = str(meta.get("dataset", "humaneval"))
     problems = {p.task_id: p for p in load_dataset(dataset, meta.get("data_path"))}
-    limit = float(timeout_s if timeout_s is not None else meta.get("timeout_s", 3.0))
-    changed = _execute(records, problems, workers, limit)
+    old_limit = float(meta.get("timeout_s", 3.0))
+    limit = float(timeout_s if timeout_s is not None else old_limit)
+    old_rule = str(meta.get("scoring", f"{PROGRAM_RULE} ({old_limit:g} s)"))
+    changed = _execute(records, problems, workers, limit, keep_previous=old_rule)
     ResultStore(path).rewrite(records)
     if meta:
         meta.update(
