@@ -133,7 +133,8 @@ def test_threads_and_n_ctx_reach_every_loader(
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"")
     args = ["eval", "--model", str(gguf), "--backend", "llama.cpp", "--threads", "3",
-            "--n-ctx", "2048", "--limit", "1", "--no-progress", "--out", str(tmp_path / "o")]  # fmt: skip
+            "--n-ctx", "2048", "--limit", "1", "--no-progress",
+            "--out", str(tmp_path / "o")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not loading in this test" in result.output
     assert calls == [

@@ -38,14 +38,14 @@ def label(
     """Counterfactual restart labels on MBPP train: where deleting a token and resampling
     turns a failing sample into a passing one (pretrain_labels of a training config)."""
     try:
+        from backtrack.rl.config import TrainConfig, TrainConfigError
         from backtrack.rl.counterfactual import make_labels
-        from backtrack.rl.train import TrainConfig, TrainConfigError
     except ImportError as exc:
         raise fail(f"labels need the RL extras: pip install 'backtrack[rl]' ({exc})") from exc
     try:
-        TrainConfig.load(config)
+        env = TrainConfig.load(config).env
         writable_output(out, "--out")
-        path = make_labels(config, out, limit, positions, restarts, min_pass_rate, batch_size,
+        path = make_labels(env, out, limit, positions, restarts, min_pass_rate, batch_size,
                            seed=seed, progress=progress)  # fmt: skip
     except (TrainConfigError, ValueError) as exc:
         raise fail(str(exc)) from exc

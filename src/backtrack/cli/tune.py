@@ -88,9 +88,9 @@ def tune(
         raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack[tune]'") from exc
     from backtrack.evaluation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
+    from backtrack.tuning.settings import TuneSettings
     from backtrack.tuning.space import OPERATOR_SPACE
     from backtrack.tuning.study import (
-        TuneSettings,
         run_search,
         select_winners,
         validate_every_trial,
