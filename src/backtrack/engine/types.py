@@ -56,12 +56,12 @@ class GenerationConfig:
     Sampling follows transformers' order: temperature, top-k, top-p, min-p. ``temperature=0``
     means greedy decoding.
 
-    The defaults are the project's sampling protocol, the paper's (temperature 0.5, top-k 50),
-    which ``generate``, ``eval`` and training decode with unless told otherwise; like a
-    server's generation defaults, they apply wherever a setting is left out. Plain sampling
-    of the whole vocabulary is ``temperature=1.0, top_k=None``. Every other layer (the CLI,
-    :class:`~backtrack.evaluation.settings.EvalSettings`, training configs) reads its defaults
-    from here.
+    The defaults below are the project's sampling protocol, the paper's (a lowered temperature
+    with a top-k filter), which ``generate``, ``eval`` and training decode with unless told
+    otherwise; like a server's generation defaults, they apply wherever a setting is left out.
+    Plain sampling of the whole vocabulary is ``temperature=1.0, top_k=None``. Every other
+    layer (the CLI, :class:`~backtrack.evaluation.settings.EvalSettings`, training configs)
+    takes its defaults from here.
 
     Attributes:
         max_new_tokens: length limit of the final completion (rolled-back tokens do not count).

@@ -176,9 +176,9 @@ class EvalSettings:
     device: str = "auto"
     quantize: str | None = None
     # transformers | llama.cpp | auto: llama.cpp for GGUF models on the CPU when llama-cpp-python
-    # is installed (several times faster there; see the README), else transformers.
+    # is installed (2.9x faster there; docs/benchmarks.md), else transformers.
     backend: str = "auto"
-    # From benchmarks/bench_vs_generate.py on 2 cores (README, Benchmarks): B=32 gave 3.9x the
+    # From benchmarks/bench_vs_generate.py on 2 cores (docs/benchmarks.md): B=32 gave 3.9x the
     # tokens/s of B=1 and 1.15x B=16 for the default model, at 4.7 MiB of KV cache per row.
     batch_size: int = 32
     workers: int = 2
