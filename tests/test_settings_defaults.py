@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from backtrack.cli import app
 from backtrack.cli.evaluate import eval_benchmark
 from backtrack.cli.generate import generate
+from backtrack.cli.serve import serve
 from backtrack.engine.types import (
     BUDGET_KEYS,
     GENERATION_KEYS,
@@ -87,8 +88,9 @@ def test_eval_option_defaults_are_eval_settings_defaults() -> None:
     assert (settings["backend"], settings["batch_size"]) == ("auto", 32)
 
 
-def test_generate_option_defaults_are_the_settings_defaults() -> None:
-    defaults = _defaults(generate)
+@pytest.mark.parametrize("command", [generate, serve])
+def test_loading_option_defaults_are_the_settings_defaults(command) -> None:
+    defaults = _defaults(command)
     settings = _field_defaults(EvalSettings)
     for option in ("dtype", "device", "quantize", "backend", "threads", "n_ctx"):
         assert defaults[option] == settings[option], option

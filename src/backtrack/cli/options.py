@@ -105,7 +105,8 @@ def given_settings(**flags: Any) -> dict[str, Any]:
 
 
 def eval_default(name: str) -> Any:
-    """``EvalSettings``' default of ``name``: the CLI's option defaults come from there."""
+    """``EvalSettings``' default of ``name``: the CLI's option defaults come from there (the
+    loading options of ``generate`` and ``serve`` too: EvalSettings is where they are set)."""
     return EvalSettings.default(name)
 
 

@@ -17,6 +17,7 @@ from backtrack.cli.options import (
     QuantizeOpt,
     ThreadsOpt,
     err,
+    eval_default,
     fail,
     load,
 )
@@ -43,12 +44,12 @@ def serve(
     ] = 2048,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    quantize: QuantizeOpt = None,
+    dtype: DtypeOpt = eval_default("dtype"),
+    device: DeviceOpt = eval_default("device"),
+    quantize: QuantizeOpt = eval_default("quantize"),
     backend: BackendOpt = DEFAULT_BACKEND,
-    threads: ThreadsOpt = None,
-    n_ctx: NCtxOpt = None,
+    threads: ThreadsOpt = eval_default("threads"),
+    n_ctx: NCtxOpt = eval_default("n_ctx"),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with backtracking per request."""
     import socket
