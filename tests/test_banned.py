@@ -7,7 +7,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtrack.cli import generation_config
+from backtrack.cli.options import given_settings
 from backtrack.engine import Decoder, GenerationConfig
 from backtrack.engine.banned import BannedStrings
 from backtrack.engine.batch import BatchDecoder
@@ -82,7 +82,9 @@ def test_bans_travel_in_the_flat_settings():
     flat = config.to_flat()
     assert flat["banned_strings"] == ["foo"] and flat["banned_regex"] == ["ba+r"]
     assert GenerationConfig.from_flat(flat) == config
-    from_cli = generation_config(GenerationConfig(), ban_string=["foo"], ban_ignore_case=True)
+    from_cli = GenerationConfig.from_flat(
+        given_settings(banned_strings=["foo"], banned_ignore_case=True)
+    )
     assert from_cli.banned_strings == ("foo",) and from_cli.banned_ignore_case
 
 

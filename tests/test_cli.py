@@ -83,8 +83,10 @@ def test_generate_defaults_are_the_default_model_and_the_evaluation_sampling(
 ) -> None:
     from backtrack.models import DEFAULT_MODEL
 
-    assert inspect.signature(cli.generate).parameters["model"].default == DEFAULT_MODEL
-    assert inspect.signature(cli.eval_benchmark).parameters["model"].default == DEFAULT_MODEL
+    assert inspect.signature(cli.generate.generate).parameters["model"].default == DEFAULT_MODEL
+    assert (
+        inspect.signature(cli.evaluate.eval_benchmark).parameters["model"].default == DEFAULT_MODEL
+    )
     out = tmp_path / "r.json"
     args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator",
             "never", "--seed", "2", "--max-new-tokens", "12", "--dtype", "float32",

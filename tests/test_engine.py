@@ -55,7 +55,7 @@ def hf_generate(model, ids, seed, max_new_tokens, **kw):
     "sampling",
     [
         dict(temperature=0.5, top_k=50),
-        dict(temperature=1.0, top_p=0.9),
+        dict(temperature=1.0, top_k=None, top_p=0.9),
         dict(temperature=0.8, top_k=30, top_p=0.95, min_p=0.02),
         dict(temperature=0),
     ],

@@ -22,10 +22,10 @@ REDUCTION_TOL = 1e-5
 SETTINGS = [
     dict(temperature=0.5, top_k=50),
     dict(temperature=0.5, top_k=50),
-    dict(temperature=1.0, top_p=0.9),
+    dict(temperature=1.0, top_k=None, top_p=0.9),
     dict(temperature=0.0),
     dict(temperature=0.7, top_k=20, top_p=0.95, min_p=0.05),
-    dict(temperature=1.0),
+    dict(temperature=1.0, top_k=None),
 ]
 
 

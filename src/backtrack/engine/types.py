@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -56,6 +56,13 @@ class GenerationConfig:
     Sampling follows transformers' order: temperature, top-k, top-p, min-p. ``temperature=0``
     means greedy decoding.
 
+    The defaults below are the project's sampling protocol, the paper's (a lowered temperature
+    with a top-k filter), which ``generate``, ``eval`` and training decode with unless told
+    otherwise; like a server's generation defaults, they apply wherever a setting is left out.
+    Plain sampling of the whole vocabulary is ``temperature=1.0, top_k=None``. Every other
+    layer (the CLI, :class:`~backtrack.evaluation.settings.EvalSettings`, training configs)
+    takes its defaults from here.
+
     Attributes:
         max_new_tokens: length limit of the final completion (rolled-back tokens do not count).
         temperature, top_k, top_p, min_p: the sampling distribution (``None``/0 disables a filter).
@@ -97,9 +104,12 @@ class GenerationConfig:
         budget: bounds on backtracking work, see :class:`Budget`.
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int | None = None
+    # 512, `eval`'s length before there was one default (`generate` had 128, the library 256):
+    # HumanEval and MBPP solutions fit with room, and decoding ends sooner at EOS or a stop
+    # string, so the limit only costs on a completion that runs on.
+    max_new_tokens: int = 512
+    temperature: float = 0.5
+    top_k: int | None = 50
     top_p: float | None = None
     min_p: float | None = None
     stop: Sequence[str] = ()
@@ -208,24 +218,19 @@ class GenerationConfig:
         }
 
 
-BUDGET_KEYS = ("max_backtracks", "max_discarded_tokens", "max_forward_passes")
+BUDGET_KEYS = tuple(f.name for f in fields(Budget))
+# A seed per call (an evaluation cell, an episode) and EOS ids from the model: not settings.
+PER_CALL_KEYS = ("seed", "eos_token_ids")
+# The flat form's keys: GenerationConfig's fields, minus the per-call ones, with the budget's
+# bounds in place of ``budget``.
 GENERATION_KEYS = (
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "stop",
-    "period",
-    "ban",
-    "max_retries_per_position",
-    "rollback_window",
-    "banned_strings",
-    "banned_regex",
-    "banned_ignore_case",
+    *(f.name for f in fields(GenerationConfig) if f.name not in (*PER_CALL_KEYS, "budget")),
     *BUDGET_KEYS,
 )
-_LIST_KEYS = ("stop", "banned_strings", "banned_regex")
+# The sequence-valued settings (their default is the empty tuple): lists in the flat form.
+_LIST_KEYS = tuple(
+    f.name for f in fields(GenerationConfig) if f.name in GENERATION_KEYS and f.default == ()
+)
 
 
 def _normalized(value: Any) -> Any:

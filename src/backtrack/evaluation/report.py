@@ -37,10 +37,6 @@ from pathlib import Path
 import numpy as np
 
 from backtrack.evaluation import metrics
-
-# TEMPORARY, remove at the issue-32 merge: cli.py (rewritten elsewhere) still calls
-# report.rescore / report.rescore_as; it calls backtrack.evaluation.rescore's after the merge.
-from backtrack.evaluation.rescore import rescore, rescore_as  # noqa: F401
 from backtrack.evaluation.settings import BASE
 from backtrack.evaluation.store import read_directory
 

@@ -157,7 +157,8 @@ def run_eval(
     """Run (or resume) an evaluation into ``settings.out``; see the module docstring.
 
     ``model``/``tokenizer`` may be passed in (tests, notebooks); otherwise they are loaded once
-    here. ``on_record`` is called after each record is durably written (progress hooks, tests).
+    here, by :func:`~.sources.load_model_for`, after every check that needs no model.
+    ``on_record`` is called after each record is durably written (progress hooks, tests).
     With ``settings.ray`` the cells are decoded by a :class:`~.distributed.RayPool` (``pool``,
     or one started here and closed at the end) and no model is loaded here.
     """
@@ -171,10 +172,6 @@ def run_eval(
     done = {(r["config"], int(r["run"]), r["task_id"]) for r in records}
     items = plan(configs, problems, index, settings.runs, settings.seed)
     todo = [i for i in items if cell_key(i) not in done]
-    write_meta(out, meta)
-    summary = RunSummary(len(items), len(items) - len(todo), 0, 0, problems_found, out)
-    if not todo:
-        return summary
     # A deterministic configuration (beam search, greedy decoding) is decoded in run 0 only;
     # its other runs reuse that record (``reused_from_run``), so paired comparisons with
     # sampled configurations keep every run and no compute goes to identical decodes.
@@ -184,6 +181,14 @@ def run_eval(
     }
     copies = [i for i in todo if i.config.name in once and i.run > 0]
     decode = [i for i in todo if not (i.config.name in once and i.run > 0)]
+    if decode and model is None and not settings.ray:
+        # Before meta.json is written: a model that does not load leaves no settings behind
+        # that a corrected command would then be refused for.
+        model, tokenizer = load_model_for(settings)
+    write_meta(out, meta)
+    summary = RunSummary(len(items), len(items) - len(todo), 0, 0, problems_found, out)
+    if not todo:
+        return summary
     writer = _Writer(store, summary, on_record, once, firsts)
     try:
         if decode:
@@ -223,8 +228,6 @@ def _decode(
             if own:
                 pool.close()
         return
-    if model is None:
-        model, tokenizer = load_model_for(settings)
     source = CompletionSource(model, tokenizer, settings)
     try:  # e.g. chat mode with a tokenizer that has no chat template
         source.prompt(todo[0].problem)

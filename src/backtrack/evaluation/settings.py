@@ -22,20 +22,23 @@ operator, and comparisons against ``base`` are paired on the same seeds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
-from backtrack.engine.types import GENERATION_KEYS, GenerationConfig
 from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S, dataset_key
 from backtrack.evaluation.prompts import EVALPLUS_STOP
 
+# The engine (and torch with it) is imported inside the functions that build a
+# GenerationConfig, so the CLI can read these settings' defaults while `--help` stays fast.
+if TYPE_CHECKING:
+    from backtrack.engine.types import GenerationConfig
+
 BASE = "base"
 SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
-# The paper's sampling protocol, the default of `eval`, `generate` and training.
-PAPER_SAMPLING: dict[str, Any] = {"temperature": 0.5, "top_k": 50}
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {**PAPER_SAMPLING, "mode": "completion"},
-}
+# Named sets of settings for `eval --preset`. ``paper``, the paper's protocol (its sampling,
+# completion mode), is what GenerationConfig and EvalSettings default to, so it changes
+# nothing: the name stays for the commands in results/ READMEs that spell it out.
+PRESETS: dict[str, Mapping[str, Any]] = {"paper": {}}
 
 
 class EvalError(RuntimeError):
@@ -73,6 +76,7 @@ def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     >>> split_configuration("probability-trend@rollback_window=16")
     ('probability-trend', (('rollback_window', 16),))
     """
+    from backtrack.engine.types import GenerationConfig
     from backtrack.operators.spec import parse_params
     from backtrack.recipes import expand
 
@@ -137,11 +141,13 @@ def build_configurations(operators: Sequence[str], baselines: Sequence[str] = ()
 
 
 def default_generation(mode: str = "completion") -> GenerationConfig:
-    """The evaluation's decoding defaults: the paper's sampling (T=0.5, top-k 50), 512 tokens,
-    and the EvalPlus stop strings in completion mode (chat replies are cut by code extraction,
-    so chat mode gets none)."""
+    """The evaluation's decoding defaults: GenerationConfig's (the paper's sampling), with the
+    EvalPlus stop strings in completion mode (chat replies are cut by code extraction, so chat
+    mode gets none)."""
+    from backtrack.engine.types import GenerationConfig
+
     stop = EVALPLUS_STOP if mode == "completion" else ()
-    return GenerationConfig(max_new_tokens=512, stop=tuple(stop), **PAPER_SAMPLING)
+    return GenerationConfig(stop=tuple(stop))
 
 
 @dataclass
@@ -169,9 +175,17 @@ class EvalSettings:
     dtype: str = "auto"
     device: str = "auto"
     quantize: str | None = None
-    backend: str = "transformers"  # transformers | llama.cpp | auto (see load_model)
-    batch_size: int = 1
+    # transformers | llama.cpp | auto: llama.cpp for GGUF models on the CPU when llama-cpp-python
+    # is installed (2.9x faster there; docs/benchmarks.md), else transformers.
+    backend: str = "auto"
+    # From benchmarks/bench_vs_generate.py on 2 cores (docs/benchmarks.md): B=32 gave 3.9x the
+    # tokens/s of B=1 and 1.15x B=16 for the default model, at 4.7 MiB of KV cache per row.
+    batch_size: int = 32
     workers: int = 2
+    # llama.cpp's CPU threads (None: every core) and tokens per sequence (None: its default).
+    # How fast, not what is decoded, so a resumed run may change them (not in META_KEYS).
+    threads: int | None = None
+    n_ctx: int | None = None
     timeout_s: float | None = None  # None: the dataset's recommended limit
     force: bool = False
     ray: str | None = None  # decode on Ray: local | auto | a cluster address (distributed.py)
@@ -191,6 +205,8 @@ class EvalSettings:
         """Settings from one flat mapping: the generation keys (``temperature``, ``top_k``,
         ``stop``, ``max_discarded_tokens``...) on top of :func:`default_generation` for the
         mode, everything else as fields. ``stop=None`` keeps the mode's default stop strings."""
+        from backtrack.engine.types import GENERATION_KEYS
+
         values = dict(values)
         flat = {k: values.pop(k) for k in GENERATION_KEYS if k in values}
         if flat.get("stop", ()) is None:
@@ -205,10 +221,23 @@ class EvalSettings:
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], **changes: Any) -> EvalSettings:
         """The settings an evaluation's meta.json records, with ``changes`` (fields or flat
-        generation keys): to extend or repeat that evaluation with the same settings."""
+        generation keys): to extend or repeat that evaluation with the same settings. A
+        setting the meta.json predates takes its default."""
+        from backtrack.engine.types import GENERATION_KEYS
+
         names = {f.name for f in fields(cls)} - {"generation", "force"}
         values = {k: meta[k] for k in (*names, *GENERATION_KEYS) if k in meta}
+        if "backend" not in meta:  # recorded since there is a choice; before, transformers
+            values["backend"] = meta.get("backend_resolved", "transformers")
         return cls.from_flat({**values, **changes})
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """A field's default, the one place the CLI's options take theirs from."""
+        (found,) = [f for f in fields(cls) if f.name == name]
+        if found.default is MISSING:
+            raise KeyError(f"EvalSettings.{name} has no default")
+        return found.default
 
     def resolved_timeout(self) -> float:
         if self.timeout_s is not None:

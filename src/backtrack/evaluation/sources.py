@@ -17,22 +17,27 @@ from backtrack.engine.session import eos_ids_for
 from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt
-from backtrack.evaluation.settings import EvalSettings
+from backtrack.evaluation.settings import EvalError, EvalSettings
 
 
 def load_model_for(settings: EvalSettings):
     """``(model, tokenizer)`` as an evaluation's settings ask (model, dtype, device, backend,
-    quantization); the local runner and every Ray actor load through this."""
-    from backtrack.models import load_model
+    quantization, llama.cpp's threads and context): the one loader of ``backtrack eval``, the
+    local runner and every Ray actor. A model that cannot load is an :class:`EvalError`."""
+    from backtrack.models import ModelLoadError, load_model
 
-    kwargs: dict[str, Any] = {
-        "dtype": settings.dtype,
-        "device": settings.device,
-        "backend": settings.backend,
-    }
-    if settings.quantize:
-        kwargs["quantize"] = settings.quantize
-    return load_model(settings.model, **kwargs)
+    try:
+        return load_model(
+            settings.model,
+            dtype=settings.dtype,
+            device=settings.device,
+            quantize=settings.quantize,
+            backend=settings.backend,
+            threads=settings.threads,
+            n_ctx=settings.n_ctx,
+        )
+    except (ModelLoadError, ValueError, TypeError) as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def _from_result(result) -> Generated:

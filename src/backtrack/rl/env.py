@@ -68,7 +68,6 @@ from backtrack.evaluation.data import (
 from backtrack.evaluation.prompts import DEFAULT_STOP, build_program, build_prompt, postprocess
 from backtrack.evaluation.prompts import program_for as _program_for
 from backtrack.evaluation.sandbox import SandboxConfig, run_program
-from backtrack.evaluation.settings import PAPER_SAMPLING
 from backtrack.operators.base import Operator
 from backtrack.operators.features import (
     FEATURE_HIGH,
@@ -99,9 +98,9 @@ def partial_program(problem: Problem, completion_text: str, stop: Sequence[str])
 
 
 def default_generation() -> GenerationConfig:
-    """Training's decoding defaults: the paper's sampling (T=0.5, top-k 50), 128 tokens, the
-    completion-mode stop strings."""
-    return GenerationConfig(max_new_tokens=128, stop=tuple(DEFAULT_STOP), **PAPER_SAMPLING)
+    """Training's decoding defaults: GenerationConfig's sampling (the paper's), 128 tokens,
+    the completion-mode stop strings."""
+    return GenerationConfig(max_new_tokens=128, stop=tuple(DEFAULT_STOP))
 
 
 @dataclass

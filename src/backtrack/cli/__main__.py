@@ -1,0 +1,5 @@
+"""``python -m backtrack.cli``: the ``backtrack`` command."""
+
+from backtrack.cli import main
+
+main()

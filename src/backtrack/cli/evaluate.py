@@ -1,0 +1,351 @@
+"""``backtrack eval``, ``report``, ``rescore`` and ``check``: benchmark evaluations and
+their result directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from backtrack.cli.options import (
+    DEFAULT_MODEL,
+    BackendOpt,
+    BanIgnoreCaseOpt,
+    BanOpt,
+    BanRegexOpt,
+    BanStringOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxBacktracksOpt,
+    MaxDiscardedOpt,
+    MaxNewTokensOpt,
+    MaxRetriesOpt,
+    MinPOpt,
+    ModelOpt,
+    NCtxOpt,
+    PeriodOpt,
+    QuantizeOpt,
+    RollbackWindowOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    err,
+    eval_default,
+    fail,
+    given_settings,
+    writable_output,
+)
+from backtrack.paths import OutputPathError, ensure_writable_directory
+
+
+def eval_benchmark(
+    dataset: Annotated[
+        str, typer.Argument(help="humaneval | humaneval-plus | mbpp | mbpp-plus")
+    ] = eval_default("dataset"),
+    model: ModelOpt = DEFAULT_MODEL,
+    operator: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operator",
+            "-o",
+            help="Operator spec to compare with base (repeatable); SPEC@KEY=VALUE,... also "
+            "changes generation settings for it, e.g. trend@rollback_window=16.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra baseline (repeatable): beam:N (model.generate on transformers, the "
+            "engine's beam search on llama.cpp) or hf-sample (transformers only)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Result directory (resumable).")] = Path("eval-out"),
+    runs: Annotated[int, typer.Option(help="Sampling runs (seeds) per problem.")] = eval_default(
+        "runs"
+    ),
+    preset: Annotated[
+        str | None,
+        typer.Option(help="paper: the paper's protocol, which is the default (changes nothing)."),
+    ] = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of (run r, problem i) = S + 10000 r + i.")
+    ] = eval_default("seed"),
+    problems: Annotated[str | None, typer.Option(help="Problem ids, e.g. 0,5-7.")] = eval_default(
+        "problems"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = eval_default(
+        "limit"
+    ),
+    mode: Annotated[str, typer.Option(help="completion|chat.")] = eval_default("mode"),
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop string (repeatable; default: EvalPlus set).")
+    ] = None,
+    period: PeriodOpt = None,
+    max_backtracks: MaxBacktracksOpt = None,
+    max_discarded_tokens: MaxDiscardedOpt = None,
+    ban: BanOpt = None,
+    max_retries_per_position: MaxRetriesOpt = None,
+    rollback_window: RollbackWindowOpt = None,
+    banned_strings: BanStringOpt = None,
+    banned_regex: BanRegexOpt = None,
+    banned_ignore_case: BanIgnoreCaseOpt = None,
+    data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="MBPP split: train|validation|test|prompt (default test, 11-510)."),
+    ] = eval_default("split"),
+    timeout: Annotated[
+        float | None, typer.Option(help="Sandbox seconds per program (default: the dataset's).")
+    ] = eval_default("timeout_s"),
+    batch_size: Annotated[
+        int, typer.Option(help="Rows decoded together (BatchDecoder); 1: the single engine.")
+    ] = eval_default("batch_size"),
+    workers: Annotated[int, typer.Option(help="Programs executed in parallel.")] = eval_default(
+        "workers"
+    ),
+    dtype: DtypeOpt = eval_default("dtype"),
+    device: DeviceOpt = eval_default("device"),
+    quantize: QuantizeOpt = eval_default("quantize"),
+    backend: BackendOpt = eval_default("backend"),
+    threads: ThreadsOpt = eval_default("threads"),
+    n_ctx: NCtxOpt = eval_default("n_ctx"),
+    force: Annotated[bool, typer.Option(help="Resume even if meta.json differs.")] = eval_default(
+        "force"
+    ),
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")
+    ] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(help="Decode on Ray actors: local (start one here), auto, or an address."),
+    ] = eval_default("ray"),
+    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = eval_default(
+        "ray_actors"
+    ),
+) -> None:
+    """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
+    from backtrack.evaluation.runner import run_eval
+    from backtrack.evaluation.settings import PRESETS, EvalError, EvalSettings
+
+    if preset is not None and preset not in PRESETS:
+        raise fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    generation = given_settings(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        period=period,
+        ban=ban,
+        max_retries_per_position=max_retries_per_position,
+        rollback_window=rollback_window,
+        banned_strings=banned_strings,
+        banned_regex=banned_regex,
+        banned_ignore_case=banned_ignore_case,
+        max_backtracks=max_backtracks,
+        max_discarded_tokens=max_discarded_tokens,
+    )
+    try:
+        # The defaults (EvalSettings', GenerationConfig's), then the preset, then the flags.
+        settings = EvalSettings.from_flat(
+            {
+                **PRESETS.get(preset or "", {}),
+                "model": model,
+                "out": str(out),
+                "operators": list(operator or []),
+                "baselines": list(baseline or []),
+                "dataset": dataset,
+                "data_path": str(data_path) if data_path else None,
+                "split": split,
+                "runs": runs,
+                "seed": seed,
+                "problems": problems,
+                "limit": limit,
+                "mode": mode,
+                "dtype": dtype,
+                "device": device,
+                "quantize": quantize,
+                "backend": backend,
+                "threads": threads,
+                "n_ctx": n_ctx,
+                "batch_size": batch_size,
+                "workers": workers,
+                "timeout_s": timeout,
+                "force": force,
+                "ray": ray,
+                "ray_actors": ray_actors,
+                **generation,
+            }
+        )
+        # Every usage error comes before the model loads (load_model_for, in run_eval; on Ray
+        # the actors load it and the driver only plans and writes).
+        summary = run_eval(settings, progress=progress, log=lambda m: err.print(m, markup=False))
+    except EvalError as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: finished records are kept; re-run to resume[/]")
+        raise typer.Exit(130) from None
+    err.print(
+        f"{summary.written} records written ({summary.already_done} already done, "
+        f"{summary.total} in all) to {summary.out}; see `backtrack report {summary.out}`"
+    )
+
+
+def configuration_names(names: Iterable[str]) -> list[str]:
+    """Configuration names as result directories record them: ``recipe:NAME`` is recorded
+    under the configuration it stands for. An unknown recipe is a one-line error."""
+    from backtrack.recipes import expand
+
+    try:
+        return [expand(name) for name in names]
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+def require_result_directory(path: Path) -> None:
+    """Refuse, with a one-line error, a path that is not a result directory of `eval`."""
+    from backtrack.evaluation.store import RESULTS_FILE
+
+    if not (path / RESULTS_FILE).is_file():
+        raise fail(f"{path}: no {RESULTS_FILE} (not a result directory of `backtrack eval`)")
+
+
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="Result directories of `backtrack eval`.")],
+    markdown: Annotated[Path | None, typer.Option(help="Write the Markdown table here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the bar charts (PNG) here; default pass_at_1.png next to --markdown, "
+            "else in the result directory (one given) or the current directory."
+        ),
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no PNG.")] = False,
+    rescore: Annotated[
+        bool, typer.Option(help="Re-run the sandbox on stored completions first.")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option(help="Sandbox limit for --rescore.")] = None,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel (--rescore).")] = 2,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    against: Annotated[
+        str,
+        typer.Option(
+            help="The configuration differences are paired against (and speed is relative "
+            "to), e.g. recipe:NAME or a configuration's full name; default base."
+        ),
+    ] = "base",
+) -> None:
+    """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
+    from backtrack.evaluation import report as rep
+    from backtrack.evaluation.rescore import rescore as rescore_directory
+
+    (against,) = configuration_names([against])
+    for path in dirs:  # before anything is written or created
+        require_result_directory(path)
+    if plot is None and not no_plot:
+        where = markdown.parent if markdown else dirs[0] if len(dirs) == 1 else Path.cwd()
+        plot = where / "pass_at_1.png"
+    if no_plot:
+        plot = None
+    for output, what in ((markdown, "--markdown"), (plot, "--plot")):
+        if output is not None:
+            writable_output(output, what)
+    rows = []
+    for path in dirs:
+        try:
+            if rescore:
+                n, changed = rescore_directory(path, workers=workers, timeout_s=timeout)
+                err.print(f"{path}: rescored {n} records, {changed} verdicts changed")
+            result = rep.load_results(path)
+            rows += rep.summarize(result, baseline=against, resamples=resamples)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise fail(f"{path}: {exc}") from exc
+        for note in result.notes:
+            err.print(f"[yellow]warning:[/] {note}", markup=True, highlight=False)
+    if not rows:
+        raise fail("no complete records to report")
+    console = Console()
+    if console.is_terminal:  # pipes and files get only the Markdown, which does not wrap
+        console.print(rep.rich_table(rows, against))
+    table = rep.markdown_table(rows, against)
+    typer.echo(table)
+    if markdown is not None:
+        markdown.write_text(table)
+    if plot is not None:
+        rep.plot(rows, plot, against)
+        err.print(f"wrote {plot}")
+
+
+def rescore_command(
+    source: Annotated[Path, typer.Argument(help="A result directory of `backtrack eval`.")],
+    dataset: Annotated[
+        str, typer.Option(help="Score against this dataset's tests, e.g. humaneval-plus.")
+    ],
+    out: Annotated[Path, typer.Option(help="New result directory for the new verdicts.")],
+    data_path: Annotated[
+        str | None, typer.Option(help="The dataset's file (every dataset but HumanEval).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Sandbox limit (default: the source's).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this configuration, or recipe:NAME (repeatable; default all)."),
+    ] = None,
+) -> None:
+    """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
+    into a new result directory that `report` reads like any other; nothing is decoded."""
+    from backtrack.evaluation.data import DataError
+    from backtrack.evaluation.rescore import rescore_as
+
+    configs = configuration_names(config or ())
+    require_result_directory(source)
+    try:
+        ensure_writable_directory(out.parent if out.parent != Path() else Path.cwd(), "--out")
+        n, changed, differ = rescore_as(
+            source, out, dataset, data_path, workers, timeout, tuple(configs)
+        )
+    except (ValueError, DataError, OutputPathError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    err.print(f"{out}: {n} records scored on {dataset}, {changed} verdicts differ from {source}")
+    if differ:
+        err.print(
+            f"[yellow]warning:[/] prompts differ between the datasets for {', '.join(differ)}; "
+            "their completions were written for the source prompt (listed in meta.json)",
+            markup=True,
+            highlight=False,
+        )
+
+
+def check(
+    problem: Annotated[
+        str | None, typer.Option(help="HumanEval task id, e.g. HumanEval/0.")
+    ] = None,
+    completion_file: Annotated[
+        Path | None, typer.Option(help="File holding the completion (the code after the prompt).")
+    ] = None,
+    canonical: Annotated[bool, typer.Option(help="Run every canonical solution.")] = False,
+    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Run a completion against its HumanEval tests in the sandbox (exit 0 pass, 1 fail)."""
+    from backtrack.evaluation.check import check_canonical, check_file
+
+    if canonical:
+        if problem or completion_file:
+            raise fail("--canonical takes no --problem/--completion-file")
+        raise typer.Exit(check_canonical(workers=workers, as_json=json_out))
+    if not problem or completion_file is None:
+        raise fail("give --problem ID and --completion-file FILE, or --canonical")
+    raise typer.Exit(check_file(problem, completion_file, as_json=json_out))

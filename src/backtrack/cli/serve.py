@@ -1,0 +1,106 @@
+"""``backtrack serve``: an OpenAI-compatible HTTP API with backtracking per request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from backtrack.cli.options import (
+    DEFAULT_BACKEND,
+    DEFAULT_MODEL,
+    BackendOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    NCtxOpt,
+    QuantizeOpt,
+    ThreadsOpt,
+    err,
+    eval_default,
+    fail,
+    load,
+)
+
+SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
+
+
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    operator: Annotated[
+        str,
+        typer.Option(
+            "--operator", "-o", help="Default operator of requests that name none (never)."
+        ),
+    ] = "never",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for a row; more get 503.")
+    ] = 256,
+    max_tokens_limit: Annotated[
+        int, typer.Option(help="Largest max_tokens a request may ask for.")
+    ] = 2048,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
+    dtype: DtypeOpt = eval_default("dtype"),
+    device: DeviceOpt = eval_default("device"),
+    quantize: QuantizeOpt = eval_default("quantize"),
+    backend: BackendOpt = DEFAULT_BACKEND,
+    threads: ThreadsOpt = eval_default("threads"),
+    n_ctx: NCtxOpt = eval_default("n_ctx"),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API, with backtracking per request."""
+    import socket
+
+    try:
+        import uvicorn
+
+        from backtrack.serving import ServeSettings, create_app
+    except ImportError as exc:
+        raise fail(f"serve needs FastAPI and uvicorn ({exc}); {SERVE_INSTALL_HINT}") from exc
+    from backtrack.operators import OperatorSpecError, parse_operator
+
+    try:
+        parse_operator(operator)
+    except OperatorSpecError as exc:
+        raise fail(str(exc)) from exc
+    # The address is checked before the model loads (minutes for a large one).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        settings = ServeSettings(
+            _served_names(model),
+            operator=operator,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            max_tokens_limit=max_tokens_limit,
+            max_prompt_tokens=max_prompt_tokens,
+            max_body_bytes=max_body_bytes,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
+    try:
+        server_app = create_app(mdl, tok, settings)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    err.print(f"serving {settings.model_names[0]} on http://{host}:{port}/v1")
+    uvicorn.run(server_app, host=host, port=port, log_level="warning")
+
+
+def _served_names(model: str) -> list[str]:
+    """The names requests may use for the model: as given, and its built-in name."""
+    from backtrack.models import builtin_spec
+
+    spec = builtin_spec(model)
+    names = [model]
+    if spec is not None and spec.name != model:
+        names.append(spec.name)
+    return names

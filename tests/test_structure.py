@@ -1,0 +1,174 @@
+"""The package's shape, checked: no import circles, imports only downwards through the layers,
+and no module over 500 lines.
+
+Every ``import`` counts, at module level or inside a function (a function-level import is
+still a dependency; it only defers the cost). The layers, top to bottom::
+
+    cli
+    serving, tuning, rl
+    evaluation, terminal
+    operators, recipes
+    engine
+    models
+    backends
+    errors, paths
+
+A module may import its own layer or any layer below it. The package root ``backtrack`` is
+the public facade (its lazy ``load_model``), importable from anywhere for ``__version__``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = "backtrack"
+MAX_LINES = 500
+
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "paths": 0,
+    "backends": 1,
+    "models": 2,
+    "engine": 3,
+    "operators": 4,
+    "recipes": 4,
+    "evaluation": 5,
+    "terminal": 5,
+    "serving": 6,
+    "tuning": 6,
+    "rl": 6,
+    "cli": 7,
+}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports (``from a.b import c`` counts ``a.b.c`` when that
+    is a module, else ``a.b``)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+            targets = [t if t in known else base for t in targets]
+        else:
+            continue
+        for target in targets:
+            # ``import a.b.c`` depends on a.b.c; walk up to the nearest project module.
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+MODULES = _modules()
+GRAPH = {name: _imports(name, path, set(MODULES)) for name, path in MODULES.items()}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # the facade
+    return LAYERS[parts[1]]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_checker_sees_imports_and_circles():
+    # A check that cannot fail checks nothing: the graph must hold known edges, and the cycle
+    # finder must find a planted circle.
+    assert "backtrack.engine.types" in GRAPH["backtrack.operators.base"]
+    assert any(m.startswith("backtrack.backends") for m in GRAPH["backtrack.engine.session"])
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_top_level_module_has_a_layer():
+    tops = {name.split(".")[1] for name in MODULES if name != PACKAGE}
+    assert tops <= set(LAYERS), f"no layer for {sorted(tops - set(LAYERS))}"
+
+
+def test_no_import_circles():
+    circles = _cycles(GRAPH)
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_imports_flow_downwards():
+    upward = [
+        f"{source} (layer {_layer(source)}) imports {target} (layer {_layer(target)})"
+        for source, targets in sorted(GRAPH.items())
+        for target in sorted(targets)
+        if _layer(source) is not None
+        and _layer(target) is not None
+        and _layer(target) > _layer(source)
+    ]
+    assert not upward, "imports against the layers: " + "; ".join(upward)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_over_500_lines(name):
+    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{MODULES[name]}: {lines} lines"
