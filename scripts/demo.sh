@@ -4,7 +4,7 @@
 # top-k 50, completion prompts), base (plain sampling through the same engine) vs the
 # probability-trend operator, batched on the CPU. About 10 minutes on 2 cores, plus about a
 # minute the first time to assemble, verify and convert the packaged model. Resumable.
-# A 20-problem sample is small: 1-3 passes of difference is noise (see the README's full runs).
+# A 20-problem sample is small: 1-3 passes of difference is noise (see docs/results.md for the full runs).
 set -euo pipefail
 out="${1:-runs/demo}"
 bin=.venv/bin

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HumanEval measurements quoted in the README (default model, CPU). Resumable: re-run to
+# The HumanEval measurements quoted in docs/results.md (default model, CPU). Resumable: re-run to
 # continue after an interruption.
 set -euo pipefail
 bt=.venv/bin/backtrack
