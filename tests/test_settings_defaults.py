@@ -167,3 +167,17 @@ def test_old_meta_without_threads_resumes_with_the_defaults() -> None:
 def test_help_imports_no_torch() -> None:
     code = "import sys, backtrack.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tune_option_defaults_are_tune_settings_defaults() -> None:
+    from backtrack.cli.tune import tune
+    from backtrack.tuning.settings import TuneSettings
+
+    defaults = _defaults(tune)
+    settings = _field_defaults(TuneSettings)
+    shared = sorted(set(defaults) & set(settings) - {"rungs", "enqueue", "operators"})
+    assert len(shared) >= 10, shared
+    for option in shared:
+        assert defaults[option] == settings[option], option
+    # rungs are typed as "40,120,374" on the command line.
+    assert tuple(int(r) for r in defaults["rungs"].split(",")) == tuple(settings["rungs"])

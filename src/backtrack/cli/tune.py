@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +19,7 @@ from backtrack.cli.options import (
     load,
 )
 from backtrack.paths import OutputPathError, ensure_writable_directory
+from backtrack.tuning.settings import TuneSettings
 
 
 def _print_validation(label: str, validation, over_plain, recipe: str) -> None:
@@ -31,20 +33,28 @@ def _print_validation(label: str, validation, over_plain, recipe: str) -> None:
     )
 
 
+def _default(name: str) -> Any:
+    """A TuneSettings field's default: the one place tune's options take theirs from."""
+    (found,) = [f for f in fields(TuneSettings) if f.name == name]
+    return found.default
+
+
 def tune(
     out: Annotated[Path, typer.Option(help="Study folder (records, study.db, summary, plots).")],
     data_path: Annotated[
         Path, typer.Option(help="MBPP data (mbpp_release_v1.jsonl); tuning never sees HumanEval.")
     ],
     model: ModelOpt = DEFAULT_MODEL,
-    study: Annotated[str, typer.Option(help="Optuna study name.")] = "backtrack",
+    study: Annotated[str, typer.Option(help="Optuna study name.")] = _default("study"),
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (default: sqlite in --out).")
     ] = None,
-    trials: Annotated[int, typer.Option(help="Trials to run now (a study resumes).")] = 20,
+    trials: Annotated[int, typer.Option(help="Trials to run now (a study resumes).")] = _default(
+        "trials"
+    ),
     rungs: Annotated[
         str, typer.Option(help="Growing MBPP-train problem counts a trial is scored on.")
-    ] = "40,120,374",
+    ] = ",".join(map(str, _default("rungs"))),
     operators: Annotated[
         str | None, typer.Option(help="Operators the search may use, comma-separated (all).")
     ] = None,
@@ -69,17 +79,25 @@ def tune(
     validation_runs: Annotated[int, typer.Option(help="Runs per validation problem.")] = 3,
     max_forward_per_token: Annotated[
         float, typer.Option(help="Constraint: forward passes per accepted token.")
-    ] = 1.15,
-    max_new_tokens: Annotated[int, typer.Option(help="Completion length.")] = 384,
-    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler and of the cells.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Rows decoded together.")] = 16,
+    ] = _default("max_forward_per_token"),
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length.")] = _default(
+        "max_new_tokens"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler and of the cells.")] = (
+        _default("seed")
+    ),
+    batch_size: Annotated[int, typer.Option(help="Rows decoded together.")] = _default(
+        "batch_size"
+    ),
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = DEFAULT_BACKEND,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     ray: Annotated[
         str | None, typer.Option(help="Decode on Ray actors: local, auto, or an address.")
     ] = None,
-    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = 2,
+    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = _default(
+        "ray_actors"
+    ),
 ) -> None:
     """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP."""
     try:
@@ -88,7 +106,6 @@ def tune(
         raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack[tune]'") from exc
     from backtrack.evaluation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
-    from backtrack.tuning.settings import TuneSettings
     from backtrack.tuning.space import OPERATOR_SPACE
     from backtrack.tuning.study import (
         run_search,

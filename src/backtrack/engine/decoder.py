@@ -12,7 +12,8 @@ from backtrack.engine.streaming import CommittedText
 from backtrack.engine.types import Event, GenerationConfig, GenerationResult
 
 # The rollback window streaming uses when the config sets none: text trails decoding by at
-# most this many tokens. Its cost in pass@1 is measured in docs/results.md ("What a rollback window costs").
+# most this many tokens. Its cost in pass@1 is measured in docs/results.md ("What a rollback
+# window costs").
 INTERACTIVE_ROLLBACK_WINDOW = 32
 
 
