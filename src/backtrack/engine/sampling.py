@@ -16,7 +16,7 @@ computed for all rows at once.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers.generation.logits_process import (
@@ -72,6 +72,7 @@ class Sampler:
         # False: draw over the top-k support only (see draw()); the tokens then no longer
         # replay model.generate's random stream, which only a transformers model has anyway.
         self.support_only = not match_generate and not config.greedy and bool(config.top_k)
+        self.top_logprobs = config.top_logprobs  # alternatives to report per token
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ class Draws:
     ``logits [B, V]`` are the raw logits drawn from; ``probs [B, V]`` is the distribution each
     row was drawn from (after warpers and bans); ``logprob`` and ``logit`` are the raw model's
     for the drawn token, ``rank`` its 0-based rank among the raw logits, ``entropy`` (nats) and
-    ``top1``/``top2`` describe ``probs``.
+    ``top1``/``top2`` describe ``probs``. ``top_logprobs``/``top_ids`` ``[B, n]``: the ``n``
+    largest raw log-probabilities of each row and their tokens (``n``: the most any row's
+    sampler asked for; ``None`` when none did).
     """
 
     logits: torch.Tensor
@@ -93,6 +96,8 @@ class Draws:
     entropy: torch.Tensor
     top1: torch.Tensor
     top2: torch.Tensor
+    top_logprobs: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
 
 
 def _warp(values: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
@@ -208,6 +213,21 @@ def draw(
     in groups that take the same path (over the top-k support or the whole vocabulary, and
     the same k), since the path decides how much of a row's random stream a draw uses.
     """
+    drawn = _draw_rows(logits, samplers, banned)
+    n = min(max((s.top_logprobs for s in samplers), default=0), logits.shape[-1])
+    if not n:
+        return drawn
+    # The raw model's alternatives, by the same formula as ``logprob`` (logit - logsumexp), so
+    # the drawn token's entry equals its ``logprob`` exactly when it is among them.
+    top = torch.topk(logits, n, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    return replace(drawn, top_logprobs=top.values - lse, top_ids=top.indices)
+
+
+def _draw_rows(
+    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+) -> Draws:
+    """:func:`draw` without the reported alternatives."""
     groups: dict[tuple[bool, int | None], list[int]] = {}
     for row, sampler in enumerate(samplers):
         groups.setdefault((sampler.support_only, sampler.top_k), []).append(row)
@@ -222,7 +242,7 @@ def draw(
         **{
             name: _stitch(logits, [(index, getattr(part, name)) for index, part in parts])
             for name in Draws.__dataclass_fields__
-            if name != "logits"
+            if name not in ("logits", "top_logprobs", "top_ids")
         },
         logits=logits,
     )

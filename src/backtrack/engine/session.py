@@ -103,6 +103,8 @@ class DecodingSession:
 
     completion: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    # Per completion token, its position's raw top alternatives (config.top_logprobs of them).
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     text: str = ""
     counts: Counts = field(default_factory=Counts)
     finish_reason: FinishReason | None = None
@@ -255,6 +257,11 @@ class DecodingSession:
         self.completion.append(token)
         self.furthest = max(self.furthest, len(self.completion))
         self.logprobs.append(logprob)
+        if n := self.config.top_logprobs:  # the batch's draws hold the most any row asked for
+            assert draws.top_ids is not None and draws.top_logprobs is not None
+            ids, values = draws.top_ids[row, :n].tolist(), draws.top_logprobs[row, :n].tolist()
+            top = zip(ids, values, strict=True)
+            self.top_logprobs.append(list(top))
         piece, self._detok = self.detokenizer.next_piece(self.completion, self._detok)
         self.text += piece
         self.counts.tokens_sampled += 1
@@ -404,7 +411,7 @@ class DecodingSession:
         self._detok = restore.detok_state
         removed_text = self.text[restore.text_len :]
         self.text = self.text[: restore.text_len]
-        del self.completion[keep:], self.logprobs[keep:]
+        del self.completion[keep:], self.logprobs[keep:], self.top_logprobs[keep:]
         # Restore the invariant (cache = every token but the last); the next forward pass,
         # feeding the new last token, gives the distribution at position `keep` again.
         target = len(self.prompt_ids) + keep - 1
@@ -474,6 +481,7 @@ class DecodingSession:
             stop_string=self.stop_string,
             trace=self.trace,
             counts=self.counts,
+            top_logprobs=[list(top) for top in self.top_logprobs],
         )
 
     # ------------------------------------------------------------------ the loop

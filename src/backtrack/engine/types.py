@@ -49,6 +49,10 @@ class Budget:
 BanPolicy = Literal["accumulate", "next", "none"]
 
 
+# The most alternatives a call may ask for per token (OpenAI's chat limit).
+MAX_TOP_LOGPROBS = 20
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """How to decode one sequence.
@@ -102,6 +106,11 @@ class GenerationConfig:
         banned_regex: regular expressions banned the same way (``regex`` module syntax).
         banned_ignore_case: match banned strings and regexes case-insensitively.
         budget: bounds on backtracking work, see :class:`Budget`.
+        top_logprobs: also record, for every final token, the ``top_logprobs`` most likely
+            tokens of the raw model distribution and their log-probabilities
+            (``GenerationResult.top_logprobs``; 0: none, at no extra cost). A report asked for
+            by one call (the server's ``logprobs``), not a decoding setting: it changes
+            nothing that is drawn, so it is not part of the flat settings.
     """
 
     # 512, `eval`'s length before there was one default (`generate` had 128, the library 256):
@@ -123,8 +132,11 @@ class GenerationConfig:
     banned_regex: Sequence[str] = ()
     banned_ignore_case: bool = False
     budget: Budget = field(default_factory=Budget)
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -219,8 +231,9 @@ class GenerationConfig:
 
 
 BUDGET_KEYS = tuple(f.name for f in fields(Budget))
-# A seed per call (an evaluation cell, an episode) and EOS ids from the model: not settings.
-PER_CALL_KEYS = ("seed", "eos_token_ids")
+# A seed per call (an evaluation cell, an episode), EOS ids from the model and what a call
+# asks to be reported (top_logprobs): not settings.
+PER_CALL_KEYS = ("seed", "eos_token_ids", "top_logprobs")
 # The flat form's keys: GenerationConfig's fields, minus the per-call ones, with the budget's
 # bounds in place of ``budget``.
 GENERATION_KEYS = (
@@ -340,6 +353,9 @@ class GenerationResult:
     stop_string: str | None
     trace: list[Event]
     counts: Counts
+    # Per final token, the most likely tokens and their raw log-probabilities, best first
+    # (``GenerationConfig.top_logprobs`` of them; empty when none were asked for).
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -25,10 +25,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backtrack.engine.decoder import INTERACTIVE_ROLLBACK_WINDOW
+from backtrack.engine.types import MAX_TOP_LOGPROBS
 
 # OpenAI's default ``max_tokens`` of /v1/completions (chat requests default to the server's
 # --max-tokens-limit).
 OPENAI_COMPLETION_MAX_TOKENS = 16
+# OpenAI's limit of the completions API's ``logprobs`` (alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
 
 
 class ServeError(Exception):
@@ -118,8 +121,6 @@ class _Sampling(BaseModel):
     user: str | None = None
     backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)
     # Fields of OpenAI's API this server does not implement: refused, never silently ignored.
-    logprobs: Any = None
-    top_logprobs: Any = None
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -136,9 +137,8 @@ class _Sampling(BaseModel):
 
     def unsupported(self) -> str | None:
         """The name of a field set to something this server does not implement."""
-        for name in ("logprobs", "top_logprobs", "logit_bias"):
-            if getattr(self, name) not in (None, False, {}, 0):
-                return name
+        if self.logit_bias:
+            return "logit_bias"
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) not in (None, 0, 0.0):
                 return name
@@ -146,7 +146,11 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # 0 only with echo (the prompt alone); checked in unsupported().
+    max_tokens: int | None = Field(default=None, ge=0)
+    # The chosen token's log-probability and this many alternatives per token.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -157,11 +161,16 @@ class CompletionRequest(_Sampling):
             return [self.prompt]
         if self.prompt and all(isinstance(p, int) for p in self.prompt):
             return [list(self.prompt)]  # type: ignore[arg-type]
+        # A list of texts, or of token-id lists (how lm-eval sends a batch of prompts).
         return list(self.prompt)  # type: ignore[arg-type]
 
+    def alternatives(self) -> int | None:
+        """Alternatives to report per token; ``None``: no log-probabilities at all."""
+        return self.logprobs
+
     def unsupported(self) -> str | None:
-        if self.echo:
-            return "echo"
+        if self.max_tokens == 0 and not self.echo:
+            raise ServeError("max_tokens must be >= 1 (0 only with echo)", param="max_tokens")
         if self.suffix:
             return "suffix"
         if self.best_of not in (None, 1, self.n):
@@ -193,6 +202,16 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def alternatives(self) -> int | None:
+        """Alternatives to report per token; ``None``: no log-probabilities at all."""
+        if not self.logprobs:
+            if self.top_logprobs is not None:
+                raise ServeError("top_logprobs requires logprobs: true", param="top_logprobs")
+            return None
+        return self.top_logprobs or 0
 
 
 def finish_reason(reason: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from backtrack.engine.types import GenerationResult
+from backtrack.serving.logprobs import Logprobs, Piece, result_entries
 from backtrack.serving.protocol import finish_reason
 from backtrack.serving.scheduler import result_usage
 
@@ -16,9 +17,26 @@ from backtrack.serving.scheduler import result_usage
 class Reply:
     """Builds the response objects of one request (completion or chat, whole or chunks)."""
 
-    def __init__(self, reply_id: str, model: str, chat: bool, trace: bool) -> None:
+    def __init__(
+        self,
+        reply_id: str,
+        model: str,
+        chat: bool,
+        trace: bool,
+        *,
+        tokenizer: Any = None,
+        alternatives: int | None = None,
+    ) -> None:
         self.id, self.model, self.chat, self.trace = reply_id, model, chat, trace
         self.created = int(time.time())
+        # Log-probabilities: alternatives per token (None: not asked for), one builder per
+        # streamed choice (its token texts continue across chunks).
+        self.tokenizer, self.alternatives = tokenizer, alternatives
+        self._streams: dict[int, Logprobs] = {}
+
+    def _logprobs(self) -> Logprobs:
+        assert self.alternatives is not None
+        return Logprobs(self.tokenizer, self.chat, self.alternatives)
 
     def _backtrack(self, result: GenerationResult) -> dict:
         c = result.counts
@@ -43,10 +61,14 @@ class Reply:
         for i, result in enumerate(results):
             reason = finish_reason(result.finish_reason)
             choice: dict[str, Any] = {"index": i, "finish_reason": reason}
+            logprobs = None
+            if self.alternatives is not None:
+                logprobs = self._logprobs().build(result_entries(result))
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": result.text}
+                choice["logprobs"] = logprobs
             else:
-                choice.update(text=result.text, logprobs=None)
+                choice.update(text=result.text, logprobs=logprobs)
             choice["backtrack"] = self._backtrack(result)
             choices.append(choice)
         return {
@@ -58,20 +80,26 @@ class Reply:
     def chunk(
         self,
         choice: int,
-        text: str | None = None,
+        piece: Piece | None = None,
         delta: dict | None = None,
         result: GenerationResult | None = None,
     ) -> str:
-        """One server-sent event of choice ``choice``: new text, a chat delta, or its end."""
+        """One server-sent event of choice ``choice``: a new piece (text, and the entries of
+        its tokens when log-probabilities were asked for), a chat delta, or its end."""
         entry: dict[str, Any] = {"index": choice, "finish_reason": None}
+        text, logprobs = (piece.text, None) if piece is not None else ("", None)
         if result is not None:
             entry["finish_reason"] = finish_reason(result.finish_reason)
             entry["backtrack"] = self._backtrack(result)
-            text = ""
+        if piece is not None and piece.entries is not None and self.alternatives is not None:
+            builder = self._streams.setdefault(choice, self._logprobs())
+            logprobs = builder.build(piece.entries)
         if self.chat:
             entry["delta"] = delta if delta is not None else ({"content": text} if text else {})
+            if logprobs is not None:
+                entry["logprobs"] = logprobs
         else:
-            entry.update(text=text or "", logprobs=None)
+            entry.update(text=text, logprobs=logprobs)
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return sse({**self._head(obj), "choices": [entry]})
 

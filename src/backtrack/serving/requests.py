@@ -12,6 +12,7 @@ stream trails decoding by a bounded number of tokens).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 from backtrack.engine.session import encode_prompt
@@ -134,8 +135,11 @@ def request_config(
             given[key] = None
     # Always set: null is a window of its own (unbounded), not "the default".
     given["rollback_window"] = bt.rollback_window
-    given["max_new_tokens"] = max_tokens(body, settings)
+    # max_tokens 0 (echo alone) decodes nothing: the route answers it without the engine.
+    given["max_new_tokens"] = max(1, max_tokens(body, settings))
     try:
-        return GenerationConfig().updated(given)
+        config = GenerationConfig().updated(given)
     except ValueError as exc:
         raise ServeError(str(exc), param="backtrack") from None
+    # What the response reports is no decoding setting (not a flat key): set on its own.
+    return replace(config, top_logprobs=body.alternatives() or 0)

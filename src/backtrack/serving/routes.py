@@ -79,6 +79,7 @@ async def _answer(
 ):
     """Decode every choice of the request as rows of the batch; answer whole or streamed."""
     check_model(state.settings, body.model)
+    alternatives = body.alternatives()
     if (field := body.unsupported()) is not None:
         raise ServeError(f"{field} is not supported by this server", param=field)
     config = request_config(body, state.settings)
@@ -116,6 +117,7 @@ async def _answer(
             stream=body.stream,
             loop=loop,
             events=_Tagged(events, choice),
+            logprobs=alternatives is not None,
         )
         tickets.append(ticket)
     reply = Reply(
@@ -123,6 +125,8 @@ async def _answer(
         body.model,
         chat,
         body.backtrack.trace,
+        tokenizer=state.tokenizer,
+        alternatives=alternatives,
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -198,7 +202,7 @@ async def _stream(
                 return  # the client went away; finally frees the rows
             choice, kind, payload = event
             if kind == "text":
-                yield reply.chunk(choice, text=payload)
+                yield reply.chunk(choice, piece=payload)
             elif kind == "done":
                 results[choice] = payload
                 yield reply.chunk(choice, result=payload)

@@ -26,6 +26,7 @@ from typing import Any
 from backtrack.engine.batch import BatchDecoder, BatchRun, Request
 from backtrack.engine.streaming import CommittedText
 from backtrack.engine.types import GenerationConfig, GenerationResult
+from backtrack.serving.logprobs import Piece, session_entries
 from backtrack.serving.protocol import ServeError
 
 # Seconds a client is told to wait when the queue is full.
@@ -36,8 +37,9 @@ RETRY_AFTER_S = 1
 class Ticket:
     """One generation the scheduler owes a handler.
 
-    Events arrive on ``events`` (``put_nowait`` on the handler's loop): ``("text", str)``
-    for newly final text (streaming tickets only), then ``("done", GenerationResult)``, or
+    Events arrive on ``events`` (``put_nowait`` on the handler's loop): ``("text", Piece)``
+    for newly final text and, if ``logprobs``, its tokens (streaming tickets only), then
+    ``("done", GenerationResult)``, or
     ``("error", message)`` if decoding failed.
     """
 
@@ -46,6 +48,7 @@ class Ticket:
     stream: bool
     loop: asyncio.AbstractEventLoop
     events: Any
+    logprobs: bool = False  # streamed pieces carry their tokens' log-probabilities
 
     def publish(self, kind: str, payload: Any) -> None:
         """Hand an event to the handler's loop (from the scheduler thread)."""
@@ -103,16 +106,18 @@ class Scheduler:
         stream: bool,
         loop: asyncio.AbstractEventLoop,
         events: Any,
+        logprobs: bool = False,
     ) -> Ticket:
         """Queue one generation; a full queue is a 503 with ``Retry-After``. ``events``:
-        where the ticket's events go (anything with ``put_nowait``, used on ``loop``)."""
+        where the ticket's events go (anything with ``put_nowait``, used on ``loop``);
+        ``logprobs``: streamed pieces carry their tokens' entries."""
         with self._lock:
             if self._stopping:
                 raise ServeError("the server is shutting down", 503, kind="server_error")
             if len(self._queue) >= self.max_queue:
                 raise self._busy()
             ticket = Ticket(
-                next(self._numbers), (prompt_ids, operator, config), stream, loop, events
+                next(self._numbers), (prompt_ids, operator, config), stream, loop, events, logprobs
             )
             self._queue.append(ticket)
             self._tickets[ticket.index] = ticket
@@ -170,6 +175,7 @@ class Scheduler:
     def _loop(self) -> None:
         run = self.decoder.open(self.max_batch, self)
         streams: dict[int, CommittedText] = {}
+        tokens_sent: dict[int, int] = {}  # per logprobs stream: completion tokens reported
         while True:
             with self._lock:
                 while not self._stopping and not self._cancelled and run.idle:
@@ -181,6 +187,7 @@ class Scheduler:
                 if run.cancel(index):
                     self.cancelled_rows += 1
                 streams.pop(index, None)
+                tokens_sent.pop(index, None)
                 with self._lock:
                     self._tickets.pop(index, None)
             try:
@@ -189,23 +196,32 @@ class Scheduler:
                 traceback.print_exc(file=sys.stderr)
                 self._fail_all(run, f"decoding failed: {type(exc).__name__}: {exc}")
                 streams.clear()
+                tokens_sent.clear()
                 run = self.decoder.open(self.max_batch, self)
                 continue
             for row in run.live:
                 ticket = self._ticket(row.index)
                 if ticket is not None and ticket.stream:
                     stream = streams.setdefault(row.index, CommittedText(row))
-                    if piece := stream.new():
+                    piece = Piece(stream.new())
+                    if ticket.logprobs:
+                        start = tokens_sent.get(row.index, 0)
+                        tokens_sent[row.index] = upto = _tokens_sent(row, stream, start)
+                        piece.entries = session_entries(row, start, upto)
+                    if piece.text or piece.entries:
                         ticket.publish("text", piece)
             for row in finished:
                 stream = streams.pop(row.index, None)
+                start = tokens_sent.pop(row.index, 0)
                 with self._lock:
                     ticket = self._tickets.pop(row.index, None)
                 if ticket is None:
                     continue  # cancelled meanwhile
                 if ticket.stream:
-                    piece = (stream or CommittedText(row)).rest()
-                    if piece:
+                    piece = Piece((stream or CommittedText(row)).rest())
+                    if ticket.logprobs:
+                        piece.entries = session_entries(row, start, len(row.completion))
+                    if piece.text or piece.entries:
                         ticket.publish("text", piece)
                 ticket.publish("done", row.result())
             self.live_rows = len(run.live)
@@ -226,6 +242,15 @@ class Scheduler:
         for ticket in taken:
             ticket.publish("error", message)
         self.live_rows = 0
+
+
+def _tokens_sent(session: Any, stream: CommittedText, start: int) -> int:
+    """How many completion tokens the stream has handed out: final ones whose text lies
+    wholly in the text sent (a chunk carries the entries of the tokens it completes)."""
+    committed, upto = session.committed_length(), start
+    while upto < committed and session.text_offset(upto + 1) <= stream.sent:
+        upto += 1
+    return upto
 
 
 def result_usage(result: GenerationResult) -> dict[str, int]:
