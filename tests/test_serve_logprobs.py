@@ -43,9 +43,9 @@ def records(monkeypatch) -> list:
     caught: list = []
     complete, chunk = Reply.complete, Reply.chunk
 
-    def spy_complete(self, results):
+    def spy_complete(self, results, echoes=None):
         caught.extend(results)
-        return complete(self, results)
+        return complete(self, results, echoes)
 
     def spy_chunk(self, choice, piece=None, delta=None, result=None):
         if result is not None:

@@ -7,7 +7,10 @@ the evaluation runner never call a model directly; they go through a :class:`Bac
 * :meth:`Backend.forward` feeds ids on a cache and returns the last position's logits;
 * :meth:`SequenceCache.crop` drops the cache's last positions (a rollback, never recomputed);
 * :meth:`Backend.new_batch` opens a :class:`BatchState`: many sequences decoded one step at a
-  time in one forward pass, each admitted, cropped and freed on its own.
+  time in one forward pass, each admitted, cropped and freed on its own;
+* :meth:`Backend.prompt_logits` scores a whole text at once (the logits at every position, for
+  the server's ``echo`` with ``logprobs``); :func:`prompt_logprobs` turns them into each
+  token's log-probability and top alternatives, by the sampler's formula.
 
 Sampling stays in the engine, on the logits these return (float32 ``[n, V]``), so operators,
 bans, budgets, stop strings and streaming behave the same on every backend.
@@ -111,6 +114,38 @@ class Backend(Protocol):
         compact_fraction: float,
         min_compact: int,
     ) -> BatchState: ...
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """``ids`` fed on a fresh cache of their own (no session's cache is touched); the
+        logits at every position ``[len(ids), V]`` (float32): row ``i`` is the distribution of
+        token ``i + 1``. Safe to call while a batch decodes on another thread."""
+        ...
+
+
+def prompt_logprobs(
+    backend: Backend, ids: Sequence[int], top: int
+) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Each token of ``ids`` after the first: its raw log-probability given the tokens before
+    it and the ``top`` most likely tokens there, ``(logprob, [(token, logprob), ...])``.
+
+    One pass over the whole text (:meth:`Backend.prompt_logits`), with the sampler's formula
+    (logit - logsumexp of the float32 logits), so the top alternative of a token that is the
+    most likely one equals its log-probability exactly.
+    """
+    if len(ids) < 2:
+        return []
+    logits = backend.prompt_logits(ids)[:-1]
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    nxt = torch.tensor(list(ids[1:]), dtype=torch.long, device=logits.device)
+    chosen = (logits.gather(1, nxt[:, None]) - lse)[:, 0].tolist()
+    if top:
+        best = torch.topk(logits, min(top, logits.shape[-1]), dim=-1)
+        ids_top, values = best.indices.tolist(), (best.values - lse).tolist()
+    else:
+        ids_top = values = [[] for _ in chosen]
+    return [
+        (lp, list(zip(t, v, strict=True))) for lp, t, v in zip(chosen, ids_top, values, strict=True)
+    ]
 
 
 def as_backend(model: Any) -> Backend:

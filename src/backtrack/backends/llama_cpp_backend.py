@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -131,9 +132,13 @@ class _Context:
         self.remove(seq, 0)
         self.lib.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
 
-    def decode(self, pieces: Sequence[tuple[int, Sequence[int], int]]) -> torch.Tensor:
+    def decode(
+        self, pieces: Sequence[tuple[int, Sequence[int], int]], every: bool = False
+    ) -> torch.Tensor:
         """Feed each ``(seq, ids, first position)``; the logits after each piece's last token,
-        ``[len(pieces), V]`` float32. Pieces are packed into batches of ``n_batch`` tokens."""
+        ``[len(pieces), V]`` float32 (``every``: after each of its tokens, piece after piece,
+        ``[tokens, V]``: llama.cpp computes the output of the positions flagged in the
+        batch). Pieces are packed into batches of ``n_batch`` tokens."""
         vocab = self.owner.vocab_size
         room = self.n_ctx // self.n_seq
         for _, ids, start in pieces:
@@ -143,9 +148,10 @@ class _Context:
                     f"a sequence would hold {start + len(ids)} tokens, more than its context "
                     f"of {room}: raise n_ctx (--n-ctx)"
                 )
-        out = torch.empty((len(pieces), vocab), dtype=torch.float32)
-        batch, fill, wanted = self.batch, 0, []
-        for index, (seq, ids, start) in enumerate(pieces):
+        rows = sum(len(ids) for _, ids, _ in pieces) if every else len(pieces)
+        out = torch.empty((rows, vocab), dtype=torch.float32)
+        batch, fill, wanted, row = self.batch, 0, [], 0
+        for seq, ids, start in pieces:
             last = len(ids) - 1
             for j, token in enumerate(ids):
                 if fill == self.owner.n_batch:
@@ -155,9 +161,10 @@ class _Context:
                 batch.pos[fill] = start + j
                 batch.n_seq_id[fill] = 1
                 batch.seq_id[fill][0] = seq
-                batch.logits[fill] = j == last
-                if j == last:
-                    wanted.append((index, fill))
+                batch.logits[fill] = keep = every or j == last
+                if keep:
+                    wanted.append((row, fill))
+                    row += 1
                 fill += 1
         if fill:
             self._run(fill, wanted, out)
@@ -271,6 +278,9 @@ class LlamaCppModel:
         self.generation_config = SimpleNamespace(eos_token_id=list(dict.fromkeys(eos_token_ids)))
         self.lease = 0
         self._single: _Context | None = None
+        # prompt_logits' own context (never a session's), one caller at a time.
+        self._scoring: _Context | None = None
+        self._scoring_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -279,9 +289,11 @@ class LlamaCppModel:
         )
 
     def close(self) -> None:
-        if self._single is not None:
-            self._single.close()
-            self._single = None
+        for name in ("_single", "_scoring"):
+            context = getattr(self, name, None)
+            if context is not None:
+                context.close()
+                setattr(self, name, None)
         if getattr(self, "model_ptr", None):
             self.lib.llama_model_free(self.model_ptr)
             self.model_ptr = None
@@ -327,6 +339,18 @@ class LlamaCppModel:
         logits = cache.context.decode([(cache.seq, list(ids), cache.length)])
         cache.length += len(ids)
         return logits
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """The logits at every position of ``ids`` (see :class:`~backtrack.backends.base.
+        Backend`), from one ``llama_decode`` per ``n_batch`` tokens on a context of its own."""
+        with self._scoring_lock:
+            if self._scoring is None:
+                self._scoring = _Context(self, n_seq=1, n_ctx=self.n_ctx)
+            self._scoring.remove(0, 0)
+            try:
+                return self._scoring.decode([(0, list(ids), 0)], every=True)
+            finally:
+                self._scoring.remove(0, 0)
 
     def new_batch(
         self,

@@ -66,6 +66,13 @@ class TransformersBackend:
         # As in generate(): the last position's logits, copied out in float32.
         return out.logits[:, -1].to(copy=True, dtype=torch.float32)
 
+    @torch.inference_mode()
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        # One pass, the LM head over every position (logits_to_keep=0), on a cache of its own.
+        out = self.model(input_ids=input_ids, cache=self.new_cache(), use_cache=True)
+        return out.logits[0].to(dtype=torch.float32)
+
     def new_batch(
         self,
         slots: int,

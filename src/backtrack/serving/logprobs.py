@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backtrack.backends.base import prompt_logprobs
 from backtrack.engine.text import DetokState, IncrementalDetokenizer
+from backtrack.engine.types import Counts, GenerationResult
 
 # (token id, its log-probability or None for a prompt's first token, its alternatives or None)
 Entry = tuple[int, float | None, Sequence[tuple[int, float]] | None]
@@ -36,6 +38,21 @@ def session_entries(session: Any, start: int, stop: int) -> list[Entry]:
         (session.completion[i], session.logprobs[i], tops[i] if tops else ())
         for i in range(start, stop)
     ]
+
+
+def prompt_entries(backend: Any, ids: Sequence[int], alternatives: int) -> list[Entry]:
+    """The entries of a prompt's tokens (``echo``): the first has no log-probability (nothing
+    comes before it), as in OpenAI's and vLLM's echo; the others come from one pass over the
+    prompt (:func:`~backtrack.backends.base.prompt_logprobs`)."""
+    scored = prompt_logprobs(backend, ids, alternatives)
+    return [(ids[0], None, None)] + [
+        (token, lp, top) for token, (lp, top) in zip(ids[1:], scored, strict=True)
+    ]
+
+
+def prompt_only(ids: Sequence[int]) -> GenerationResult:
+    """The result of a request that decodes nothing (``echo`` with ``max_tokens: 0``)."""
+    return GenerationResult(list(ids), [], [], "", "max_new_tokens", None, [], Counts())
 
 
 def result_entries(result: Any) -> list[Entry]:

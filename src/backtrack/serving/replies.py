@@ -55,20 +55,23 @@ class Reply:
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def complete(self, results: list[GenerationResult]) -> dict:
-        """The whole response of a request that does not stream."""
+    def complete(self, results: list[GenerationResult], echoes: list[Piece] | None = None) -> dict:
+        """The whole response of a request that does not stream; ``echoes``: each choice's
+        prompt, put before its text (and its tokens' entries before the completion's)."""
         choices = []
         for i, result in enumerate(results):
             reason = finish_reason(result.finish_reason)
             choice: dict[str, Any] = {"index": i, "finish_reason": reason}
+            echo = echoes[i] if echoes else Piece("", [])
             logprobs = None
             if self.alternatives is not None:
-                logprobs = self._logprobs().build(result_entries(result))
+                entries = [*(echo.entries or ()), *result_entries(result)]
+                logprobs = self._logprobs().build(entries)
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": result.text}
                 choice["logprobs"] = logprobs
             else:
-                choice.update(text=result.text, logprobs=logprobs)
+                choice.update(text=echo.text + result.text, logprobs=logprobs)
             choice["backtrack"] = self._backtrack(result)
             choices.append(choice)
         return {

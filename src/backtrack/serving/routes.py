@@ -12,7 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationResult
+from backtrack.serving.logprobs import Piece, prompt_entries, prompt_only
 from backtrack.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -59,8 +61,16 @@ async def health(state: State) -> dict:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, state: State):
-    prompts = [prompt_ids(state.settings, state.tokenizer, p) for p in body.prompts()]
-    return await _answer(state, body, prompts, request, chat=False)
+    given = body.prompts()
+    prompts = [prompt_ids(state.settings, state.tokenizer, p) for p in given]
+    echo = None
+    if body.echo:  # the prompt's text as given, or its ids decoded as the completion is
+        detok = IncrementalDetokenizer(state.tokenizer)
+        echo = [
+            p if isinstance(p, str) else detok.decode(ids)
+            for p, ids in zip(given, prompts, strict=True)
+        ]
+    return await _answer(state, body, prompts, request, chat=False, echo=echo)
 
 
 @router.post("/v1/chat/completions")
@@ -76,8 +86,10 @@ async def _answer(
     prompts: list[list[int]],
     request: Request,
     chat: bool,
+    echo: list[str] | None = None,
 ):
-    """Decode every choice of the request as rows of the batch; answer whole or streamed."""
+    """Decode every choice of the request as rows of the batch; answer whole or streamed.
+    ``echo``: each prompt's text, to put before its choices' text."""
     check_model(state.settings, body.model)
     alternatives = body.alternatives()
     if (field := body.unsupported()) is not None:
@@ -104,6 +116,24 @@ async def _answer(
                 raise ServeError(str(exc), param="backtrack.operator") from None
             jobs.append((p * body.n + j, ids, operator, replace(config, seed=seed)))
     scheduler = state.scheduler
+    echoes = None
+    if echo is not None:
+        echoes = await _echoes(state, echo, prompts, alternatives)
+        echoes = [echoes[p] for p in range(len(prompts)) for _ in range(body.n)]
+    reply = Reply(
+        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        body.model,
+        chat,
+        body.backtrack.trace,
+        tokenizer=state.tokenizer,
+        alternatives=alternatives,
+    )
+    if body.max_tokens == 0:  # echo alone: nothing to decode
+        done = [prompt_only(ids) for _, ids, _, _ in jobs]
+        if body.stream:
+            events = _finished(done)
+            return _streaming(_stream(state, reply, [], events, request, body, echoes))
+        return reply.complete(done, echoes)
     scheduler.submit_room(len(jobs))
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
@@ -120,21 +150,8 @@ async def _answer(
             logprobs=alternatives is not None,
         )
         tickets.append(ticket)
-    reply = Reply(
-        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-        body.model,
-        chat,
-        body.backtrack.trace,
-        tokenizer=state.tokenizer,
-        alternatives=alternatives,
-    )
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _stream(state, reply, tickets, events, request, include_usage),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        return _streaming(_stream(state, reply, tickets, events, request, body, echoes))
     try:
         results = await _collect(tickets, events, request)
     finally:
@@ -142,7 +159,36 @@ async def _answer(
             scheduler.cancel(ticket)  # no-op for finished ones
     if results is None:  # the client went away
         return JSONResponse(error_body("client disconnected"), 499)
-    return reply.complete(results)
+    return reply.complete(results, echoes)
+
+
+async def _echoes(
+    state: ServerState, texts: list[str], prompts: list[list[int]], alternatives: int | None
+) -> list[Piece]:
+    """Each prompt's echo: its text and, with logprobs, its tokens' entries (one pass over the
+    prompt, run off the event loop)."""
+    backend = state.scheduler.decoder.backend
+    pieces = []
+    for text, ids in zip(texts, prompts, strict=True):
+        entries = None
+        if alternatives is not None:
+            entries = await asyncio.to_thread(prompt_entries, backend, ids, alternatives)
+        pieces.append(Piece(text, entries))
+    return pieces
+
+
+def _finished(results: list[GenerationResult]) -> asyncio.Queue:
+    """An event queue holding every choice's end (a request with nothing to decode)."""
+    events: asyncio.Queue = asyncio.Queue()
+    for choice, result in enumerate(results):
+        events.put_nowait((choice, "done", result))
+    return events
+
+
+def _streaming(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
 class _Tagged:
@@ -188,15 +234,21 @@ async def _stream(
     tickets: list[Ticket],
     events: asyncio.Queue,
     request: Request,
-    include_usage: bool,
+    body: ChatCompletionRequest | CompletionRequest,
+    echoes: list[Piece] | None,
 ) -> AsyncIterator[str]:
-    """The server-sent events of a streaming request; its rows are freed however it ends."""
+    """The server-sent events of a streaming request; its rows are freed however it ends.
+    ``echoes``: each choice's first piece (its prompt)."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    choices = len(tickets) or events.qsize()  # no tickets: every end is already queued
     try:
         if reply.chat:
-            for choice in range(len(tickets)):
+            for choice in range(choices):
                 yield reply.chunk(choice, delta={"role": "assistant", "content": ""})
+        for choice, piece in enumerate(echoes or ()):
+            yield reply.chunk(choice, piece=piece)
         results: dict[int, GenerationResult] = {}
-        while len(results) < len(tickets):
+        while len(results) < choices:
             event = await _next_event(events, request)
             if event is None:
                 return  # the client went away; finally frees the rows
