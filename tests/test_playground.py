@@ -164,18 +164,28 @@ def test_page_is_served_and_self_contained(server):
 
 
 # ---------------------------------------------------------------------- the browser
-def _chromium_or_skip() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    message = f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)"
+def _browser_or_skip():
+    """playwright's sync API, once Chromium and playwright are both there. Missing either
+    skips the test on a developer's machine; in CI (``CI`` set) it fails, since the setup
+    installs both and a missing one is a broken setup, not a reason to test less."""
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = missing or "playwright is not installed: pip install -e '.[test]'"
+    if missing is None:
+        return sync_api
     if os.environ.get("CI"):
-        pytest.fail(message)  # CI installs it; a missing browser there is a broken setup
-    pytest.skip(message)
+        pytest.fail(missing)
+    pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")
 def cli_server():
     """``backtrack serve`` itself, on a free loopback port, serving the tiny model."""
+    _browser_or_skip()  # before paying for the server
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, "-c", "from backtrack.cli import main; main()", "serve"]
@@ -205,8 +215,7 @@ def _log(log) -> str:
 
 
 def test_browser_streams_struck_text_and_ends_with_the_api_text(cli_server, tmp_path):
-    _chromium_or_skip()
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = _browser_or_skip()
     profile = tempfile.mkdtemp(prefix="playground-chromium-")
     try:
         with sync_api.sync_playwright() as playwright:
