@@ -74,6 +74,9 @@ class BacktrackOptions(BaseModel):
         banned_strings, banned_regex, ban_ignore_case: phrases never to produce (``null``:
             :class:`~backtrack.engine.GenerationConfig`'s default, none).
         trace: return every token and rollback event in the response.
+        trace_stream: with ``stream: true``, also stream every token and rollback event as it
+            happens (chunks with a ``backtrack.events`` list), so a client can show deleted
+            text live; the committed ``text`` chunks are unchanged. Default off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -89,6 +92,7 @@ class BacktrackOptions(BaseModel):
     banned_regex: list[str] | None = None
     ban_ignore_case: bool | None = None
     trace: bool = False
+    trace_stream: bool = False
 
 
 class StreamOptions(BaseModel):

@@ -1,16 +1,19 @@
-"""The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` and
-``/health``, and how an answer is waited for (whole) or streamed (server-sent events)."""
+"""The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+``/health`` and the web playground at ``/``, and how an answer is waited for (whole) or
+streamed (server-sent events)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from backtrack.engine.types import GenerationResult
 from backtrack.serving.protocol import (
@@ -46,6 +49,17 @@ async def list_models(state: State) -> dict:
 async def get_model(name: str, state: State) -> dict:
     check_model(state.settings, name)
     return model_card(name, state.created)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def playground() -> HTMLResponse:
+    """The web playground: one static page that streams completions with their rollbacks."""
+    return HTMLResponse(_playground_html())
+
+
+@functools.cache
+def _playground_html() -> str:
+    return resources.files("backtrack.serving").joinpath("static/playground.html").read_text()
 
 
 @router.get("/health")
@@ -116,6 +130,7 @@ async def _answer(
             stream=body.stream,
             loop=loop,
             events=_Tagged(events, choice),
+            trace_stream=body.backtrack.trace_stream,
         )
         tickets.append(ticket)
     reply = Reply(
@@ -199,6 +214,8 @@ async def _stream(
             choice, kind, payload = event
             if kind == "text":
                 yield reply.chunk(choice, text=payload)
+            elif kind == "events":
+                yield reply.events_chunk(choice, payload)
             elif kind == "done":
                 results[choice] = payload
                 yield reply.chunk(choice, result=payload)

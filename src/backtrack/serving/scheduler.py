@@ -38,7 +38,8 @@ class Ticket:
 
     Events arrive on ``events`` (``put_nowait`` on the handler's loop): ``("text", str)``
     for newly final text (streaming tickets only), then ``("done", GenerationResult)``, or
-    ``("error", message)`` if decoding failed.
+    ``("error", message)`` if decoding failed. With ``trace_stream``, each step's new token
+    and rollback events come first as ``("events", [Event, ...])``.
     """
 
     index: int
@@ -46,6 +47,14 @@ class Ticket:
     stream: bool
     loop: asyncio.AbstractEventLoop
     events: Any
+    trace_stream: bool = False
+    traced: int = 0  # trace events already published (trace_stream only)
+
+    def publish_trace(self, trace: list) -> None:
+        """Publish the row's trace events not published yet (from the scheduler thread)."""
+        if self.trace_stream and len(trace) > self.traced:
+            self.publish("events", trace[self.traced :])
+            self.traced = len(trace)
 
     def publish(self, kind: str, payload: Any) -> None:
         """Hand an event to the handler's loop (from the scheduler thread)."""
@@ -103,16 +112,23 @@ class Scheduler:
         stream: bool,
         loop: asyncio.AbstractEventLoop,
         events: Any,
+        trace_stream: bool = False,
     ) -> Ticket:
         """Queue one generation; a full queue is a 503 with ``Retry-After``. ``events``:
-        where the ticket's events go (anything with ``put_nowait``, used on ``loop``)."""
+        where the ticket's events go (anything with ``put_nowait``, used on ``loop``);
+        ``trace_stream``: also publish every token and rollback event (streaming only)."""
         with self._lock:
             if self._stopping:
                 raise ServeError("the server is shutting down", 503, kind="server_error")
             if len(self._queue) >= self.max_queue:
                 raise self._busy()
             ticket = Ticket(
-                next(self._numbers), (prompt_ids, operator, config), stream, loop, events
+                next(self._numbers),
+                (prompt_ids, operator, config),
+                stream,
+                loop,
+                events,
+                trace_stream=stream and trace_stream,
             )
             self._queue.append(ticket)
             self._tickets[ticket.index] = ticket
@@ -194,6 +210,7 @@ class Scheduler:
             for row in run.live:
                 ticket = self._ticket(row.index)
                 if ticket is not None and ticket.stream:
+                    ticket.publish_trace(row.trace)
                     stream = streams.setdefault(row.index, CommittedText(row))
                     if piece := stream.new():
                         ticket.publish("text", piece)
@@ -204,6 +221,7 @@ class Scheduler:
                 if ticket is None:
                     continue  # cancelled meanwhile
                 if ticket.stream:
+                    ticket.publish_trace(row.trace)
                     piece = (stream or CommittedText(row)).rest()
                     if piece:
                         ticket.publish("text", piece)
