@@ -327,10 +327,12 @@ def main() -> None:
     if args.ours_backends is None:
         args.ours_backends = "llama.cpp" if args.peer == "llama-cpp" else "transformers"
     prompts = humaneval_prompts(args.prompts)
+    llama = args.peer == "llama-cpp" or "llama.cpp" in args.ours_backends
     print(
-        f"model {args.model}, peer {args.peer}, ours on {args.ours_backends}, dtype {args.dtype}"
-        f" (transformers), {args.threads} llama.cpp threads, greedy, {args.max_tokens} tokens, "
-        f"levels {args.concurrency}, {args.repeats} round(s), {os.cpu_count()} cores"
+        f"model {args.model}, peer {args.peer}, ours on {args.ours_backends}, "
+        + (f"{args.threads} llama.cpp threads" if llama else f"dtype {args.dtype}")
+        + f", greedy, {args.max_tokens} tokens, levels {args.concurrency}, "
+        f"{args.repeats} round(s), {os.cpu_count()} cores"
     )
     # Every server is started first and stays up (an idle one uses no CPU: 0.4% measured for
     # transformers serve); then each round measures every configuration at each level in turn,
