@@ -157,6 +157,8 @@ class CompletionRequest(_Sampling):
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text, or token ids."""
+        if not self.prompt:  # "" or []: nothing to continue (an empty list is no prompts)
+            raise ServeError("the prompt is empty", param="prompt")
         if isinstance(self.prompt, str):
             return [self.prompt]
         if self.prompt and all(isinstance(p, int) for p in self.prompt):

@@ -104,6 +104,15 @@ async def _answer(
                 f"exceed the model's context of {state.context_limit} tokens",
                 param="max_tokens",
             )
+    # Every choice waits in the queue before it gets a row, so more choices than the queue
+    # holds could never start: refuse them (not a 503, which says that retrying helps) before
+    # building one job per choice.
+    if len(prompts) * body.n > state.scheduler.max_queue:
+        raise ServeError(
+            f"the request asks for {len(prompts) * body.n} choices ({len(prompts)} prompts x "
+            f"n={body.n}); this server queues at most {state.scheduler.max_queue} (--max-queue)",
+            param="n",
+        )
     # One choice per (prompt, n); seeded choices get seeds seed, seed+1, ...
     jobs = []
     for p, ids in enumerate(prompts):
