@@ -40,6 +40,7 @@ demo: $(VENV)/.demo-installed
 	bash scripts/demo.sh "$(DEMO_OUT)"
 
 test: $(VENV)/.test-installed
+	bash scripts/install_browser.sh  # Debian's chromium for the playground's browser test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -q

@@ -1,6 +1,7 @@
 """The rollback window: no rollback reaches further back than ``rollback_window`` tokens behind
 the furthest position reached, everything older is final and streams, and a window that never
-binds changes nothing (the identity the measurement of the window's cost in docs/results.md relies on).
+binds changes nothing (the identity that the measurement of the window's cost in
+docs/results.md relies on).
 """
 
 from __future__ import annotations

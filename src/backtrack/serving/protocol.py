@@ -77,6 +77,9 @@ class BacktrackOptions(BaseModel):
         banned_strings, banned_regex, ban_ignore_case: phrases never to produce (``null``:
             :class:`~backtrack.engine.GenerationConfig`'s default, none).
         trace: return every token and rollback event in the response.
+        trace_stream: with ``stream: true``, also stream every token and rollback event as it
+            happens (chunks with a ``backtrack.events`` list), so a client can show deleted
+            text live; the committed ``text`` chunks are unchanged. Default off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -92,6 +95,7 @@ class BacktrackOptions(BaseModel):
     banned_regex: list[str] | None = None
     ban_ignore_case: bool | None = None
     trace: bool = False
+    trace_stream: bool = False
 
 
 class StreamOptions(BaseModel):
@@ -157,6 +161,8 @@ class CompletionRequest(_Sampling):
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text, or token ids."""
+        if not self.prompt:  # "" or []: nothing to continue (an empty list is no prompts)
+            raise ServeError("the prompt is empty", param="prompt")
         if isinstance(self.prompt, str):
             return [self.prompt]
         if self.prompt and all(isinstance(p, int) for p in self.prompt):

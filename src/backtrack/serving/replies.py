@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from backtrack.engine.types import GenerationResult
+from backtrack.engine.types import Event, GenerationResult
 from backtrack.serving.logprobs import Logprobs, Piece, result_entries
 from backtrack.serving.protocol import finish_reason
 from backtrack.serving.scheduler import result_usage
@@ -103,6 +103,19 @@ class Reply:
                 entry["logprobs"] = logprobs
         else:
             entry.update(text=text, logprobs=logprobs)
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return sse({**self._head(obj), "choices": [entry]})
+
+    def events_chunk(self, choice: int, events: list[Event]) -> str:
+        """One server-sent event of choice ``choice`` carrying its new token and rollback
+        events (``backtrack.trace_stream``); its text (or chat delta) is empty, so a client
+        that concatenates text is unaffected."""
+        entry: dict[str, Any] = {"index": choice, "finish_reason": None}
+        if self.chat:
+            entry["delta"] = {}
+        else:
+            entry.update(text="", logprobs=None)
+        entry["backtrack"] = {"events": [asdict(e) for e in events]}
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return sse({**self._head(obj), "choices": [entry]})
 

@@ -1,16 +1,19 @@
-"""The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` and
-``/health``, and how an answer is waited for (whole) or streamed (server-sent events)."""
+"""The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+``/health`` and the web playground at ``/``, and how an answer is waited for (whole) or
+streamed (server-sent events)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from backtrack.engine.text import IncrementalDetokenizer
 from backtrack.engine.types import GenerationResult
@@ -48,6 +51,17 @@ async def list_models(state: State) -> dict:
 async def get_model(name: str, state: State) -> dict:
     check_model(state.settings, name)
     return model_card(name, state.created)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def playground() -> HTMLResponse:
+    """The web playground: one static page that streams completions with their rollbacks."""
+    return HTMLResponse(_playground_html())
+
+
+@functools.cache
+def _playground_html() -> str:
+    return resources.files("backtrack.serving").joinpath("static/playground.html").read_text()
 
 
 @router.get("/health")
@@ -103,6 +117,15 @@ async def _answer(
                 f"exceed the model's context of {state.context_limit} tokens",
                 param="max_tokens",
             )
+    # Every choice waits in the queue before it gets a row, so more choices than the queue
+    # holds could never start: refuse them (not a 503, which says that retrying helps) before
+    # building one job per choice.
+    if len(prompts) * body.n > state.scheduler.max_queue:
+        raise ServeError(
+            f"the request asks for {len(prompts) * body.n} choices ({len(prompts)} prompts x "
+            f"n={body.n}); this server queues at most {state.scheduler.max_queue} (--max-queue)",
+            param="n",
+        )
     # One choice per (prompt, n); seeded choices get seeds seed, seed+1, ...
     jobs = []
     for p, ids in enumerate(prompts):
@@ -148,6 +171,7 @@ async def _answer(
             loop=loop,
             events=_Tagged(events, choice),
             logprobs=alternatives is not None,
+            trace_stream=body.backtrack.trace_stream,
         )
         tickets.append(ticket)
     if body.stream:
@@ -255,6 +279,8 @@ async def _stream(
             choice, kind, payload = event
             if kind == "text":
                 yield reply.chunk(choice, piece=payload)
+            elif kind == "events":
+                yield reply.events_chunk(choice, payload)
             elif kind == "done":
                 results[choice] = payload
                 yield reply.chunk(choice, result=payload)

@@ -39,8 +39,9 @@ class Ticket:
 
     Events arrive on ``events`` (``put_nowait`` on the handler's loop): ``("text", Piece)``
     for newly final text and, if ``logprobs``, its tokens (streaming tickets only), then
-    ``("done", GenerationResult)``, or
-    ``("error", message)`` if decoding failed.
+    ``("done", GenerationResult)``, or ``("error", message)`` if decoding failed. With
+    ``trace_stream``, each step's new token and rollback events come first as
+    ``("events", [Event, ...])``.
     """
 
     index: int
@@ -49,6 +50,14 @@ class Ticket:
     loop: asyncio.AbstractEventLoop
     events: Any
     logprobs: bool = False  # streamed pieces carry their tokens' log-probabilities
+    trace_stream: bool = False
+    traced: int = 0  # trace events already published (trace_stream only)
+
+    def publish_trace(self, trace: list) -> None:
+        """Publish the row's trace events not published yet (from the scheduler thread)."""
+        if self.trace_stream and len(trace) > self.traced:
+            self.publish("events", trace[self.traced :])
+            self.traced = len(trace)
 
     def publish(self, kind: str, payload: Any) -> None:
         """Hand an event to the handler's loop (from the scheduler thread)."""
@@ -107,17 +116,25 @@ class Scheduler:
         loop: asyncio.AbstractEventLoop,
         events: Any,
         logprobs: bool = False,
+        trace_stream: bool = False,
     ) -> Ticket:
         """Queue one generation; a full queue is a 503 with ``Retry-After``. ``events``:
         where the ticket's events go (anything with ``put_nowait``, used on ``loop``);
-        ``logprobs``: streamed pieces carry their tokens' entries."""
+        ``logprobs``: streamed pieces carry their tokens' entries; ``trace_stream``: also
+        publish every token and rollback event (streaming only)."""
         with self._lock:
             if self._stopping:
                 raise ServeError("the server is shutting down", 503, kind="server_error")
             if len(self._queue) >= self.max_queue:
                 raise self._busy()
             ticket = Ticket(
-                next(self._numbers), (prompt_ids, operator, config), stream, loop, events, logprobs
+                next(self._numbers),
+                (prompt_ids, operator, config),
+                stream,
+                loop,
+                events,
+                logprobs=logprobs,
+                trace_stream=stream and trace_stream,
             )
             self._queue.append(ticket)
             self._tickets[ticket.index] = ticket
@@ -202,6 +219,7 @@ class Scheduler:
             for row in run.live:
                 ticket = self._ticket(row.index)
                 if ticket is not None and ticket.stream:
+                    ticket.publish_trace(row.trace)
                     stream = streams.setdefault(row.index, CommittedText(row))
                     piece = Piece(stream.new())
                     if ticket.logprobs:
@@ -218,6 +236,7 @@ class Scheduler:
                 if ticket is None:
                     continue  # cancelled meanwhile
                 if ticket.stream:
+                    ticket.publish_trace(row.trace)
                     piece = Piece((stream or CommittedText(row)).rest())
                     if ticket.logprobs:
                         piece.entries = session_entries(row, start, len(row.completion))
