@@ -81,6 +81,8 @@ def check_response(response, status_seen: Counter) -> None:
             payload = json.loads(event)
             if "error" in payload:
                 assert_openai_error(payload, status)
+    elif any(v.startswith("text/html") for v in response.headers.get("content-type", [])):
+        assert "<html" in response.text.lower()  # the playground page at /
     else:
         response.json()
 
