@@ -143,7 +143,11 @@ class DecodingSession:
         if self.generator is None and self.config.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.sampler = Sampler(
-            self.config, self.generator, match_generate=self.backend.matches_generate
+            self.config,
+            self.generator,
+            match_generate=self.backend.matches_generate,
+            history=(self.prompt_ids, self.completion),
+            tokenizer=self.tokenizer,
         )
         # Opened by prefill() (a batch row gets a view of the batch's caches instead).
         self.cache: SequenceCache | None = None
