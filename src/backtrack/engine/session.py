@@ -38,7 +38,7 @@ import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
 from backtrack.backends.kv_cache import rollback_cache
-from backtrack.engine.positions import Rejections, UndoLog, UndoRecord
+from backtrack.engine.positions import Rejections, UndoLog, UndoRecord, rewind_dead_ends
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
@@ -160,6 +160,7 @@ class DecodingSession:
         # high-water mark of committed_length(): nothing before it is ever deleted again.
         self._ban_hold = 0
         self._final = 0
+        self.vocab_size: int | None = None  # known from the first draw
         self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
@@ -242,6 +243,7 @@ class DecodingSession:
             self._drawn = (draw(self._next_logits, [self.sampler], [self.banned_now()]), 0)
         draws, row = self._drawn
         self._drawn = None
+        self.vocab_size = draws.logits.shape[-1]
         position = len(self.completion)
         self._rejections.drawn(position)
         token = int(draws.tokens[row])
@@ -372,6 +374,7 @@ class DecodingSession:
             keep = max(self._undo.token_at(found.match_start, len(self.text)), self._final)
             deleted = self.rollback(len(self.completion) - keep, "banned-string", force=True)
             self.counts.ban_rollbacks += 1
+            deleted += rewind_dead_ends(self, self._rejections)
             # What is left is a prefix of text that had no complete match.
             found = self.bans.scan(self.text, self.text_offset(self._final))
         self._ban_hold = self._undo.token_at(found.hold_from, len(self.text))
