@@ -28,6 +28,13 @@ from backtrack.operators import Chaos
 PROMPT = "def fib(n):\n    "
 
 
+def tiny_model():
+    """The tiny model as ``generate --model tiny-random-qwen2 --dtype float32`` loads it."""
+    from backtrack.models import load_model
+
+    return load_model("tiny-random-qwen2", dtype="float32")
+
+
 # ---------------------------------------------------------------------- the arithmetic
 def _dense_reference(logits, prompt, output, p: Penalties) -> torch.Tensor:
     """The formulas, written out densely over the whole vocabulary (float32 throughout)."""
@@ -299,3 +306,53 @@ def test_batch_rows_with_and_without_penalties(tiny):
     for i, (p, c) in enumerate(pairs):
         alone = Decoder(model, tok).generate(p, Chaos(p=0.3, max=3, seed=i), c)
         assert batch[i].token_ids == alone.token_ids
+
+
+# ---------------------------------------------------------------------- the command line
+def test_generate_penalty_flags_reach_the_engine(tmp_path):
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    out = tmp_path / "result.json"
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator", "never",
+            "--temperature", "0", "--max-new-tokens", "16", "--dtype", "float32",
+            "--presence-penalty", "0.5", "--frequency-penalty", "0.25",
+            "--repetition-penalty", "1.3", "--dry-multiplier", "0.8", "--dry-base", "2",
+            "--dry-allowed-length", "1", "--dry-sequence-breaker", "\n",
+            "--logit-bias", "42=4", "--logit-bias", "17=-100", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model, tok = tiny_model()
+    config = GenerationConfig(
+        max_new_tokens=16,
+        temperature=0,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        repetition_penalty=1.3,
+        dry_multiplier=0.8,
+        dry_base=2.0,
+        dry_allowed_length=1,
+        dry_sequence_breakers=["\n"],
+        logit_bias={42: 4.0, 17: -100.0},
+    )
+    reference = Decoder(model, tok).generate(PROMPT, None, config)
+    assert json.loads(out.read_text())["token_ids"] == reference.token_ids
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--logit-bias", "42"], "--logit-bias takes TOKEN_ID=BIAS"),
+        (["--logit-bias", "a=1"], "logit_bias keys must be token ids"),
+        (["--presence-penalty", "9"], "presence_penalty must be in [-2, 2]"),
+    ],
+)
+def test_bad_penalty_flags_are_one_line_errors(flags, words):
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, *flags]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and words in result.output

@@ -15,7 +15,7 @@ tokens (the sampler reads the session's live ``prompt_ids`` and ``completion`` l
 penalties are a function of the surviving tokens only, and a rollback has nothing to undo. The
 alternative, counts kept incrementally and undone in lockstep by the undo log, saves nothing
 worth its bookkeeping: recomputing costs about 0.1 ms per step for 2,000 context tokens on a
-152k vocabulary (``benchmarks/penalties.py``), against tens of milliseconds for the forward
+152k vocabulary (``benchmarks/bench_penalties.py``), against tens of milliseconds for the forward
 pass. DRY's scan (a Z-function over the reversed context) is linear in the context as well.
 
 With every setting neutral (``presence = frequency = 0``, ``repetition = 1``,
