@@ -14,9 +14,10 @@ Nothing here is kept between steps: every draw recomputes the counts from the ro
 tokens (the sampler reads the session's live ``prompt_ids`` and ``completion`` lists), so the
 penalties are a function of the surviving tokens only, and a rollback has nothing to undo. The
 alternative, counts kept incrementally and undone in lockstep by the undo log, saves nothing
-worth its bookkeeping: recomputing costs about 0.1 ms per step for 2,000 context tokens on a
-152k vocabulary (``benchmarks/bench_penalties.py``), against tens of milliseconds for the forward
-pass. DRY's scan (a Z-function over the reversed context) is linear in the context as well.
+worth its bookkeeping: recomputing costs about 0.6 ms per step for one row of 2,000 context
+tokens on a 152k vocabulary (``benchmarks/bench_penalties.py``, a loaded 2-core machine),
+against tens of milliseconds for a real model's forward pass. DRY's scan (a Z-function over
+the reversed context) is linear in the context as well.
 
 With every setting neutral (``presence = frequency = 0``, ``repetition = 1``,
 ``dry_multiplier = 0``, no bias) a row has no :class:`Penalties` and its logits are not touched
@@ -167,75 +168,64 @@ def apply_penalties(
     """The penalised logits of a batch ``[B, V]``; ``logits`` itself when no row has any.
 
     Row ``r`` uses ``penalties[r]`` and ``histories[r] = (prompt ids, completion ids)``, its
-    surviving tokens. Bias, repetition, presence and frequency run for all
-    penalised rows at once; DRY's few penalised tokens are found row by row.
+    surviving tokens. Bias, repetition, presence and frequency run for all penalised rows at
+    once; DRY's few penalised tokens are found row by row.
     """
     rows = [r for r, p in enumerate(penalties) if p is not None]
     if not rows:
         return logits
     vocab = logits.shape[-1]
     device = logits.device
-    chosen = [penalties[r] for r in rows]
-    prompts = [list(histories[r][0]) if histories[r] else [] for r in rows]
-    outputs = [list(histories[r][1]) if histories[r] else [] for r in rows]
-    # Padded id tensors: padding points at an extra column V, cut off afterwards.
-    width = max(1, max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True)))
-    seen_ids = torch.full((len(rows), width), vocab, dtype=torch.long)
-    out_ids = torch.full((len(rows), width), vocab, dtype=torch.long)
-    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
-        if p or o:
-            seen_ids[i, : len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
-        if o:
-            out_ids[i, : len(o)] = torch.tensor(o, dtype=torch.long)
-    seen_ids, out_ids = seen_ids.to(device), out_ids.to(device)
-    counts = torch.zeros((len(rows), vocab + 1), dtype=logits.dtype, device=device)
-    counts.scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=logits.dtype))
-    counts = counts[:, :vocab]
-    seen = torch.zeros((len(rows), vocab + 1), dtype=torch.bool, device=device)
-    seen.scatter_(1, seen_ids, True)
-    seen = seen[:, :vocab]
+    # Every touched entry (a token seen, or biased) is addressed by its flat index
+    # row * V + token; only those entries are computed, as a dense pass over [B, V] would
+    # compute them (x + 0, x - 0 * 0 elsewhere leave every other logit bit for bit), which
+    # keeps a step at ~0.1 ms per row instead of milliseconds (benchmarks/bench_penalties.py).
+    seen_keys, out_keys, bias_keys, bias_values, contexts = [], [], [], [], {}
+    for r in rows:
+        p = penalties[r]
+        prompt, output = histories[r] or ((), ())
+        context = [*prompt, *output]
+        contexts[r] = context
+        offset = r * vocab
+        seen_keys.append(torch.tensor(context, dtype=torch.long) + offset)
+        out_keys.append(torch.tensor(list(output), dtype=torch.long) + offset)
+        bias_keys.append(torch.tensor([t for t, _ in p.bias], dtype=torch.long) + offset)
+        bias_values.append(torch.tensor([b for _, b in p.bias], dtype=logits.dtype))
+    seen = torch.cat(seen_keys).to(device)
+    biased = torch.cat(bias_keys).to(device)
+    keys = torch.unique(torch.cat([seen, biased]))  # sorted
+    out_unique, out_counts = torch.unique(torch.cat(out_keys).to(device), return_counts=True)
+    count = torch.zeros(keys.shape, dtype=logits.dtype, device=device)
+    count[torch.searchsorted(keys, out_unique)] = out_counts.to(logits.dtype)
+    bias = torch.zeros(keys.shape, dtype=logits.dtype, device=device)
+    bias[torch.searchsorted(keys, biased)] = torch.cat(bias_values).to(device)
+    was_seen = torch.zeros(keys.shape, dtype=torch.bool, device=device)
+    was_seen[torch.searchsorted(keys, seen)] = True
+    row_of = keys // vocab
 
-    index = torch.tensor(rows, device=device)
-    sub = logits.index_select(0, index)
-    bias = torch.zeros_like(sub)
-    touched = seen.clone()
-    for i, p in enumerate(chosen):
-        if p.bias:
-            ids = torch.tensor([t for t, _ in p.bias], device=device)
-            bias[i, ids] = torch.tensor([b for _, b in p.bias], dtype=logits.dtype, device=device)
-            touched[i, ids] = True
-
-    def column(values: list[float]) -> torch.Tensor:
+    def per_entry(field: str, neutral: float) -> torch.Tensor:
         """A per-row setting at every touched entry."""
-        per_row = torch.tensor(values, dtype=logits.dtype, device=device)[:, None]
-        return per_row.expand_as(sub)[touched]
+        values = [getattr(p, field) if p is not None else neutral for p in penalties]
+        return torch.tensor(values, dtype=logits.dtype, device=device)[row_of]
 
-    # Only the touched entries (seen or biased) change, so only they are computed: each of
-    # them goes through the same operations as a dense pass would, and every other logit
-    # is left as it is (a dense pass would leave it bit for bit the same: x + 0, x - 0 * 0).
-    # Dense, the arithmetic cost ~10 ms per step over a 152k vocabulary on this machine.
-    x = sub[touched] + bias[touched]
-    count, was_seen = counts[touched], seen[touched]
-    repetition = column([p.repetition for p in chosen])
+    flat = logits.reshape(-1)
+    x = flat[keys] + bias
+    repetition = per_entry("repetition", 1.0)
     x = torch.where(was_seen, torch.where(x > 0, x / repetition, x * repetition), x)
-    x = x - column([p.frequency for p in chosen]) * count
-    x = x - column([p.presence for p in chosen]) * (count > 0).to(logits.dtype)
-    sub[touched] = x
-    for i, p in enumerate(chosen):
+    x = x - per_entry("frequency", 0.0) * count
+    x = x - per_entry("presence", 0.0) * (count > 0).to(logits.dtype)
+    out = logits.clone(memory_format=torch.contiguous_format)
+    out.view(-1)[keys] = x
+    for r in rows:
+        p = penalties[r]
         if p.dry_multiplier > 0:
             found = dry_penalties(
-                prompts[i] + outputs[i],
-                p.dry_multiplier,
-                p.dry_base,
-                p.dry_allowed_length,
-                p.dry_breakers,
+                contexts[r], p.dry_multiplier, p.dry_base, p.dry_allowed_length, p.dry_breakers
             )
             if found:
                 ids = torch.tensor(list(found), device=device)
                 amounts = torch.tensor(list(found.values()), dtype=logits.dtype, device=device)
-                sub[i, ids] -= amounts
-    out = logits.clone()
-    out[index] = sub
+                out[r, ids] -= amounts
     return out
 
 
