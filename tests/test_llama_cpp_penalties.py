@@ -50,3 +50,12 @@ def test_penalised_distributions_after_rollbacks_equal_the_replay(
     replay = replay_probs(model, tok, result, config)
     worst = max(float((a - b).abs().max()) for a, b in zip(drawn, replay, strict=True))
     assert worst <= PROB_TOL
+
+
+def test_neutral_penalties_equal_penalties_off_bit_for_bit(smol):
+    model, tok = smol
+    neutral = dict(presence_penalty=0.0, repetition_penalty=1.0, logit_bias={3: 0.0})
+    on, _, _ = chaos_generation(model, tok, neutral, 1, 0.4, 6, temperature=0.8, top_k=20)
+    off, _, _ = chaos_generation(model, tok, {}, 1, 0.4, 6, temperature=0.8, top_k=20)
+    assert on.token_ids == off.token_ids and on.logprobs == off.logprobs
+    assert on.trace == off.trace and on.counts.backtracks > 0

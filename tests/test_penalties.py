@@ -356,3 +356,12 @@ def test_bad_penalty_flags_are_one_line_errors(flags, words):
     args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, *flags]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and words in result.output
+
+
+def test_penalties_docstring_examples_pass():
+    import doctest
+
+    import backtrack.engine.penalties as module
+
+    result = doctest.testmod(module, verbose=False)
+    assert result.failed == 0 and result.attempted >= 2
