@@ -85,6 +85,32 @@ BanIgnoreCaseOpt = Annotated[
         help="Match banned strings and regexes case-insensitively.",
     ),
 ]
+PresencePenaltyOpt = Annotated[
+    float | None, typer.Option(help="OpenAI presence penalty, in [-2, 2] (0: off).")
+]
+FrequencyPenaltyOpt = Annotated[
+    float | None, typer.Option(help="OpenAI frequency penalty, in [-2, 2] (0: off).")
+]
+RepetitionPenaltyOpt = Annotated[
+    float | None,
+    typer.Option(help="Repetition penalty over prompt and completion, > 0 (1: off; vLLM's)."),
+]
+DryMultiplierOpt = Annotated[float | None, typer.Option(help="DRY penalty multiplier (0: off).")]
+DryBaseOpt = Annotated[float | None, typer.Option(help="DRY exponential base, > 1.")]
+DryAllowedLengthOpt = Annotated[
+    int | None, typer.Option(help="DRY: longest repeat left unpenalised, in tokens.")
+]
+DryBreakerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dry-sequence-breaker",
+        help='DRY sequence breaker (repeatable; replaces the default \\n : " *).',
+    ),
+]
+LogitBiasOpt = Annotated[
+    list[str] | None,
+    typer.Option("--logit-bias", help="TOKEN_ID=BIAS added to that logit (repeatable)."),
+]
 MaxBacktracksOpt = Annotated[int | None, typer.Option(help="Budget: rollbacks.")]
 MaxDiscardedOpt = Annotated[
     int | None, typer.Option("--max-discarded", help="Budget: deleted tokens.")
@@ -98,10 +124,26 @@ def given_settings(**flags: Any) -> dict[str, Any]:
     given = {key: value for key, value in flags.items() if value is not None}
     if given.get("top_k") == 0:
         given["top_k"] = None
+    if "logit_bias" in given:
+        given["logit_bias"] = _logit_bias(given["logit_bias"])
     return {
         key: tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
         for key, value in given.items()
     }
+
+
+def _logit_bias(pairs: Sequence[str]) -> dict[str, float]:
+    """``--logit-bias ID=BIAS`` flags as a mapping (GenerationConfig checks the values)."""
+    bias: dict[str, float] = {}
+    for pair in pairs:
+        token, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            bias[token.strip()] = float(value)
+        except ValueError:
+            raise fail(f"--logit-bias takes TOKEN_ID=BIAS, got {pair!r}") from None
+    return bias
 
 
 def eval_default(name: str) -> Any:

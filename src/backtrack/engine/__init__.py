@@ -3,7 +3,8 @@
 from backtrack.backends.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
 from backtrack.engine.banned import BannedStrings
 from backtrack.engine.decoder import Decoder, generate
-from backtrack.engine.session import DecodingSession, encode_prompt
+from backtrack.engine.prompt import encode_prompt
+from backtrack.engine.session import DecodingSession
 from backtrack.engine.streaming import CommittedText
 from backtrack.engine.types import (
     Budget,

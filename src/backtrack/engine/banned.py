@@ -15,6 +15,14 @@ and the session holds that text back. Partial matching comes from the ``regex`` 
 (``partial=True``), which answers it exactly for regular expressions too.
 
 Only the completion is searched, not the prompt, and a match must be non-empty.
+
+Dead ends: a ban can leave nothing to draw where decoding resumes (every token of the
+vocabulary rejected there, e.g. under a pattern that matches any character after some text).
+Then the prefix itself cannot be continued, so the session deletes one more token, bans it at
+its own position, and tries again: at most :data:`MAX_BAN_REWIND` tokens further back than the
+match's start, never into text already final. (Without this, the sampler ignores bans that
+exclude everything, the banned text comes straight back, and the ban and the draw alternate
+until the forward-pass budget ends decoding.)
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
+
+# How many tokens beyond a match's start one ban may delete when it finds dead ends. Reaching
+# depth d needs the whole vocabulary rejected at d positions in a row, i.e. about V ** d ban
+# rollbacks; no budget affords a third level on a real vocabulary (V ~ 50k), so a deeper
+# rewind would only ever follow a pattern that condemns nearly all text, which no rewind can
+# satisfy. 4 covers every case that can finish and keeps one ban's reach small and known.
+MAX_BAN_REWIND = 4
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backtrack.backends.base import BatchState, as_backend
-from backtrack.engine.session import encode_prompt, eos_ids_for
+from backtrack.engine.prompt import encode_prompt, eos_ids_for
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import Counts, GenerationConfig, GenerationResult
 

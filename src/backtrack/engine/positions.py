@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from backtrack.engine.banned import MAX_BAN_REWIND
 from backtrack.engine.text import DetokState
 from backtrack.engine.types import BanPolicy
 
@@ -97,6 +98,10 @@ class Rejections:
         phrase = self._string_bans.get(position)
         return rejected if not phrase else {*rejected, *phrase}
 
+    def exhausted(self, position: int, vocab_size: int | None) -> bool:
+        """Whether every one of ``vocab_size`` tokens is banned at ``position`` (a dead end)."""
+        return vocab_size is not None and len(self.banned_at(position)) >= vocab_size
+
     def drawn(self, position: int) -> None:
         """A token was drawn at ``position``: a ``"next"`` ban has served its one draw."""
         if self.policy == "next":
@@ -119,3 +124,19 @@ class Rejections:
             self._bans[position] = {rejected}
         if banned_string:
             self._string_bans.setdefault(position, set()).add(rejected)
+
+
+def rewind_dead_ends(session: Any, rejections: Rejections) -> int:
+    """After a ban's rollback: while every token is banned where decoding resumes (a dead
+    end), delete one more token, banned at its own position, at most
+    :data:`~backtrack.engine.banned.MAX_BAN_REWIND` deep and never into final text; return
+    how many tokens went. ``session``: the :class:`~backtrack.engine.session.DecodingSession`.
+    """
+    deleted = 0
+    for _ in range(MAX_BAN_REWIND):
+        if not rejections.exhausted(len(session.completion), session.vocab_size):
+            break
+        if not session.rollback(1, "banned-string", force=True):
+            break  # the text before it is final
+        deleted += 1
+    return deleted

@@ -27,6 +27,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from backtrack.engine.penalties import Penalties, apply_penalties
 from backtrack.engine.types import GenerationConfig
 
 
@@ -55,6 +56,11 @@ class Sampler:
     ``match_generate=False`` (the llama.cpp backend) lets a top-k row draw over its k
     candidates only: the same distribution, a different use of the random stream, and about
     9 ms less per token on a 152k vocabulary (the full-vocabulary noise ``generate`` draws).
+
+    ``history``: the row's ``(prompt ids, completion ids)``, the live lists its session
+    keeps (rollbacks shorten them in place), from which the penalties are recomputed at every
+    draw; ``tokenizer`` finds DRY's sequence breakers. Both are needed only with penalties
+    (:mod:`backtrack.engine.penalties`).
     """
 
     def __init__(
@@ -62,7 +68,11 @@ class Sampler:
         config: GenerationConfig,
         generator: torch.Generator | None = None,
         match_generate: bool = True,
+        history: tuple[Sequence[int], Sequence[int]] | None = None,
+        tokenizer: object = None,
     ) -> None:
+        self.penalties = Penalties.from_config(config, tokenizer)
+        self.history = history
         self.greedy = config.greedy
         self.generator = generator
         self.warpers = build_warpers(config)
@@ -179,20 +189,24 @@ def _draws(
 
 
 def _draw_support(
-    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+    logits: torch.Tensor,
+    samplers: Sequence[Sampler],
+    banned: Sequence[Collection[int]],
+    shaped: torch.Tensor,
 ) -> Draws:
     """:func:`draw` for rows that all sample under top-k with ``support_only``: the warpers,
     the softmax and the noise run over the k largest (unbanned) logits instead of the whole
     vocabulary. Top-k keeps nothing else, so the distribution is the same (top-p and min-p
-    act on what top-k kept, as in ``generate``; ties at the k-th logit are cut at k)."""
+    act on what top-k kept, as in ``generate``; ties at the k-th logit are cut at k).
+    ``shaped``: the penalised logits (or ``logits``) the support is chosen from."""
     k = min(max(s.top_k or 0 for s in samplers), logits.shape[-1])
-    masked = _mask_bans(logits, banned)
+    masked = _mask_bans(shaped, banned)
     values, index = torch.topk(masked, k, dim=-1)
     scores = _warp(values, samplers)
     for row in range(len(samplers)):
         if banned[row] and not torch.isfinite(scores[row]).any():
             # The bans left nothing: drawn without them, as in the full path.
-            values[row], index[row] = torch.topk(logits[row], k)
+            values[row], index[row] = torch.topk(shaped[row], k)
             scores[row] = _warp(values[row : row + 1], samplers[row : row + 1])[0]
     support = torch.nn.functional.softmax(scores, dim=-1)
     noise = _exponential(support, samplers)
@@ -212,6 +226,10 @@ def draw(
     and draws exactly what it would draw alone, whatever the other rows are: rows are drawn
     in groups that take the same path (over the top-k support or the whole vocabulary, and
     the same k), since the path decides how much of a row's random stream a draw uses.
+
+    Penalties (each row's own, from its surviving tokens) shape the logits first, before
+    the bans and the warpers; the statistics (``logprob``, ``logit``, ``rank``) stay the raw
+    model's.
     """
     drawn = _draw_rows(logits, samplers, banned)
     n = min(max((s.top_logprobs for s in samplers), default=0), logits.shape[-1])
@@ -228,15 +246,21 @@ def _draw_rows(
     logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
 ) -> Draws:
     """:func:`draw` without the reported alternatives."""
+    shaped = apply_penalties(logits, [s.penalties for s in samplers], [s.history for s in samplers])
     groups: dict[tuple[bool, int | None], list[int]] = {}
     for row, sampler in enumerate(samplers):
         groups.setdefault((sampler.support_only, sampler.top_k), []).append(row)
     if len(groups) <= 1:
-        return _draw_group(logits, samplers, banned)
+        return _draw_group(logits, samplers, banned, shaped)
     parts = []
     for rows in groups.values():
         index = torch.tensor(rows, device=logits.device)
-        part = _draw_group(logits[index], [samplers[r] for r in rows], [banned[r] for r in rows])
+        part = _draw_group(
+            logits[index],
+            [samplers[r] for r in rows],
+            [banned[r] for r in rows],
+            shaped[index] if shaped is not logits else None,
+        )
         parts.append((index, part))
     return Draws(
         **{
@@ -258,12 +282,17 @@ def _stitch(logits: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _draw_group(
-    logits: torch.Tensor, samplers: Sequence[Sampler], banned: Sequence[Collection[int]]
+    logits: torch.Tensor,
+    samplers: Sequence[Sampler],
+    banned: Sequence[Collection[int]],
+    shaped: torch.Tensor | None = None,
 ) -> Draws:
-    """:func:`draw` for rows that take one path."""
+    """:func:`draw` for rows that take one path; ``shaped``: the penalised logits drawn from
+    (``None``: the raw ``logits`` themselves)."""
+    shaped = logits if shaped is None else shaped
     if samplers and all(s.support_only for s in samplers):
-        return _draw_support(logits, samplers, banned)
-    scores = _scores(logits, samplers, banned)
+        return _draw_support(logits, samplers, banned, shaped)
+    scores = _scores(shaped, samplers, banned)
     probs = torch.nn.functional.softmax(scores, dim=-1)
     # torch.multinomial(p, 1) is argmax(p / q) for q ~ Exp(1) drawn over the whole row from
     # the generator; drawing q row by row keeps every row's stream its own.

@@ -38,7 +38,8 @@ import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
 from backtrack.backends.kv_cache import rollback_cache
-from backtrack.engine.positions import Rejections, UndoLog, UndoRecord
+from backtrack.engine.positions import Rejections, UndoLog, UndoRecord, rewind_dead_ends
+from backtrack.engine.prompt import encode_prompt, eos_ids_for
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.types import (
@@ -52,31 +53,6 @@ from backtrack.engine.types import (
     Step,
     TokenEvent,
 )
-
-
-def eos_ids_for(model, tokenizer, config: GenerationConfig) -> frozenset[int]:
-    """EOS ids: the config's, else the model's generation config plus the tokenizer's EOS."""
-    if config.eos_token_ids is not None:
-        return frozenset(int(i) for i in config.eos_token_ids)
-    ids: set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos is not None:
-        ids.update(int(i) for i in gen_eos)
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)
-
-
-def encode_prompt(tokenizer, prompt: str | Sequence[int]) -> list[int]:
-    """Prompt ids: a string is tokenized as is (no special tokens added)."""
-    if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError("the prompt is empty")
-        return list(ids)
-    return [int(i) for i in prompt]
 
 
 @dataclass
@@ -145,7 +121,11 @@ class DecodingSession:
         if self.generator is None and self.config.seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.sampler = Sampler(
-            self.config, self.generator, match_generate=self.backend.matches_generate
+            self.config,
+            self.generator,
+            match_generate=self.backend.matches_generate,
+            history=(self.prompt_ids, self.completion),
+            tokenizer=self.tokenizer,
         )
         # Opened by prefill() (a batch row gets a view of the batch's caches instead).
         self.cache: SequenceCache | None = None
@@ -158,6 +138,7 @@ class DecodingSession:
         # high-water mark of committed_length(): nothing before it is ever deleted again.
         self._ban_hold = 0
         self._final = 0
+        self.vocab_size: int | None = None  # known from the first draw
         self.furthest = 0  # the longest the completion has been (the window's reference)
         self._detok = DetokState()
         self._next_logits: torch.Tensor | None = None
@@ -240,6 +221,7 @@ class DecodingSession:
             self._drawn = (draw(self._next_logits, [self.sampler], [self.banned_now()]), 0)
         draws, row = self._drawn
         self._drawn = None
+        self.vocab_size = draws.logits.shape[-1]
         position = len(self.completion)
         self._rejections.drawn(position)
         token = int(draws.tokens[row])
@@ -375,6 +357,7 @@ class DecodingSession:
             keep = max(self._undo.token_at(found.match_start, len(self.text)), self._final)
             deleted = self.rollback(len(self.completion) - keep, "banned-string", force=True)
             self.counts.ban_rollbacks += 1
+            deleted += rewind_dead_ends(self, self._rejections)
             # What is left is a prefix of text that had no complete match.
             found = self.bans.scan(self.text, self.text_offset(self._final))
         self._ban_hold = self._undo.token_at(found.hold_from, len(self.text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from backtrack.engine.banned import BannedStrings
+from backtrack.engine.penalties import parse_logit_bias
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,21 @@ class GenerationConfig:
             into a match. Matched in the completion text, across token boundaries.
         banned_regex: regular expressions banned the same way (``regex`` module syntax).
         banned_ignore_case: match banned strings and regexes case-insensitively.
+        presence_penalty, frequency_penalty: OpenAI's penalties, in [-2, 2]: subtract
+            ``presence * [count > 0] + frequency * count`` from the logit of each token the
+            completion already holds (the surviving tokens; the prompt does not count).
+        repetition_penalty: transformers' and vLLM's, > 0 (1 is off): the logit of a token
+            seen in the prompt or the completion is divided by it if positive, multiplied if
+            negative (vLLM counts the prompt too).
+        dry_multiplier, dry_base, dry_allowed_length, dry_sequence_breakers: DRY as in
+            llama.cpp and KoboldCpp (``dry_multiplier`` 0 is off): a token that would extend a
+            repeat of the context's last ``L >= dry_allowed_length`` tokens loses
+            ``dry_multiplier * dry_base ** (L - dry_allowed_length)``; a token whose text
+            contains a sequence breaker ends a match. Over the prompt and the completion.
+        logit_bias: ``{token id: bias}`` added to the raw logits (OpenAI's, in [-100, 100]).
+            All penalties act on the raw logits before temperature and the warpers
+            (:mod:`backtrack.engine.penalties`), are recomputed from the surviving tokens at
+            every draw (so rollbacks leave nothing behind), and are off by default.
         budget: bounds on backtracking work, see :class:`Budget`.
         top_logprobs: also record, for every final token, the ``top_logprobs`` most likely
             tokens of the raw model distribution and their log-probabilities
@@ -131,6 +148,15 @@ class GenerationConfig:
     banned_strings: Sequence[str] = ()
     banned_regex: Sequence[str] = ()
     banned_ignore_case: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    # llama.cpp's default breakers.
+    dry_sequence_breakers: Sequence[str] = ("\n", ":", '"', "*")
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     top_logprobs: int = 0
 
@@ -169,6 +195,45 @@ class GenerationConfig:
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.banned_strings or self.banned_regex:
             self.bans()  # validates: empty strings, bad or empty-matching patterns
+        self._check_penalties()
+
+    def _check_penalties(self) -> None:
+        """Validate the penalty settings and give them one spelling (one-line errors)."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and -2.0 <= value <= 2.0):
+                raise ValueError(f"{name} must be in [-2, 2], got {value!r}")
+        finite = {
+            name: getattr(self, name)
+            for name in ("repetition_penalty", "dry_multiplier", "dry_base")
+        }
+        for name, value in finite.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.dry_multiplier < 0:
+            raise ValueError(f"dry_multiplier must be >= 0, got {self.dry_multiplier}")
+        if self.dry_base <= 1:
+            raise ValueError(f"dry_base must be > 1, got {self.dry_base}")
+        if isinstance(self.dry_allowed_length, bool) or not isinstance(
+            self.dry_allowed_length, int
+        ):
+            raise ValueError(
+                f"dry_allowed_length must be an integer, got {self.dry_allowed_length!r}"
+            )
+        if self.dry_allowed_length < 1:
+            raise ValueError(f"dry_allowed_length must be >= 1, got {self.dry_allowed_length}")
+        breakers = self.dry_sequence_breakers
+        object.__setattr__(
+            self,
+            "dry_sequence_breakers",
+            (breakers,) if isinstance(breakers, str) else tuple(breakers),
+        )
+        if any(not isinstance(b, str) or not b for b in self.dry_sequence_breakers):
+            raise ValueError("dry_sequence_breakers must be non-empty strings")
+        # One spelling (int keys, float biases), read-only in effect: a frozen config's bias.
+        object.__setattr__(self, "logit_bias", _FrozenBias(parse_logit_bias(self.logit_bias or {})))
 
     def bans(self) -> BannedStrings | None:
         """The banned strings and regexes compiled, or ``None`` when nothing is banned."""
@@ -194,6 +259,8 @@ class GenerationConfig:
             if name not in BUDGET_KEYS and name not in _LIST_KEYS
         }
         flat.update({name: list(getattr(self, name)) for name in _LIST_KEYS})
+        # JSON's spelling: string keys (from_flat turns them back into ids).
+        flat["logit_bias"] = {str(k): v for k, v in self.logit_bias.items()}
         flat.update({name: getattr(self.budget, name) for name in BUDGET_KEYS})
         return flat
 
@@ -240,14 +307,28 @@ GENERATION_KEYS = (
     *(f.name for f in fields(GenerationConfig) if f.name not in (*PER_CALL_KEYS, "budget")),
     *BUDGET_KEYS,
 )
-# The sequence-valued settings (their default is the empty tuple): lists in the flat form.
+# The sequence-valued settings (their default is a tuple, empty or not): lists in the flat
+# form. ``logit_bias`` (a mapping) is a dict with string keys there.
 _LIST_KEYS = tuple(
-    f.name for f in fields(GenerationConfig) if f.name in GENERATION_KEYS and f.default == ()
+    f.name
+    for f in fields(GenerationConfig)
+    if f.name in GENERATION_KEYS and isinstance(f.default, tuple)
 )
 
 
+class _FrozenBias(dict):
+    """``logit_bias`` as stored on a frozen config: a dict that hashes by its items, so the
+    config stays hashable."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
 def _normalized(value: Any) -> Any:
-    """Lists and tuples compare alike (JSON turns tuples into lists)."""
+    """Lists and tuples compare alike (JSON turns tuples into lists), and so do a mapping's
+    integer and string keys (JSON's keys are strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
     return list(value) if isinstance(value, (list, tuple)) else value
 
 

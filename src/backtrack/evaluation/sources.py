@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from backtrack.engine.session import eos_ids_for
+from backtrack.engine.prompt import eos_ids_for
 from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt

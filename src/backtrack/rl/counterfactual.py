@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from backtrack.engine.batch import BatchDecoder
-from backtrack.engine.session import encode_prompt
+from backtrack.engine.prompt import encode_prompt
 from backtrack.engine.types import GenerationConfig, Step
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for

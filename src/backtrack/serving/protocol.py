@@ -124,10 +124,16 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)
-    # Fields of OpenAI's API this server does not implement: refused, never silently ignored.
+    # Penalties: OpenAI's (presence, frequency, logit_bias) and, top-level as vLLM's and
+    # llama.cpp's servers take them, repetition and DRY. ``None``: the engine's default (off).
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    dry_multiplier: float | None = Field(default=None, ge=0.0)
+    dry_base: float | None = Field(default=None, gt=1.0)
+    dry_allowed_length: int | None = Field(default=None, ge=1)
+    dry_sequence_breakers: list[str] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -141,11 +147,6 @@ class _Sampling(BaseModel):
 
     def unsupported(self) -> str | None:
         """The name of a field set to something this server does not implement."""
-        if self.logit_bias:
-            return "logit_bias"
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                return name
         return None
 
 

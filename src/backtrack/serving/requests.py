@@ -15,7 +15,8 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from backtrack.engine.session import encode_prompt
+from backtrack.engine.penalties import Penalties
+from backtrack.engine.prompt import encode_prompt
 from backtrack.engine.types import GenerationConfig
 from backtrack.operators import Never, Operator, OperatorSpecError, parse_operator
 from backtrack.serving.protocol import (
@@ -28,6 +29,17 @@ from backtrack.serving.state import ServeSettings
 
 # The protocol's spellings of "no such filter" (OpenAI's top_p 1, vLLM's top_k 0 and min_p 0)
 # and the engine's.
+# Top-level request fields that are GenerationConfig settings of the same name.
+_PENALTY_FIELDS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "repetition_penalty",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_sequence_breakers",
+)
 _FILTER_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
@@ -110,9 +122,14 @@ def max_tokens(body: ChatCompletionRequest | CompletionRequest, settings: ServeS
 
 
 def request_config(
-    body: ChatCompletionRequest | CompletionRequest, settings: ServeSettings
+    body: ChatCompletionRequest | CompletionRequest,
+    settings: ServeSettings,
+    tokenizer: Any = None,
 ) -> GenerationConfig:
-    """The request's decoding settings: ``GenerationConfig()`` updated with what it gave."""
+    """The request's decoding settings: ``GenerationConfig()`` updated with what it gave.
+
+    ``tokenizer``: checks ``logit_bias``'s token ids against the vocabulary (a 400, not a
+    failure once decoding starts)."""
     bt = body.backtrack
     optional = {
         "temperature": body.temperature,
@@ -128,6 +145,7 @@ def request_config(
         "banned_ignore_case": bt.ban_ignore_case,
         "max_backtracks": bt.max_backtracks,
         "max_discarded_tokens": bt.max_discarded_tokens,
+        **{name: getattr(body, name) for name in _PENALTY_FIELDS},
     }
     given = {key: value for key, value in optional.items() if value is not None}
     for key, off in _FILTER_OFF.items():
@@ -139,7 +157,12 @@ def request_config(
     given["max_new_tokens"] = max(1, max_tokens(body, settings))
     try:
         config = GenerationConfig().updated(given)
+        if tokenizer is not None and config.logit_bias:
+            Penalties.from_config(config, tokenizer)  # checks the ids against the vocabulary
     except ValueError as exc:
-        raise ServeError(str(exc), param="backtrack") from None
+        message = str(exc)
+        # The field the message names, else the backtrack extension's.
+        param = next((n for n in _PENALTY_FIELDS if message.startswith(n)), "backtrack")
+        raise ServeError(message, param=param) from None
     # What the response reports is no decoding setting (not a flat key): set on its own.
     return replace(config, top_logprobs=body.alternatives() or 0)

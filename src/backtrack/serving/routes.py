@@ -108,7 +108,7 @@ async def _answer(
     alternatives = body.alternatives()
     if (field := body.unsupported()) is not None:
         raise ServeError(f"{field} is not supported by this server", param=field)
-    config = request_config(body, state.settings)
+    config = request_config(body, state.settings, state.tokenizer)
     if state.context_limit is not None:
         longest = max(len(p) for p in prompts)
         if longest + config.max_new_tokens > state.context_limit:
