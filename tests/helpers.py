@@ -96,9 +96,12 @@ def max_abs_diff(a: list[float], b: list[float]) -> float:
     return max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0)
 
 
-def backend_replay_logprobs(backend, result) -> list[float]:
-    """:func:`replay_logprobs_for` through a backend's own interface (any backend): prefill
-    the prompt on a fresh cache, then feed the final tokens one at a time."""
+def backend_replay_logits(backend, result):
+    """Yield ``(i, logits)``: the raw logits each final token ``i`` of a
+    :class:`GenerationResult` was drawn from, by an incremental replay through a backend's own
+    interface (any backend): prefill the prompt on a fresh cache, then feed the final tokens
+    one at a time. A rollback that emptied the completion re-fed the last prompt token alone,
+    as the engine did (see :func:`replay_logprobs_for`)."""
     from backtrack.engine import RollbackEvent
 
     emptied = any(isinstance(e, RollbackEvent) and e.position == 0 for e in result.trace)
@@ -108,9 +111,17 @@ def backend_replay_logprobs(backend, result) -> list[float]:
     if emptied:
         cache.crop(-1)
         logits = backend.forward(cache, prompt[-1:])
-    logprobs = []
     for i, token in enumerate(tokens):
-        logprobs.append(float(logits[0, token] - torch.logsumexp(logits[0], dim=-1)))
+        yield i, logits
         if i + 1 < len(tokens):
             logits = backend.forward(cache, [token])
-    return logprobs
+
+
+def backend_replay_logprobs(backend, result) -> list[float]:
+    """:func:`replay_logprobs_for` through a backend's own interface (any backend), by
+    :func:`backend_replay_logits`."""
+    replayed = backend_replay_logits(backend, result)
+    return [
+        float(logits[0, token] - torch.logsumexp(logits[0], dim=-1))
+        for (_, logits), token in zip(replayed, result.token_ids, strict=True)
+    ]

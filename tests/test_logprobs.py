@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import backend_replay_logits
 
 from backtrack.backends.base import as_backend
-from backtrack.engine import Decoder, GenerationConfig, RollbackEvent
+from backtrack.engine import Decoder, GenerationConfig
 from backtrack.engine.batch import BatchDecoder
 from backtrack.operators import Chaos
 
@@ -22,23 +23,13 @@ PROMPT = "def fibonacci(n):\n    "
 
 
 def replay_top(backend, result, n: int) -> list[list[tuple[int, float]]]:
-    """The top ``n`` raw alternatives at each final position, from an incremental replay:
-    prefill the prompt on a fresh cache, then feed the final tokens one at a time (a rollback
-    that emptied the completion re-fed the last prompt token alone, as the engine did)."""
-    emptied = any(isinstance(e, RollbackEvent) and e.position == 0 for e in result.trace)
-    prompt, tokens = result.prompt_token_ids, result.token_ids
-    cache = backend.new_cache()
-    logits = backend.forward(cache, prompt)
-    if emptied:
-        cache.crop(-1)
-        logits = backend.forward(cache, prompt[-1:])
+    """The top ``n`` raw alternatives at each final position, from an incremental replay
+    (:func:`helpers.backend_replay_logits`)."""
     tops = []
-    for i, token in enumerate(tokens):
+    for _, logits in backend_replay_logits(backend, result):
         top = torch.topk(logits, n, dim=-1)
         values = top.values - torch.logsumexp(logits, dim=-1, keepdim=True)
         tops.append(list(zip(top.indices[0].tolist(), values[0].tolist(), strict=True)))
-        if i + 1 < len(tokens):
-            logits = backend.forward(cache, [token])
     return tops
 
 

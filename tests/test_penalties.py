@@ -15,11 +15,12 @@ import json
 
 import pytest
 import torch
+from helpers import backend_replay_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backtrack.backends.base import as_backend
-from backtrack.engine import Decoder, GenerationConfig, RollbackEvent
+from backtrack.engine import Decoder, GenerationConfig
 from backtrack.engine.batch import BatchDecoder
 from backtrack.engine.penalties import Penalties, apply_penalties, dry_penalties
 from backtrack.engine.sampling import Sampler, draw
@@ -181,15 +182,9 @@ def replay_probs(model, tok, result, config: GenerationConfig) -> list[torch.Ten
     """The distribution of each final token from an incremental replay without rollbacks:
     the backend's forward passes as the engine made them, then the same ``draw``."""
     backend = as_backend(model)
-    emptied = any(isinstance(e, RollbackEvent) and e.position == 0 for e in result.trace)
     prompt, tokens = result.prompt_token_ids, result.token_ids
-    cache = backend.new_cache()
-    logits = backend.forward(cache, prompt)
-    if emptied:
-        cache.crop(-1)
-        logits = backend.forward(cache, prompt[-1:])
     probs = []
-    for i, token in enumerate(tokens):
+    for i, logits in backend_replay_logits(backend, result):
         sampler = Sampler(
             config,
             torch.Generator(device=backend.device).manual_seed(0),
@@ -198,8 +193,6 @@ def replay_probs(model, tok, result, config: GenerationConfig) -> list[torch.Ten
             tokenizer=tok,
         )
         probs.append(draw(logits, [sampler], [()]).probs[0].clone())
-        if i + 1 < len(tokens):
-            logits = backend.forward(cache, [token])
     return probs
 
 
