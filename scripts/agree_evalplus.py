@@ -44,24 +44,12 @@ from backtrack.evaluation.data import (
 from backtrack.evaluation.prompts import build_program
 from backtrack.evaluation.sandbox import SandboxConfig
 from backtrack.evaluation.scoring import score
+from backtrack.evaluation.store import read_directory
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PLUS_DATA = REPO.parent / "shared" / "data" / HUMANEVAL_PLUS_FILE
 
 Key = tuple[str, str]  # (task_id, completion)
-
-
-def read_directory(directory: Path) -> tuple[dict, list[dict]]:
-    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-    records = []
-    with (directory / "results.jsonl").open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a truncated line: the store redoes it, so do we skip it
-    return meta, records
 
 
 def stored_verdicts(records: list[dict]) -> tuple[dict[Key, dict], Counter]:
@@ -156,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep EvalPlus's files in this directory")
     args = parser.parse_args(argv)
 
-    meta, records = read_directory(args.directory)
+    meta, records, _ = read_directory(args.directory)
     dataset = dataset_key(meta.get("dataset") or "humaneval")
     if dataset not in ("humaneval", "humaneval+"):
         sys.exit(f"{args.directory}: dataset {meta.get('dataset')!r} is not HumanEval(+)")

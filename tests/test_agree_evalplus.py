@@ -20,14 +20,35 @@ def _script():
 def test_unique_completions_keep_their_first_verdict_and_weight(tmp_path: Path) -> None:
     agree = _script()
     rows = [
-        {"task_id": "HumanEval/1", "completion": "a", "passed": False, "status": "timeout"},
-        {"task_id": "HumanEval/1", "completion": "a", "passed": True, "status": "passed"},
-        {"task_id": "HumanEval/2", "completion": "a", "passed": True, "status": "passed"},
+        {
+            "config": "base",
+            "run": 0,
+            "task_id": "HumanEval/1",
+            "completion": "a",
+            "passed": False,
+            "status": "timeout",
+        },
+        {
+            "config": "base",
+            "run": 1,
+            "task_id": "HumanEval/1",
+            "completion": "a",
+            "passed": True,
+            "status": "passed",
+        },
+        {
+            "config": "base",
+            "run": 0,
+            "task_id": "HumanEval/2",
+            "completion": "a",
+            "passed": True,
+            "status": "passed",
+        },
     ]
     (tmp_path / "meta.json").write_text(json.dumps({"dataset": "humaneval-plus"}))
     lines = [json.dumps(r) for r in rows] + ['{"truncated":']
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
-    meta, records = agree.read_directory(tmp_path)
+    meta, records, _ = agree.read_directory(tmp_path)
     assert meta["dataset"] == "humaneval-plus" and len(records) == 3
     verdicts, weight = agree.stored_verdicts(records)
     assert verdicts[("HumanEval/1", "a")]["status"] == "timeout"
