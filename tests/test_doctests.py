@@ -17,6 +17,8 @@ MODULES_AND_MINIMUM_EXAMPLES = {
     "backtrack.operators.heuristics": 40,
     "backtrack.operators.chaos": 5,
     "backtrack.operators.code": 12,
+    "backtrack.operators.examples": 8,
+    "backtrack.execution.examples": 2,
     "backtrack.operators.spec": 3,
     "backtrack.operators.features": 5,
     "backtrack.evaluation.settings": 1,

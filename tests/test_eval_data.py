@@ -19,7 +19,7 @@ from backtrack.evaluation.prompts import (
     program_for,
     truncate_at_stop,
 )
-from backtrack.evaluation.sandbox import SandboxConfig, run_many, run_program
+from backtrack.execution.sandbox import SandboxConfig, run_many, run_program
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "data"

@@ -7,7 +7,7 @@ import pytest
 from backtrack.evaluation import evalplus_check as ec
 from backtrack.evaluation.data import DataError, Problem, build_plus_test, sandbox_config_for
 from backtrack.evaluation.prompts import program_for
-from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_many
+from backtrack.execution.sandbox import ExecResult, SandboxConfig, run_many
 
 
 def fake_record(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backtrack.evaluation import sandbox
-from backtrack.evaluation import sandbox_harness as harness
-from backtrack.evaluation.sandbox import (
+from backtrack.execution import sandbox
+from backtrack.execution import sandbox_harness as harness
+from backtrack.execution.sandbox import (
     Isolation,
     SandboxConfig,
     _command,

@@ -16,7 +16,7 @@ import pytest
 
 from backtrack.evaluation.data import load_humaneval
 from backtrack.evaluation.prompts import program_for
-from backtrack.evaluation.sandbox import (
+from backtrack.execution.sandbox import (
     NOBODY_UID,
     SandboxConfig,
     _filesystem_private,

@@ -31,6 +31,7 @@ MAX_LINES = 500
 LAYERS: dict[str, int] = {
     "errors": 0,
     "paths": 0,
+    "execution": 0,
     "backends": 1,
     "models": 2,
     "engine": 3,

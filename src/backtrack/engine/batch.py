@@ -31,6 +31,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,6 +104,16 @@ class BatchStats:
     row_steps: int = 0  # sum over steps of the rows that were active
     peak_cache_bytes: int = 0  # largest size of the shared KV cache
     peak_rows: int = 0
+    # Seconds every row sat waiting for a check's verdict with nothing else to decode (the
+    # stall checks cost the batch; a check that overlaps other rows' decoding costs none).
+    check_stall_s: float = 0.0
+
+
+def _wait_first(futures: Sequence[Future]) -> float:
+    """Block until one of ``futures`` is done; the seconds waited."""
+    start = time.perf_counter()
+    wait(futures, return_when=FIRST_COMPLETED)
+    return time.perf_counter() - start
 
 
 class BatchDecoder:
@@ -203,7 +214,8 @@ class BatchDecoder:
         """One forward pass for every row, each live row's token drawn in one call (each from
         its own generator) and handed to the row, which takes its turn with step() as usual."""
         logits = batch.step([row.pending_token if row is not None else None for row in rows])
-        live = [row for row in rows if row is not None]
+        # A row waiting for a check's verdict has no forward pass queued: it sits this one out.
+        live = [row for row in rows if row is not None and row.pending_token is not None]
         draws = self._draw(logits, live)
         for i, row in enumerate(live):
             row.receive_draw(draws, i)
@@ -327,13 +339,19 @@ class BatchRun:
         if not self.live:
             return finished
         stats = self.decoder.stats
-        if self.batch.maintain():
-            stats.compactions += 1
-        self.decoder._forward(self.batch, self.rows)
+        checking = [row for row in self.live if row.check.pending is not None]
+        if len(checking) == len(self.live):  # nothing to decode until a verdict comes
+            stats.check_stall_s += _wait_first([row.check.pending for row in checking])
+        else:
+            if self.batch.maintain():
+                stats.compactions += 1
+            self.decoder._forward(self.batch, self.rows)
         stats.peak_cache_bytes = max(stats.peak_cache_bytes, self.batch.peak_bytes)
         stats.peak_rows = max(stats.peak_rows, len(self.live))
         for slot, row in enumerate(self.rows):
-            if row is not None and row.step():
+            if row is None or (row.check.pending is not None and not row.check.pending.done()):
+                continue  # still waiting for its verdict; the other rows went on
+            if row.step():
                 self._retire(slot, row)
                 finished.append(row)
         return finished

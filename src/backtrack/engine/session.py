@@ -53,6 +53,7 @@ from backtrack.engine.types import (
     Step,
     TokenEvent,
 )
+from backtrack.engine.verification import CheckState, restore_best, settle_check, start_check
 
 
 @dataclass
@@ -132,6 +133,7 @@ class DecodingSession:
         if self.detokenizer is None:
             self.detokenizer = IncrementalDetokenizer(self.tokenizer)
         self._undo = UndoLog()
+        self.check = CheckState()  # an operator's check of a finished completion (verification)
         self._rejections = Rejections(self.config.ban)
         self.bans = self.config.bans()
         # The first token a banned string could still begin at (from the last scan), and the
@@ -300,6 +302,8 @@ class DecodingSession:
         stays final (a ban rollback never reaches behind it)."""
         if self.operator is None:
             final = len(self.completion)
+        elif hasattr(self.operator, "verify"):  # a failed check may repair anything not final
+            final = self._final
         else:
             final = len(self.completion) - self.rollback_allowance()
         if self.bans is not None:
@@ -339,7 +343,7 @@ class DecodingSession:
         if self.bans is not None:
             deleted += self._enforce_bans()
         if not deleted and self.check_stop():
-            return True
+            return start_check(self)
         return not self.advance()
 
     def _enforce_bans(self) -> int:
@@ -365,7 +369,11 @@ class DecodingSession:
         return deleted
 
     def step(self) -> bool:
-        """One turn of the loop: sample, ask the operator, conclude; True when finished."""
+        """One turn of the loop: sample, ask the operator, conclude; True when finished.
+        While a check of the finished completion is in flight, the turn acts on its verdict
+        instead (:mod:`backtrack.engine.verification`), waiting for it if needed."""
+        if self.check.pending is not None:
+            return settle_check(self)
         return self.conclude(self.decide(self.sample()))
 
     def rollback(self, k: int, source: str = "operator", *, force: bool = False) -> int:
@@ -375,8 +383,9 @@ class DecodingSession:
         to exactly what they were before those tokens. The first deleted token is banned at
         the position where decoding resumes (see ``GenerationConfig.ban``).
 
-        ``force``: a banned-string rollback, clamped only by what is already final; its first
-        deleted token stays banned there whatever ``GenerationConfig.ban`` says.
+        ``force``: a rollback the engine requires (a banned string, a failed check), clamped
+        only by what is already final; its first deleted token stays banned there whatever
+        ``GenerationConfig.ban`` says.
         """
         if k < 0:
             raise ValueError(f"an operator returned a negative rollback ({k}); k must be >= 0")
@@ -427,6 +436,8 @@ class DecodingSession:
         return self.finish_reason is not None
 
     def _finish(self, reason: FinishReason) -> None:
+        if reason == "budget":  # out of forward passes, perhaps mid-repair
+            restore_best(self)
         self.finish_reason = reason
         self.counts.wall_time_s = time.perf_counter() - self._start
 

@@ -409,6 +409,10 @@ class Counts:
     # The deepest any rollback reached, in tokens behind the furthest position reached then:
     # the smallest ``rollback_window`` that would have left this generation unchanged.
     deepest_rollback: int = 0
+    # Checks of a finished completion by a verifying operator (e.g. the visible examples run),
+    # and the seconds the sequence waited for their verdicts (sandbox time, not decoding).
+    checks: int = 0
+    check_wait_s: float = 0.0
     wall_time_s: float = 0.0
     prefill_time_s: float = 0.0
 

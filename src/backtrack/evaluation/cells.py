@@ -37,6 +37,10 @@ class Generated:
     backtracks: int
     wall_time_s: float
     deepest_rollback: int = 0  # see Counts.deepest_rollback
+    # Checks of the finished completion by a verifying operator (examples: runs of the
+    # prompt's visible examples; 0 when it had none to run) and the seconds spent waiting.
+    checks: int = 0
+    check_wait_s: float = 0.0
     # Batch rows the decoding occupied (beam search: one per beam); None when it ran outside
     # the batch (transformers' model.generate), so its speed does not compare with the rows'.
     rows: int | None = 1

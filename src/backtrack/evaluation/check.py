@@ -15,7 +15,7 @@ from typing import TextIO
 
 from backtrack.evaluation.data import DataError, Problem, load_humaneval, sandbox_config_for
 from backtrack.evaluation.prompts import program_for
-from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_many, run_program
+from backtrack.execution.sandbox import ExecResult, SandboxConfig, run_many, run_program
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 JSON_OUTPUT_CAP = 2000

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from backtrack.evaluation.evalplus_check import check_source, program_time_limit
 from backtrack.evaluation.reference_times import ReferenceTimeError, reference_times
-from backtrack.evaluation.sandbox import SandboxConfig
+from backtrack.execution.sandbox import SandboxConfig
 
 HUMANEVAL_PLUS_FILE = "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP_FILE = "mbpp/mbpp_release_v1.jsonl"

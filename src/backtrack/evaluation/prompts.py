@@ -16,11 +16,12 @@ source *without* tests; :func:`program_for` appends the tests and the ``check`` 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from backtrack.evaluation.data import Problem
+from backtrack.execution import programs
+from backtrack.execution.programs import defines_function, extract_code, prompt_imports
 
 MODES = ("completion", "chat")
 
@@ -43,18 +44,11 @@ CHAT_INSTRUCTION = (
     "Complete the following Python function. Reply with the complete function "
     "(including its signature) in a single ```python code block."
 )
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-_IMPORT_LINE = re.compile(r"^(?:import\s+\S|from\s+\S+\s+import\s)")
 
 
 def truncate_at_stop(completion: str, stop: Sequence[str] = DEFAULT_STOP) -> str:
     """Cut ``completion`` at the earliest stop string; only the completion is searched."""
-    cut = len(completion)
-    for token in stop:
-        index = completion.find(token)
-        if 0 <= index < cut:
-            cut = index
-    return completion[:cut]
+    return programs.truncate_at_stop(completion, stop)
 
 
 def chat_messages(problem: Problem, instruction: str = CHAT_INSTRUCTION) -> list[dict[str, str]]:
@@ -73,24 +67,6 @@ def build_prompt(problem: Problem, mode: str = "completion", tokenizer: Any = No
     return tokenizer.apply_chat_template(
         chat_messages(problem), tokenize=False, add_generation_prompt=True
     )
-
-
-def extract_code(reply: str) -> str:
-    """The first fenced python block of a chat reply (an unclosed one runs to the end)."""
-    match = _FENCE.search(reply)
-    return match.group(1) if match else reply
-
-
-def defines_function(code: str, name: str) -> bool:
-    """True when ``code`` has a top-level ``def name(`` (possibly ``async``)."""
-    pattern = rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\("
-    return re.search(pattern, code, re.MULTILINE) is not None
-
-
-def prompt_imports(prompt: str) -> str:
-    """Top-level import lines of the prompt (what a re-stated function may rely on)."""
-    lines = [line for line in prompt.splitlines() if _IMPORT_LINE.match(line)]
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 def postprocess(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backtrack.evaluation.evalplus_check import CONVERT_SOURCE, input_kind, reference_source
-from backtrack.evaluation.sandbox import SandboxConfig, run_many
+from backtrack.execution.sandbox import SandboxConfig, run_many
 
 CACHE_ENV = "BACKTRACK_CACHE"  # the same variable the weight store reads
 CACHE_SUBDIR = "reference-times"

@@ -19,7 +19,6 @@ from pathlib import Path
 from backtrack.evaluation.data import Problem, load_dataset, sandbox_config_for
 from backtrack.evaluation.evalplus_check import SCORING_RULE
 from backtrack.evaluation.prompts import program_for
-from backtrack.evaluation.sandbox import SandboxConfig, run_many
 from backtrack.evaluation.store import (
     DETAIL_CAP,
     META_FILE,
@@ -28,6 +27,7 @@ from backtrack.evaluation.store import (
     read_directory,
     write_meta,
 )
+from backtrack.execution.sandbox import SandboxConfig, run_many
 
 
 def _execute(

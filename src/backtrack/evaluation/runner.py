@@ -29,7 +29,6 @@ from backtrack.evaluation.data import (
     select_problems,
 )
 from backtrack.evaluation.prompts import postprocess
-from backtrack.evaluation.sandbox import SandboxConfig
 from backtrack.evaluation.scoring import score
 from backtrack.evaluation.settings import (
     Configuration,
@@ -47,6 +46,7 @@ from backtrack.evaluation.store import (
     read_meta,
     write_meta,
 )
+from backtrack.execution.sandbox import SandboxConfig
 from backtrack.paths import OutputPathError, ensure_writable_directory
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from backtrack.evaluation.data import Problem, sandbox_config_for
 from backtrack.evaluation.prompts import program_for
-from backtrack.evaluation.sandbox import ExecResult, SandboxConfig, run_program
+from backtrack.execution.sandbox import ExecResult, SandboxConfig, run_program
 
 
 def score(

@@ -52,6 +52,8 @@ def _from_result(result) -> Generated:
         backtracks=c.backtracks,
         wall_time_s=c.wall_time_s,
         deepest_rollback=c.deepest_rollback,
+        checks=c.checks,
+        check_wait_s=c.check_wait_s,
     )
 
 

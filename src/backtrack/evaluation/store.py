@@ -30,7 +30,7 @@ from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.settings import SEED_STRIDE, Configuration, EvalError, EvalSettings
 
 if TYPE_CHECKING:
-    from backtrack.evaluation.sandbox import ExecResult
+    from backtrack.execution.sandbox import ExecResult
 
 RESULTS_FILE = "results.jsonl"
 META_FILE = "meta.json"
@@ -258,6 +258,8 @@ def make_record(
         "tokens_discarded": gen.tokens_discarded,
         "backtracks": gen.backtracks,
         "deepest_rollback": gen.deepest_rollback,
+        "checks": gen.checks,
+        "check_wait_s": gen.check_wait_s,
         "wall_time_s": gen.wall_time_s,
         "rows": gen.rows,
         "exec_time_s": result.duration_s,

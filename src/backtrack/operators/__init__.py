@@ -3,6 +3,7 @@
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
+from backtrack.operators.examples import Examples
 from backtrack.operators.heuristics import (
     EntropyThreshold,
     LogitThreshold,
@@ -24,6 +25,7 @@ __all__ = [
     "AnyOf",
     "Chaos",
     "EntropyThreshold",
+    "Examples",
     "LineRestart",
     "LogitThreshold",
     "NGramOverlap",

@@ -141,6 +141,12 @@ class AnyOf(Operator):
             raise ValueError("AnyOf needs at least one operator")
         self.operators = list(operators)
         self.name = "+".join(op.name for op in self.operators)
+        # A verifying operator (e.g. examples) keeps its check of the finished completion.
+        verifying = [op for op in self.operators if hasattr(op, "verify")]
+        if len(verifying) > 1:
+            raise ValueError("AnyOf takes at most one operator that verifies completions")
+        if verifying:
+            self.verify, self.repair = verifying[0].verify, verifying[0].repair
 
     def reset(self) -> None:
         for op in self.operators:

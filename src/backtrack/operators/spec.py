@@ -20,6 +20,7 @@ from typing import Any
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
+from backtrack.operators.examples import Examples
 from backtrack.operators.heuristics import (
     EntropyThreshold,
     LogitThreshold,
@@ -46,6 +47,7 @@ OPERATORS: dict[str, type[Operator] | str] = {
         LineRestart,
         SyntaxCheck,
         Chaos,
+        Examples,
     )
 }
 # Loaded on first use: it needs the optional RL dependencies.

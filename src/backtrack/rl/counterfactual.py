@@ -46,7 +46,7 @@ from backtrack.engine.prompt import encode_prompt
 from backtrack.engine.types import GenerationConfig, Step
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for
-from backtrack.evaluation.sandbox import SandboxConfig, run_program
+from backtrack.execution.sandbox import SandboxConfig, run_program
 from backtrack.operators.features import FeatureExtractor
 from backtrack.rl.env import EnvConfig, FeatureOperator, load_problems
 

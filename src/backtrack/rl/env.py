@@ -67,7 +67,7 @@ from backtrack.evaluation.data import (
 )
 from backtrack.evaluation.prompts import DEFAULT_STOP, build_program, build_prompt, postprocess
 from backtrack.evaluation.prompts import program_for as _program_for
-from backtrack.evaluation.sandbox import SandboxConfig, run_program
+from backtrack.execution.sandbox import SandboxConfig, run_program
 from backtrack.operators.base import Operator
 from backtrack.operators.features import (
     FEATURE_HIGH,

@@ -6,7 +6,7 @@ The parent may hold a large model in memory, so we never ``os.fork`` it: every p
 fresh interpreter through ``subprocess.Popen`` (``start_new_session=True``), its own temporary
 working directory, a wall-clock limit enforced by the parent and hard limits applied inside the
 child before any user code runs (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE).
-What runs inside the child, "the harness", is :mod:`backtrack.evaluation.sandbox_harness`,
+What runs inside the child, "the harness", is :mod:`backtrack.execution.sandbox_harness`,
 started by path; its docstring lists its steps in order. This module is the parent's side.
 
 Where the platform allows it (detected once, see :func:`detect_isolation`):

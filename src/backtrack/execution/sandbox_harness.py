@@ -1,6 +1,6 @@
 """The sandbox's child: sets up containment, then runs one untrusted program and reports.
 
-:mod:`backtrack.evaluation.sandbox` starts a fresh interpreter on this file, by path, in the
+:mod:`backtrack.execution.sandbox` starts a fresh interpreter on this file, by path, in the
 program's working directory and with a constructed environment::
 
     python -s -B /abs/path/sandbox_harness.py NONCE_FD VERDICT_FD program.py \\
