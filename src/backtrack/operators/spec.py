@@ -30,6 +30,7 @@ from backtrack.operators.heuristics import (
     ProbabilityTrend,
     Repetition,
 )
+from backtrack.operators.lookahead import Lookahead
 
 OPERATORS: dict[str, type[Operator] | str] = {
     cls.name: cls
@@ -46,6 +47,7 @@ OPERATORS: dict[str, type[Operator] | str] = {
         LineRestart,
         SyntaxCheck,
         Chaos,
+        Lookahead,
     )
 }
 # Loaded on first use: it needs the optional RL dependencies.
