@@ -282,3 +282,19 @@ def test_spec_string_and_refused_settings(tiny):
         Decoder(model, tok).session("x", op, GenerationConfig(rollback_window=3))
     with pytest.raises(RuntimeError, match="cannot be combined"):
         Decoder(model, tok).generate("x", parse_operator("lookahead+repetition"), _greedy(8))
+
+
+def test_search_space_recipes_run_alone_at_period_one():
+    optuna = pytest.importorskip("optuna")
+    from backtrack.tuning.space import recipe_params, suggest_recipe
+
+    name = "lookahead:threshold=1.2,m=3,length=6@temperature=0,ban=next"
+    recipe = suggest_recipe(optuna.trial.FixedTrial(recipe_params(name)))
+    assert recipe.name == "lookahead:threshold=1.2,m=3,length=6@temperature=0,period=1,ban=next"
+    assert isinstance(parse_operator(recipe.spec), Lookahead)
+    with pytest.raises(ValueError, match="period=1 only"):
+        recipe_params("lookahead:threshold=1.2,m=3,length=6@temperature=0,period=2")
+    with pytest.raises(ValueError, match="never combined"):
+        recipe_params(
+            "repetition:max_repetitions=3+lookahead:threshold=1,m=2,length=2@temperature=0"
+        )

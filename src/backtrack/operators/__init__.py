@@ -13,6 +13,7 @@ from backtrack.operators.heuristics import (
     ProbabilityTrend,
     Repetition,
 )
+from backtrack.operators.lookahead import Lookahead, LookaheadChoice
 from backtrack.operators.spec import (
     OperatorSpecError,
     operator_help,
@@ -26,6 +27,8 @@ __all__ = [
     "EntropyThreshold",
     "LineRestart",
     "LogitThreshold",
+    "Lookahead",
+    "LookaheadChoice",
     "NGramOverlap",
     "Never",
     "Operator",
