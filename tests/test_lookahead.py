@@ -298,3 +298,26 @@ def test_search_space_recipes_run_alone_at_period_one():
         recipe_params(
             "repetition:max_repetitions=3+lookahead:threshold=1,m=2,length=2@temperature=0"
         )
+
+
+@pytest.mark.parametrize("banned", ["e", "a"])
+def test_banned_strings_cutting_into_explorations_stay_exact(tiny, banned):
+    """A banned string's rollback during an exploration abandons it (the forced candidate is
+    never forced over the ban): the completion holds no banned text, and stays exact."""
+
+    class Counting(Lookahead):
+        abandoned = 0
+
+        def _continue(self, x, step, session):
+            k = super()._continue(x, step, session)
+            self.abandoned += k is None and x.best is None
+            return k
+
+    model, tok = tiny
+    backend = as_backend(model)
+    op = Counting(threshold=0.5, m=3, length=4)
+    config = _greedy(30, banned_strings=[banned])
+    _, result = _run(model, tok, PROMPTS[0], op, config)
+    assert result.counts.ban_rollbacks > 0 and op.explored and op.abandoned > 0
+    assert banned not in result.text
+    assert max_abs_diff(backend_replay_logprobs(backend, result), result.logprobs) == 0.0
