@@ -321,3 +321,34 @@ def test_banned_strings_cutting_into_explorations_stay_exact(tiny, banned):
     assert result.counts.ban_rollbacks > 0 and op.explored and op.abandoned > 0
     assert banned not in result.text
     assert max_abs_diff(backend_replay_logprobs(backend, result), result.logprobs) == 0.0
+
+
+def test_the_server_streams_the_engines_lookahead_completion():
+    """Through the server (a batch row, streaming only text no rollback can reach): the text
+    of the single-sequence engine, with its explorations."""
+    pytest.importorskip("uvicorn")
+    from test_serve import PROMPT, LiveServer
+
+    from backtrack.models.tiny import TINY_MODEL_NAME
+    from backtrack.serving import ServeSettings
+
+    spec = "lookahead:threshold=1.0,m=3,length=3"
+    settings = ServeSettings([TINY_MODEL_NAME], max_batch=2, max_tokens_limit=64)
+    with LiveServer(settings) as live:
+        stream = live.client().completions.create(
+            model=TINY_MODEL_NAME,
+            prompt=PROMPT,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            extra_body={"backtrack": {"operator": spec}},
+        )
+        chunks = [c for c in stream if c.choices]
+        expected = Decoder(live.model, live.tokenizer).generate(
+            PROMPT,
+            parse_operator(spec),
+            GenerationConfig(max_new_tokens=24, temperature=0, rollback_window=32),
+        )
+    assert expected.counts.backtracks > 0
+    assert "".join(c.choices[0].text for c in chunks) == expected.text
+    assert chunks[-1].choices[0].backtrack["rollbacks"] == expected.counts.backtracks
