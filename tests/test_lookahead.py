@@ -280,8 +280,10 @@ def test_spec_string_and_refused_settings(tiny):
         Decoder(model, tok).session("x", op, GenerationConfig(period=2))
     with pytest.raises(ValueError, match=r"rollback_window >= length \(6\)"):
         Decoder(model, tok).session("x", op, GenerationConfig(rollback_window=3))
-    with pytest.raises(RuntimeError, match="cannot be combined"):
-        Decoder(model, tok).generate("x", parse_operator("lookahead+repetition"), _greedy(8))
+    with pytest.raises(OperatorSpecError, match="lookahead cannot be combined with other"):
+        parse_operator("repetition+lookahead")
+    with pytest.raises(RuntimeError, match="must be the session's own operator"):
+        Lookahead(threshold=0)(_any_step())
 
 
 def test_search_space_recipes_run_alone_at_period_one():
@@ -352,3 +354,10 @@ def test_the_server_streams_the_engines_lookahead_completion():
     assert expected.counts.backtracks > 0
     assert "".join(c.choices[0].text for c in chunks) == expected.text
     assert chunks[-1].choices[0].backtrack["rollbacks"] == expected.counts.backtracks
+
+
+def _any_step():
+    from backtrack.engine import Step
+
+    probs = torch.tensor([0.5, 0.5])
+    return Step(0, 0, "x", 0.5, -0.7, 0.0, 0, 0.69, 0.5, 0.5, torch.zeros(2), probs, [0])

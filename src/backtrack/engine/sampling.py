@@ -11,6 +11,10 @@ row) alike: the warpers run once per group of rows with equal settings, each row
 noise from its own generator (so each row stays reproducible from its seed, whatever the
 batch), and the statistics operators read (log-probability, rank, entropy, top-2) are
 computed for all rows at once.
+
+A row's bans may also be a request from its operator (:mod:`backtrack.engine.forcing`):
+:class:`Only` (draw this token) or :class:`Greedy` (take the most likely token left, whatever
+the row's settings, without using its random stream).
 """
 
 from __future__ import annotations

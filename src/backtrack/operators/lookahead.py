@@ -107,6 +107,7 @@ class Lookahead(Operator):
     """
 
     name = "lookahead"
+    combinable = False  # it forces tokens through the session: AnyOf refuses it
 
     def __init__(
         self, threshold: float = 1.0, m: int = 2, length: int = 4, greedy: bool = True
@@ -179,8 +180,8 @@ class Lookahead(Operator):
         session = self._session() if self._session is not None else None
         if session is None:
             raise RuntimeError(
-                "the lookahead operator must be the session's own operator (it cannot be "
-                "combined with +): it forces tokens through the session"
+                "the lookahead operator must be the session's own operator (it forces "
+                "tokens through the session, which attaches it)"
             )
         if self._exploration is not None:
             k = self._continue(self._exploration, step, session)
