@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 
-from backtrack.evaluation import sandbox
+from backtrack.execution import sandbox
 from backtrack.evaluation.data import load_humaneval
 from backtrack.evaluation.prompts import program_for
 

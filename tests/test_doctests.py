@@ -21,6 +21,7 @@ MODULES_AND_MINIMUM_EXAMPLES = {
     "backtrack.execution.examples": 2,
     "backtrack.operators.spec": 3,
     "backtrack.operators.features": 5,
+    "backtrack.operators.lookahead": 7,
     "backtrack.evaluation.settings": 1,
 }
 

@@ -98,6 +98,10 @@ class Rejections:
         phrase = self._string_bans.get(position)
         return rejected if not phrase else {*rejected, *phrase}
 
+    def banned_strings_at(self, position: int) -> Collection[int]:
+        """Token ids banned at ``position`` because they began a banned string."""
+        return self._string_bans.get(position, ())
+
     def exhausted(self, position: int, vocab_size: int | None) -> bool:
         """Whether every one of ``vocab_size`` tokens is banned at ``position`` (a dead end)."""
         return vocab_size is not None and len(self.banned_at(position)) >= vocab_size

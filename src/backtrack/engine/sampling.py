@@ -11,6 +11,10 @@ row) alike: the warpers run once per group of rows with equal settings, each row
 noise from its own generator (so each row stays reproducible from its seed, whatever the
 batch), and the statistics operators read (log-probability, rank, entropy, top-2) are
 computed for all rows at once.
+
+A row's bans may also be a request from its operator (:mod:`backtrack.engine.forcing`):
+:class:`Only` (draw this token) or :class:`Greedy` (take the most likely token left, whatever
+the row's settings, without using its random stream).
 """
 
 from __future__ import annotations
@@ -126,12 +130,52 @@ def _warp(values: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
     return scores
 
 
+@dataclass(frozen=True)
+class Only:
+    """A row's bans that exclude every token but ``token``: the draw must give it (an
+    operator forcing the next token, :mod:`backtrack.engine.forcing`). Masked as one fill of
+    the row, not as a ban set the size of the vocabulary."""
+
+    token: int
+
+    def __contains__(self, token: object) -> bool:
+        return token != self.token
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """A row's bans (``bans``) for a draw that takes the most likely token left, whatever
+    the row's sampling settings (an operator's greedy lookahead,
+    :mod:`backtrack.engine.forcing`). It uses none of the row's random stream."""
+
+    bans: Collection[int] = ()
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.bans
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _greedy_rows(samplers: Sequence[Sampler], banned: Sequence[Collection[int]]) -> list[bool]:
+    return [s.greedy or isinstance(b, Greedy) for s, b in zip(samplers, banned, strict=True)]
+
+
 def _mask_bans(logits: torch.Tensor, banned: Sequence[Collection[int]]) -> torch.Tensor:
     if not any(banned):
         return logits
     masked = logits.clone()
     for row, ids in enumerate(banned):
-        if ids:
+        if isinstance(ids, Greedy):
+            ids = ids.bans
+        if isinstance(ids, Only):
+            kept = masked[row, ids.token].clone()
+            masked[row] = -float("inf")
+            masked[row, ids.token] = kept
+        elif ids:
             masked[row, list(ids)] = -float("inf")
     return masked
 
@@ -155,11 +199,13 @@ def _scores(
     return scores
 
 
-def _exponential(shape_like: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
+def _exponential(
+    shape_like: torch.Tensor, samplers: Sequence[Sampler], greedy: Sequence[bool]
+) -> torch.Tensor:
     """``Exp(1)`` noise, row ``r`` from ``samplers[r]``'s generator (1.0 for greedy rows)."""
     noise = torch.empty_like(shape_like)
     for row, sampler in enumerate(samplers):
-        if sampler.greedy:
+        if greedy[row]:
             noise[row] = 1.0  # unused; keeps the division finite
         else:
             noise[row].exponential_(generator=sampler.generator)
@@ -209,7 +255,8 @@ def _draw_support(
             values[row], index[row] = torch.topk(shaped[row], k)
             scores[row] = _warp(values[row : row + 1], samplers[row : row + 1])[0]
     support = torch.nn.functional.softmax(scores, dim=-1)
-    noise = _exponential(support, samplers)
+    # A greedy row's noise is 1: its choice is the largest probability of the support.
+    noise = _exponential(support, samplers, _greedy_rows(samplers, banned))
     choice = torch.div(support, noise).argmax(dim=-1, keepdim=True)
     tokens = index.gather(1, choice)[:, 0]
     probs = logits.new_zeros(logits.shape).scatter_(1, index, support)
@@ -296,9 +343,10 @@ def _draw_group(
     probs = torch.nn.functional.softmax(scores, dim=-1)
     # torch.multinomial(p, 1) is argmax(p / q) for q ~ Exp(1) drawn over the whole row from
     # the generator; drawing q row by row keeps every row's stream its own.
-    noise = _exponential(probs, samplers)
+    greedy_rows = _greedy_rows(samplers, banned)
+    noise = _exponential(probs, samplers, greedy_rows)
     sampled = torch.div(probs, noise, out=noise).argmax(dim=-1)
-    greedy = torch.tensor([s.greedy for s in samplers], device=logits.device)
+    greedy = torch.tensor(greedy_rows, device=logits.device)
     tokens = torch.where(greedy, scores.argmax(dim=-1), sampled) if greedy.any() else sampled
     # Entropy and top-2 over the support. Under top-k the support is a few dozen entries, so
     # when every row's support fits in the largest k (ties at the k-th value, or a row without

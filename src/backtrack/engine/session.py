@@ -38,6 +38,7 @@ import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
 from backtrack.backends.kv_cache import rollback_cache
+from backtrack.engine.forcing import attach, bans_at
 from backtrack.engine.positions import Rejections, UndoLog, UndoRecord, rewind_dead_ends
 from backtrack.engine.prompt import encode_prompt, eos_ids_for
 from backtrack.engine.sampling import Draws, Sampler, draw
@@ -158,6 +159,7 @@ class DecodingSession:
             set_prompt = getattr(self.operator, "set_prompt", None)
             if set_prompt is not None:
                 set_prompt(self.detokenizer.decode(self.prompt_ids))
+            attach(self.operator, self)  # for operators that force tokens (engine/forcing.py)
 
     # ------------------------------------------------------------------ forward passes
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
@@ -209,8 +211,9 @@ class DecodingSession:
         self._drawn = (draws, row)
 
     def banned_now(self) -> Collection[int]:
-        """Token ids banned at the position about to be sampled."""
-        return self._rejections.banned_at(len(self.completion))
+        """Token ids banned at the position about to be sampled (all but one where the
+        operator forces the token: :mod:`backtrack.engine.forcing`)."""
+        return bans_at(self.operator, self.completion, self._rejections)
 
     # ------------------------------------------------------------------ sampling
     @torch.inference_mode()

@@ -14,6 +14,7 @@ from backtrack.operators.heuristics import (
     ProbabilityTrend,
     Repetition,
 )
+from backtrack.operators.lookahead import Lookahead, LookaheadChoice
 from backtrack.operators.spec import (
     OperatorSpecError,
     operator_help,
@@ -28,6 +29,8 @@ __all__ = [
     "Examples",
     "LineRestart",
     "LogitThreshold",
+    "Lookahead",
+    "LookaheadChoice",
     "NGramOverlap",
     "Never",
     "Operator",

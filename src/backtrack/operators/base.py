@@ -139,6 +139,9 @@ class AnyOf(Operator):
     def __init__(self, operators: Sequence[Operator]) -> None:
         if not operators:
             raise ValueError("AnyOf needs at least one operator")
+        alone = [op.name for op in operators if not getattr(op, "combinable", True)]
+        if alone and len(operators) > 1:
+            raise ValueError(f"{alone[0]} cannot be combined with other operators")
         self.operators = list(operators)
         self.name = "+".join(op.name for op in self.operators)
         # A verifying operator (e.g. examples) keeps its check of the finished completion.

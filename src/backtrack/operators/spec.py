@@ -31,6 +31,7 @@ from backtrack.operators.heuristics import (
     ProbabilityTrend,
     Repetition,
 )
+from backtrack.operators.lookahead import Lookahead
 
 OPERATORS: dict[str, type[Operator] | str] = {
     cls.name: cls
@@ -48,6 +49,7 @@ OPERATORS: dict[str, type[Operator] | str] = {
         SyntaxCheck,
         Chaos,
         Examples,
+        Lookahead,
     )
 }
 # Loaded on first use: it needs the optional RL dependencies.
@@ -144,7 +146,12 @@ def parse_operator(spec: str | Operator | None) -> Operator:
     if not parts:
         raise OperatorSpecError("empty operator spec")
     operators = [parse_one(p) for p in parts]
-    return operators[0] if len(operators) == 1 else AnyOf(operators)
+    if len(operators) == 1:
+        return operators[0]
+    try:
+        return AnyOf(operators)
+    except ValueError as exc:  # an operator that must run alone (it drives the session)
+        raise OperatorSpecError(f"invalid operator spec {spec!r}: {exc}") from exc
 
 
 def operator_help() -> str:

@@ -9,6 +9,9 @@ on the same seeds, and the same string can be passed to ``backtrack eval --opera
 Parameter names are prefixed by the slot (``op1.``, ``op2.``) and the operator, so Optuna's
 TPE sees one distribution per name. Float ranges are stepped (not continuous) so recipes stay
 readable and near-identical trials share their records.
+
+``lookahead`` forces tokens through the session, so it runs alone and at ``period=1``: its
+recipes have no second operator and no period to search.
 """
 
 from __future__ import annotations
@@ -37,7 +40,16 @@ OPERATOR_SPACE: dict[str, dict[str, tuple]] = {
         "max_k": ("int", 8, 48),
     },
     "syntax-check": {"max_k": ("int", 16, 96)},
+    # AdaDec-style lookahead: entropy gate, candidates, tokens each is scored on. It forces
+    # tokens through the session, so it is never combined and always runs at period 1.
+    "lookahead": {
+        "threshold": ("float", 0.3, 3.0, 0.1),
+        "m": ("int", 2, 4),
+        "length": ("int", 2, 8),
+    },
 }
+#: Operators that run alone (no second operator) at ``period=1``.
+ALONE = ("lookahead",)
 TEMPERATURES = (0.0, 0.2, 0.5)
 PERIODS = (1, 2, 4)
 BANS = ("accumulate", "next", "none")
@@ -95,14 +107,17 @@ def suggest_recipe(trial, operators: tuple[str, ...] | None = None) -> Recipe:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {known}")
     first = trial.suggest_categorical("op1", names)
     chosen = [(first, _params(trial, "op1", first))]
-    if first != "never":
+    if first != "never" and first not in ALONE:
         # Optuna needs one fixed set of choices per name: the same operator twice means one.
-        second = trial.suggest_categorical("op2", (NO_SECOND, *[n for n in names if n != "never"]))
+        seconds = [n for n in names if n != "never" and n not in ALONE]
+        second = trial.suggest_categorical("op2", (NO_SECOND, *seconds))
         if second not in (NO_SECOND, first):
             chosen.append((second, _params(trial, "op2", second)))
     temperature = trial.suggest_categorical("temperature", TEMPERATURES)
     if first == "never":
         period, ban = 1, "accumulate"  # nothing to consult or ban
+    elif first in ALONE:
+        period, ban = 1, str(trial.suggest_categorical("ban", BANS))
     else:
         period = trial.suggest_categorical("period", PERIODS)
         ban = trial.suggest_categorical("ban", BANS)
@@ -142,6 +157,8 @@ def recipe_params(name: str) -> dict[str, Any]:
         operator, _, args = part.partition(":")
         if operator not in OPERATOR_SPACE or (slot == "op2" and operator == "never"):
             raise ValueError(f"{name!r}: {operator!r} is not in the search space")
+        if operator in ALONE and len(parts) > 1:
+            raise ValueError(f"{name!r}: {operator} is never combined with another operator")
         given = dict(a.partition("=")[::2] for a in filter(None, args.split(",")))
         space = OPERATOR_SPACE[operator]
         if set(given) != set(space):
@@ -158,7 +175,7 @@ def recipe_params(name: str) -> dict[str, Any]:
                     f"{name!r}: {operator}.{param}={value} is outside the searched grid"
                 )
             params[f"{slot}.{operator}.{param}"] = value
-    if parts[0].partition(":")[0] != "never" and len(parts) == 1:
+    if parts[0].partition(":")[0] not in ("never", *ALONE) and len(parts) == 1:
         params["op2"] = NO_SECOND
     temperature = float(settings.get("temperature", "nan"))
     if temperature not in TEMPERATURES:
@@ -172,5 +189,10 @@ def recipe_params(name: str) -> dict[str, Any]:
         ban = settings.get("ban", "accumulate")
         if period not in PERIODS or ban not in BANS:
             raise ValueError(f"{name!r}: period must be in {PERIODS} and ban in {BANS}")
-        params.update(period=period, ban=ban)
+        if params["op1"] in ALONE:
+            if period != 1:
+                raise ValueError(f"{name!r}: {params['op1']} runs at period=1 only")
+            params.update(ban=ban)
+        else:
+            params.update(period=period, ban=ban)
     return params
