@@ -12,6 +12,8 @@ the tests check every decision by running the examples again themselves. Problem
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,3 +216,49 @@ def test_bad_specs_fail_before_decoding(spec: str, tmp_path: Path) -> None:
     with pytest.raises(EvalError):  # before any model is loaded or anything written
         run_eval(settings, progress=False)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_decisive_table_shows_the_filtering_baselines(evaluated) -> None:
+    settings, _, records = evaluated
+    script = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"
+    shown = ["sample-filter:n=3", "beam:2+filter"]
+    extra = [arg for name in shown for arg in ("--baseline", name)]
+    done = subprocess.run(
+        [sys.executable, str(script), settings.out, "--recipe", "base", *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in shown:
+        (line,) = [row for row in done.stdout.splitlines() if row.startswith(f"| {name} |")]
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        recs = [r for r in records.values() if r["config"] == name]
+        fwd = sum(r["forward_passes"] for r in recs) / sum(r["final_tokens"] for r in recs)
+        wall = sum(r["wall_time_s"] for r in recs) / len(recs)
+        assert cells[5] == f"{fwd:.2f}" and cells[6] == f"{wall:.1f}"
+
+
+def test_on_llama_cpp(tmp_path: Path) -> None:
+    """On llama.cpp: sample-filter:n=1 is base, and beam:2+filter's best beam is beam:2's
+    completion (both the engine's beam search there) with the same forward passes."""
+    pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
+    from backtrack.models import SMOLLM2_MODEL, load_model
+
+    model, tok = load_model(SMOLLM2_MODEL, backend="llama.cpp", threads=2, progress=False)
+    s = EvalSettings.from_flat(
+        dict(model=SMOLLM2_MODEL, backend="llama.cpp", out=str(tmp_path), limit=2, runs=1,
+             max_new_tokens=12, batch_size=4,
+             baselines=["sample-filter:n=1", "beam:2", "beam:2+filter"])
+    )  # fmt: skip
+    run_eval(s, model, tok, progress=False)
+    records = {(r["config"], r["task_id"]): r for r in read_records(tmp_path / "results.jsonl")[0]}
+    for task in ("HumanEval/0", "HumanEval/1"):
+        base, one = records[(BASE, task)], records[("sample-filter:n=1", task)]
+        assert (one["raw_completion"], one["forward_passes"]) == (
+            base["raw_completion"],
+            base["forward_passes"],
+        )
+        beam, filtered = records[("beam:2", task)], records[("beam:2+filter", task)]
+        assert filtered["candidates"][0]["raw"] == beam["raw_completion"]
+        assert filtered["forward_passes"] == beam["forward_passes"]
+        assert filtered["checks"] >= 1  # HumanEval/0 and /1 show doctest examples
