@@ -10,6 +10,10 @@ deterministic configurations' runs are copies of run 0, so their pairing is by p
 ``--learned SPEC`` adds a learned operator's row (issue 18); it may have been decoded later into
 the same directory (the same seeds, its own batches), and its HumanEval+ verdicts may come from
 another ``backtrack rescore`` directory (``--plus`` is repeatable).
+``--baseline CONFIG`` (repeatable) adds a configuration decoded in the engine directory, e.g.
+the filtering baselines at equal compute ``sample-filter:n=4`` and ``beam:2+filter`` (issue
+29): their forward passes per token and wall time per problem count every sample or beam
+decoded and every check of the visible examples (``evaluation/filtering.py``).
 ``--plot`` draws the Figure-1-style chart of the same numbers: pass@1 with its CI per
 dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
@@ -176,6 +180,13 @@ def main() -> None:
         "--learned", default=None, help="a learned operator's configuration, shown as 'learned'"
     )
     parser.add_argument("--beam-plus", type=Path, default=None, help="beam, on HumanEval+")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="another configuration of the engine directory (repeatable), e.g. "
+        "sample-filter:n=4 or beam:2+filter",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="the chart (.png)")
     args = parser.parse_args()
@@ -184,6 +195,7 @@ def main() -> None:
     configs = ["base", args.greedy, "probability-trend", recipe]
     if args.learned:
         configs.append(args.learned)
+    configs += [c for c in args.baseline if c not in configs]
     lines: list[str] = []
     figures: dict[str, list[Line]] = {}
     for dataset, engines, beam in (

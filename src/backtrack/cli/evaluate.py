@@ -68,7 +68,9 @@ def eval_benchmark(
         list[str] | None,
         typer.Option(
             help="Extra baseline (repeatable): beam:N (model.generate on transformers, the "
-            "engine's beam search on llama.cpp) or hf-sample (transformers only)."
+            "engine's beam search on llama.cpp), hf-sample (transformers only), or the "
+            "filters by the prompt's visible examples: sample-filter:n=N (up to N samples, "
+            "the first passing kept) and beam:N+filter (the best passing beam)."
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Result directory (resumable).")] = Path("eval-out"),

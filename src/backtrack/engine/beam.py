@@ -123,7 +123,6 @@ class BeamSearchDecoder:
         """One prompt's beam search."""
         return next(iter(self.generate_many([prompt], config, batch_size=self.beams)))[1]
 
-    @torch.inference_mode()
     def generate_many(
         self,
         prompts: Iterable[str | Sequence[int]],
@@ -135,6 +134,20 @@ class BeamSearchDecoder:
         ``batch_size`` rows are shared by ``batch_size // beams`` searches at a time (at least
         one), so a batch of 16 runs 8 prompts with 2 beams each.
         """
+        for index, results in self.search_many(prompts, config, batch_size):
+            yield index, results[0]
+
+    @torch.inference_mode()
+    def search_many(
+        self,
+        prompts: Iterable[str | Sequence[int]],
+        config: GenerationConfig,
+        batch_size: int = 8,
+    ) -> Iterator[tuple[int, list[GenerationResult]]]:
+        """:meth:`generate_many`, yielding every finished hypothesis of a search (up to
+        ``beams`` of them), best score first, instead of the best alone: what a filter over
+        the final beams needs. They share the search's ``counts`` (forward passes, wall
+        time: one search found them all)."""
         if config.bans() is not None:
             raise ValueError("beam search cannot enforce banned strings")
         eos = eos_ids_for(self.backend, self.tokenizer, config)
@@ -191,14 +204,14 @@ class BeamSearchDecoder:
 
     def _retire(
         self, live: list[_Search | None], batch: BatchState
-    ) -> Iterator[tuple[int, GenerationResult]]:
+    ) -> Iterator[tuple[int, list[GenerationResult]]]:
         """Free the rows of every finished search and yield its result."""
         for g, search in enumerate(live):
             if search is not None and search.done:
                 for slot in search.slots:
                     batch.free(slot)
                 live[g] = None
-                yield search.index, self._result(search)
+                yield search.index, self._results(search)
 
     # ------------------------------------------------------------------ one step
     def _advance(
@@ -278,24 +291,31 @@ class BeamSearchDecoder:
                 batch.free(slot)  # a beam that left no child
         search.beams = [child for _, child in running]
 
-    def _result(self, search: _Search) -> GenerationResult:
-        best = search.finished[0]
-        text = best.text
-        if best.stop_string is not None:
-            hit = find_stop(text, 0, [best.stop_string])
-            text = text[: hit[0]] if hit is not None else text
-        counts = Counts(
-            forward_passes=search.forward_passes,
-            tokens_sampled=len(best.tokens),
-            wall_time_s=time.perf_counter() - search.started,
-        )
-        return GenerationResult(
-            prompt_token_ids=list(search.prompt_ids),
-            token_ids=best.tokens,
-            logprobs=best.logprobs,
-            text=text,
-            finish_reason=best.finish_reason,  # type: ignore[arg-type]
-            stop_string=best.stop_string,
-            trace=[],
-            counts=counts,
-        )
+    def _results(self, search: _Search) -> list[GenerationResult]:
+        """Every finished hypothesis as a result, best first; each has its own
+        ``tokens_sampled`` (its length) and the search's forward passes and wall time."""
+        wall = time.perf_counter() - search.started
+        results = []
+        for hypothesis in search.finished:
+            text = hypothesis.text
+            if hypothesis.stop_string is not None:
+                hit = find_stop(text, 0, [hypothesis.stop_string])
+                text = text[: hit[0]] if hit is not None else text
+            counts = Counts(
+                forward_passes=search.forward_passes,
+                tokens_sampled=len(hypothesis.tokens),
+                wall_time_s=wall,
+            )
+            results.append(
+                GenerationResult(
+                    prompt_token_ids=list(search.prompt_ids),
+                    token_ids=hypothesis.tokens,
+                    logprobs=hypothesis.logprobs,
+                    text=text,
+                    finish_reason=hypothesis.finish_reason,  # type: ignore[arg-type]
+                    stop_string=hypothesis.stop_string,
+                    trace=[],
+                    counts=counts,
+                )
+            )
+        return results

@@ -44,6 +44,11 @@ class Generated:
     # Batch rows the decoding occupied (beam search: one per beam); None when it ran outside
     # the batch (transformers' model.generate), so its speed does not compare with the rows'.
     rows: int | None = 1
+    # A filtering baseline (sample-filter, beam:N+filter): the candidates it decoded, in the
+    # order it checked them (each a dict: raw, passed, mean_logprob, ...) and the index of
+    # the one kept; None for every other configuration.
+    candidates: list[dict] | None = None
+    selected: int | None = None
 
 
 def cell_key(item: WorkItem) -> tuple[str, int, str]:

@@ -17,6 +17,11 @@ Pairing and seeds: the seed of (run ``r``, problem ``i``) is ``seed + SEED_STRID
 ``i`` is the problem's index in the *full* dataset (so it does not depend on ``--limit`` or
 ``--problems``), identical for every configuration. Configurations therefore differ only by the
 operator, and comparisons against ``base`` are paired on the same seeds.
+
+Baselines at equal compute (:mod:`~backtrack.evaluation.filtering`): ``sample-filter:n=N``
+draws up to N samples of base's decoding per cell, one after another, and keeps the first that
+passes the prompt's visible examples (else the most likely); ``beam:N+filter`` keeps the best
+of the N final beams that passes them (else the best beam).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class EvalError(RuntimeError):
 
 @dataclass(frozen=True)
 class Configuration:
-    """One decoding configuration: ``kind`` is ``engine``, ``beam`` or ``hf-sample``.
+    """One decoding configuration: ``kind`` is ``engine``, ``beam``, ``hf-sample``,
+    ``sample-filter`` or ``beam-filter``.
 
     ``spec`` is the operator spec; ``generation`` the settings this configuration changes
     (flat keys, see :meth:`GenerationConfig.updated`), as ``(key, value)`` pairs.
@@ -58,6 +64,13 @@ class Configuration:
     spec: str
     beams: int = 1
     generation: tuple[tuple[str, Any], ...] = ()
+    samples: int = 1  # sample-filter: the most samples drawn per cell
+
+    @property
+    def filtered(self) -> bool:
+        """Whether candidates are filtered by the prompt's visible examples (sample-filter,
+        beam:N+filter; :mod:`~backtrack.evaluation.filtering`)."""
+        return self.kind in ("sample-filter", "beam-filter")
 
     def generation_config(self, base: GenerationConfig) -> GenerationConfig:
         """``base`` with this configuration's own settings."""
@@ -67,7 +80,7 @@ class Configuration:
         """Whether every run gives the same completion, so one run is decoded and the others
         reuse it: beam search, or greedy decoding (a run's seed only feeds sampling; operators
         never see it, and the seeded ones draw from their own spec's seed)."""
-        return self.kind == "beam" or self.generation_config(base).greedy
+        return self.kind in ("beam", "beam-filter") or self.generation_config(base).greedy
 
 
 def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -126,18 +139,57 @@ def build_configurations(operators: Sequence[str], baselines: Sequence[str] = ()
         seen.add(name)
         configs.append(Configuration(name, "engine", spec, generation=generation))
     for spec in baselines:
-        spec = spec.strip()
-        if spec == "hf-sample":
-            configs.append(Configuration(spec, "hf-sample", spec))
-        elif spec.startswith("beam"):
-            _, _, n = spec.partition(":")
-            if not (n or "2").isdigit() or int(n or "2") < 1:
-                raise EvalError(f"bad baseline {spec!r}: use beam:N with N >= 1")
-            beams = int(n or "2")
-            configs.append(Configuration(f"beam:{beams}", "beam", spec, beams))
-        else:
-            raise EvalError(f"unknown baseline {spec!r}; use beam:N or hf-sample")
+        config = parse_baseline(spec)
+        if config.name not in seen:
+            seen.add(config.name)
+            configs.append(config)
     return configs
+
+
+def _count(text: str, default: int, spec: str, usage: str) -> int:
+    """``text`` as an integer >= 1 (``default`` when empty), else a one-line EvalError."""
+    if not (text or str(default)).isdigit() or int(text or default) < 1:
+        raise EvalError(f"bad baseline {spec!r}: use {usage} with N >= 1")
+    return int(text or default)
+
+
+def parse_baseline(spec: str) -> Configuration:
+    """One ``--baseline`` spec: ``hf-sample``, ``beam:N``, ``beam:N+filter`` or
+    ``sample-filter:n=N`` (defaults: 2 beams, 4 samples).
+
+    >>> config = parse_baseline("sample-filter:n=3")
+    >>> config.name, config.kind, config.spec, config.samples
+    ('sample-filter:n=3', 'sample-filter', 'never', 3)
+    >>> parse_baseline("beam:2+filter").kind
+    'beam-filter'
+    """
+    spec = spec.strip()
+    if spec == "hf-sample":
+        return Configuration(spec, "hf-sample", spec)
+    if spec.startswith("sample-filter"):
+        # The samples are base's decoding (the never operator), so n=1 is base itself.
+        head, _, n = spec.partition(":")
+        key, eq, value = n.partition("=")
+        if head != "sample-filter" or (n and (key.strip() != "n" or not value.strip())):
+            raise EvalError(f"bad baseline {spec!r}: use sample-filter:n=N with N >= 1")
+        samples = _count(value.strip(), 4, spec, "sample-filter:n=N")
+        return Configuration(
+            f"sample-filter:n={samples}", "sample-filter", "never", samples=samples
+        )
+    if spec.startswith("beam"):
+        body, plus, suffix = spec.partition("+")
+        if plus and suffix != "filter":
+            raise EvalError(f"bad baseline {spec!r}: use beam:N or beam:N+filter with N >= 1")
+        head, _, n = body.partition(":")
+        if head != "beam":
+            raise EvalError(f"bad baseline {spec!r}: use beam:N or beam:N+filter with N >= 1")
+        beams = _count(n, 2, spec, "beam:N+filter" if plus else "beam:N")
+        if plus:
+            return Configuration(f"beam:{beams}+filter", "beam-filter", spec, beams)
+        return Configuration(f"beam:{beams}", "beam", spec, beams)
+    raise EvalError(
+        f"unknown baseline {spec!r}; use beam:N, beam:N+filter, sample-filter:n=N or hf-sample"
+    )
 
 
 def default_generation(mode: str = "completion") -> GenerationConfig:

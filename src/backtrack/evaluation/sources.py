@@ -4,6 +4,8 @@ baselines (``model.generate`` beam search and sampling), behind one :class:`Comp
 ``beam:N`` runs transformers' ``model.generate`` on the transformers backend (the peer a user
 there would pick, one sequence at a time) and the engine's batched beam search
 (:mod:`backtrack.engine.beam`, the same algorithm) on other backends, which have none.
+The baselines that filter candidates by the prompt's visible examples (``sample-filter:n=N``,
+``beam:N+filter``) always run on the engine: :mod:`~backtrack.evaluation.filtering`.
 """
 
 from __future__ import annotations
@@ -88,19 +90,33 @@ class CompletionSource:
 
     def batched(self, item: WorkItem) -> bool:
         """Whether :meth:`engine` decodes ``item`` (else :meth:`hf` does)."""
-        return item.config.kind == "engine" or (item.config.kind == "beam" and self.engine_beams)
+        kind = item.config.kind
+        return kind == "engine" or item.config.filtered or (kind == "beam" and self.engine_beams)
+
+    def batch_decoder(self):
+        """The one :class:`~backtrack.engine.batch.BatchDecoder` of this source."""
+        from backtrack.engine.batch import BatchDecoder
+
+        if self._batch is None:
+            self._batch = BatchDecoder(self.model, self.tokenizer)
+        return self._batch
 
     def engine(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
         """Decode engine items: batched through BatchDecoder when batch_size > 1, beam search
         items (on backends other than transformers) through BeamSearchDecoder.
 
         Every item gets a fresh operator instance (operators carry per-generation state).
+        The filtering baselines (``sample-filter:n=N``, ``beam:N+filter``) are decoded by
+        :mod:`~backtrack.evaluation.filtering`.
         """
+        from backtrack.evaluation import filtering
         from backtrack.operators import parse_operator
 
-        beams = [i for i in items if i.config.kind == "beam"]
-        items = [i for i in items if i.config.kind != "beam"]
-        yield from self._beam_search(beams)
+        kinds = ("beam", "beam-filter", "sample-filter")
+        yield from self._beam_search([i for i in items if i.config.kind == "beam"])
+        yield from filtering.beam_filter(self, [i for i in items if i.config.kind == kinds[1]])
+        yield from filtering.sample_filter(self, [i for i in items if i.config.kind == kinds[2]])
+        items = [i for i in items if i.config.kind not in kinds]
         if not items:
             return
         if self.settings.batch_size <= 1:
@@ -110,15 +126,11 @@ class CompletionSource:
                 result = self.decoder.generate(self.prompt(item.problem), op, config)
                 yield item, _from_result(result)
             return
-        from backtrack.engine.batch import BatchDecoder
-
-        if self._batch is None:
-            self._batch = BatchDecoder(self.model, self.tokenizer)
         requests = [
             (self.prompt(i.problem), parse_operator(i.config.spec), self.engine_config(i))
             for i in items
         ]
-        for index, result in self._batch.generate_many(requests, self.settings.batch_size):
+        for index, result in self.batch_decoder().generate_many(requests, self.settings.batch_size):
             yield items[index], _from_result(result)
 
     def _beam_search(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:

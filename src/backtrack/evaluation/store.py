@@ -240,8 +240,9 @@ def read_directory(directory: Path) -> tuple[dict, list[dict], list[str]]:
 def make_record(
     item: WorkItem, gen: Generated, completion: str, result: ExecResult, s: EvalSettings
 ) -> dict:
-    """One results.jsonl line (fields: :data:`RECORD_FIELDS`)."""
-    return {
+    """One results.jsonl line (fields: :data:`RECORD_FIELDS`; a filtering baseline's also
+    ``samples``, ``selected`` and ``candidates``, see :mod:`~.filtering`)."""
+    record = {
         "config": item.config.name,
         "run": item.run,
         "task_id": item.problem.task_id,
@@ -270,6 +271,9 @@ def make_record(
         "kind": item.config.kind,
         "spec": item.config.spec,
     }
+    if gen.candidates is not None:
+        record.update(samples=len(gen.candidates), selected=gen.selected, candidates=gen.candidates)
+    return record
 
 
 def read_records(path: Path) -> tuple[list[dict], list[str]]:
