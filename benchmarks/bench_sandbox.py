@@ -16,9 +16,9 @@ import platform
 import statistics
 import time
 
-from backtrack.execution import sandbox
 from backtrack.evaluation.data import load_humaneval
 from backtrack.evaluation.prompts import program_for
+from backtrack.execution import sandbox
 
 
 def main() -> None:

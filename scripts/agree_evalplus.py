@@ -42,9 +42,9 @@ from backtrack.evaluation.data import (
     sandbox_config_for,
 )
 from backtrack.evaluation.prompts import build_program
-from backtrack.execution.sandbox import SandboxConfig
 from backtrack.evaluation.scoring import score
 from backtrack.evaluation.store import read_directory
+from backtrack.execution.sandbox import SandboxConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PLUS_DATA = REPO.parent / "shared" / "data" / HUMANEVAL_PLUS_FILE
