@@ -322,3 +322,41 @@ def test_line_target_resumes_at_the_least_likely_line():
         first_editable=0,
     )
     assert op.repair(FAIL, attempt) == 2  # the second line (mean -2.0) from its first token
+
+
+def test_mbpp_visible_tests_hide_the_rest_and_score_on_all(mbpp):
+    from backtrack.evaluation.data import hide_examples
+    from backtrack.evaluation.settings import EvalError, EvalSettings
+
+    problem = next(p for p in load_dataset("mbpp", mbpp) if p.task_id == "MBPP/11")
+    shown = hide_examples(problem, 1)
+    examples = parse_examples(shown.prompt).examples
+    assert len(parse_examples(problem.prompt).examples) == 3 and len(examples) == 1
+    call = examples[0].expression.replace(problem.entry_point, "candidate", 1)
+    first_test = next(line for line in problem.test.splitlines() if "assert" in line)
+    assert call in first_test  # the first test stays visible...
+    assert shown.test == problem.test  # ...and all three are still scored
+    assert "'''" not in shown.prompt and shown.prompt.count('"""') == 2
+    with pytest.raises(EvalError, match="--visible-tests is for MBPP"):
+        EvalSettings(model="m", out="o", dataset="humaneval", visible_tests=1)
+    with pytest.raises(EvalError, match="--visible-tests must be >= 0"):
+        EvalSettings(model="m", out="o", dataset="mbpp", visible_tests=-1)
+
+
+def test_mbpp_plus_assert_line_is_an_example(shared_data):
+    from backtrack.evaluation.data import MBPP_PLUS_FILE
+
+    problem = load_dataset("mbpp+", shared_data / MBPP_PLUS_FILE)[0]
+    (example,) = parse_examples(problem.prompt).examples
+    assert example.expression.startswith("set(similar_elements(")
+    solution = "def similar_elements(a, b):\n    return tuple(set(a) & set(b))\n"
+    assert run_examples(problem.prompt + solution, [example]).passed
+
+
+def test_examples_recipes_round_trip_through_the_search_space():
+    from backtrack.tuning.space import recipe_params
+
+    params = recipe_params("examples:max_repairs=3,target=line@temperature=0.5,period=1,ban=next")
+    assert params["op1.examples.target"] == "line" and params["op1.examples.max_repairs"] == 3
+    with pytest.raises(ValueError, match="must be one of"):
+        recipe_params("examples:max_repairs=3,target=word@temperature=0.5")

@@ -32,10 +32,16 @@ def test_every_searched_parameter_exists_and_both_ends_are_valid():
     for name, params in OPERATOR_SPACE.items():
         factory = OPERATORS[name]
         signature = inspect.signature(factory).parameters
-        for param, (_kind, low, high, *_) in params.items():
+
+        def valid(spec):  # one value of a parameter's space
+            return spec[1][0] if spec[0] == "cat" else spec[1]
+
+        for param, spec in params.items():
             assert param in signature, f"{name} has no parameter {param}"
-            for value in (low, high):
-                others = {p: spec[1] for p, spec in params.items() if p != param}
+            # a categorical parameter: every choice; a range: both ends
+            values = spec[1] if spec[0] == "cat" else spec[1:3]
+            for value in values:
+                others = {p: valid(other) for p, other in params.items() if p != param}
                 kwargs = {**others, param: value}
                 factory(**kwargs)  # raises if the range leaves the operator's domain
 

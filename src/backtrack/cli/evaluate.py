@@ -121,6 +121,13 @@ def eval_benchmark(
         str | None,
         typer.Option(help="MBPP split: train|validation|test|prompt (default test, 11-510)."),
     ] = eval_default("split"),
+    visible_tests: Annotated[
+        int | None,
+        typer.Option(
+            help="MBPP: show only the first N of the prompt's tests (scored on all); for "
+            "decoders that run the prompt's examples (examples, sample-filter)."
+        ),
+    ] = eval_default("visible_tests"),
     timeout: Annotated[
         float | None, typer.Option(help="Sandbox seconds per program (default: the dataset's).")
     ] = eval_default("timeout_s"),
@@ -193,6 +200,7 @@ def eval_benchmark(
                 "dataset": dataset,
                 "data_path": str(data_path) if data_path else None,
                 "split": split,
+                "visible_tests": visible_tests,
                 "runs": runs,
                 "seed": seed,
                 "problems": problems,

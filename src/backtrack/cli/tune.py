@@ -83,6 +83,10 @@ def tune(
     max_new_tokens: Annotated[int, typer.Option(help="Completion length.")] = _default(
         "max_new_tokens"
     ),
+    visible_tests: Annotated[
+        int | None,
+        typer.Option(help="MBPP tests left visible in the prompt (the rest hidden, all scored)."),
+    ] = _default("visible_tests"),
     seed: Annotated[int, typer.Option(help="Seed of the TPE sampler and of the cells.")] = (
         _default("seed")
     ),
@@ -130,6 +134,7 @@ def tune(
             seed=seed,
             max_forward_per_token=max_forward_per_token,
             max_new_tokens=max_new_tokens,
+            visible_tests=visible_tests,
             ray=ray,
             ray_actors=ray_actors,
             enqueue=tuple(enqueue or ()),

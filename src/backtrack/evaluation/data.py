@@ -87,6 +87,28 @@ def sandbox_config_for(problem: Problem, config: SandboxConfig | None = None) ->
     return replace(config, timeout_s=problem.time_limit_s)
 
 
+def hide_examples(problem: Problem, keep: int) -> Problem:
+    """``problem`` with only the first ``keep`` doctest examples left in its prompt.
+
+    MBPP's prompts (the MBXP conversion) show every test as a ``>>>`` example; a prompt whose
+    examples a decoder runs (the ``examples`` operator, the sample filter) must not show the
+    tests it is scored on, so ``EvalSettings.visible_tests`` keeps the first ones and drops the
+    rest (each ``>>>`` line with the output lines below it). The tests are unchanged: the
+    completion is still scored on all of them.
+    """
+    lines, shown, dropping = [], 0, False
+    for line in problem.prompt.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith(">>>"):
+            shown += 1
+            dropping = shown > keep
+        elif dropping and (not stripped or stripped.startswith(('"""', "'''"))):
+            dropping = False  # the example's output ended
+        if not dropping:
+            lines.append(line)
+    return replace(problem, prompt="".join(lines))
+
+
 def _open_text(path: Path):
     """Open a .jsonl or .jsonl.gz file as text."""
     if path.suffix == ".gz":

@@ -64,7 +64,7 @@ class RunSummary:
 
 def load_problems(settings: EvalSettings) -> tuple[list[Problem], dict[str, int]]:
     """The selected problems, and every problem's index in the full dataset (for seeds)."""
-    from backtrack.evaluation.data import parse_problem_ids
+    from backtrack.evaluation.data import hide_examples, parse_problem_ids
 
     try:
         everything = load_dataset(settings.dataset, settings.data_path)
@@ -72,6 +72,8 @@ def load_problems(settings: EvalSettings) -> tuple[list[Problem], dict[str, int]
         ids = parse_problem_ids(settings.problems, prefix) if settings.problems else None
         pool = mbpp_problems(everything, settings.split) if settings.split else everything
         chosen = select_problems(pool, ids, settings.limit)
+        if settings.visible_tests is not None:
+            chosen = [hide_examples(p, settings.visible_tests) for p in chosen]
     except (DataError, OSError) as exc:
         raise EvalError(str(exc)) from exc
     if not chosen:

@@ -218,6 +218,9 @@ class EvalSettings:
     dataset: str = "humaneval"
     data_path: str | None = None
     split: str | None = None  # MBPP/MBPP+: train|validation|test|prompt; None: test
+    # MBPP: keep only the first N of the prompt's ">>>" tests visible (data.hide_examples),
+    # so a decoder that runs the prompt's examples never sees the rest; None: the prompt as is.
+    visible_tests: int | None = None
     runs: int = 1
     generation: GenerationConfig = None  # type: ignore[assignment]  # filled in __post_init__
     seed: int = 0
@@ -251,6 +254,11 @@ class EvalSettings:
             self.split = "test"  # MBPP/11..510, the MBPP paper's test split
         elif self.split is not None and not is_mbpp:
             raise EvalError(f"--split is for MBPP and MBPP+; {self.dataset} has no splits")
+        if self.visible_tests is not None:
+            if dataset_key(self.dataset) != "mbpp":
+                raise EvalError("--visible-tests is for MBPP (its prompts show every test)")
+            if self.visible_tests < 0:
+                raise EvalError(f"--visible-tests must be >= 0, got {self.visible_tests}")
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> EvalSettings:

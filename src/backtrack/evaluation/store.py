@@ -44,6 +44,7 @@ META_KEYS = (
     "quantize",
     "seed",
     "split",
+    "visible_tests",
     "timeout_s",
     # What "auto" became on the machine that decoded: a result directory resumed on a CPU
     # without native bf16 would otherwise silently mix bf16 and fp32 records.
@@ -117,7 +118,8 @@ def machine_info() -> dict[str, Any]:
 
 
 # meta.json written before a key existed means this value (a resumed run is compared with it).
-META_DEFAULTS = {"backend_resolved": "transformers"}
+# What a key meant before it was recorded (older meta.json files lack it).
+META_DEFAULTS = {"backend_resolved": "transformers", "visible_tests": None}
 
 
 def resolved_plan(settings: EvalSettings) -> dict[str, str]:

@@ -14,6 +14,7 @@ Parsing (:func:`parse_examples`):
   expression returns ``None``, as in doctest); ``>>>`` statements (``x = [1, 2]``) are kept as
   setup, run before the examples in order; an example whose expected output is a traceback is
   dropped;
+  An ``assert f(x) == y`` line (MBPP+ prompts show one test so) is an example too.
   A ``>>> f(x) == y`` line with no output below it is read as the assertion it is meant to be
   (``f(x)`` should equal ``y``);
 * prose statements: a call of a function the prompt defines, then one of ``==``, ``==>``,
@@ -180,6 +181,19 @@ def _prose_examples(code: str, functions: Sequence[str]) -> list[Example]:
     return examples
 
 
+def _assert_examples(code: str) -> list[Example]:
+    """``assert f(x) == y`` lines (MBPP+ prompts show one test that way)."""
+    examples = []
+    for line in code.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("assert ") or not _parses(stripped[len("assert ") :]):
+            continue
+        source = stripped[len("assert ") :]
+        split = _equality(source)
+        examples.append(Example(*split) if split else Example(source, "True"))
+    return examples
+
+
 def parse_examples(prompt: str) -> VisibleExamples:
     """The visible examples of ``prompt`` (a code prompt, or a chat prompt whose code is its
     first fenced python block); see the module docstring for what counts.
@@ -195,7 +209,7 @@ def parse_examples(prompt: str) -> VisibleExamples:
     fenced = fenced_code(prompt)
     code = prompt if fenced is None else fenced
     functions = defined_functions(code)
-    found = _doctest_examples(code) + _prose_examples(code, functions)
+    found = _doctest_examples(code) + _assert_examples(code) + _prose_examples(code, functions)
     unique: dict[str, Example] = {}
     for example in found:
         unique.setdefault(example.expression, example)

@@ -34,6 +34,7 @@ class TuneSettings:
         seed: the sampler's seed (TPE) and the evaluation's seed.
         max_forward_per_token: the constraint.
         max_new_tokens: completion length (MBPP solutions are short).
+        visible_tests: MBPP tests left visible in the prompt (the rest hidden, all scored).
     """
 
     out: str
@@ -50,6 +51,9 @@ class TuneSettings:
     seed: int = 0
     max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
     max_new_tokens: int = 384
+    # MBPP prompts show every test; for operators that run the prompt's examples the search
+    # shows only the first (EvalSettings.visible_tests), scoring on all. None: as given.
+    visible_tests: int | None = 1
     workers: int = 2
     ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
     ray_actors: int = 2
@@ -80,6 +84,7 @@ class TuneSettings:
                 "dataset": "mbpp",
                 "data_path": self.data_path,
                 "split": split,
+                "visible_tests": self.visible_tests,
                 "runs": runs,
                 "limit": limit,
                 "seed": self.seed,

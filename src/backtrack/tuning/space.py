@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: Per operator, its parameters: ``(kind, low, high, step or log)``.
+#: Per operator, its parameters: ``(kind, low, high[, step])``, or ``("cat", choices)``.
 OPERATOR_SPACE: dict[str, dict[str, tuple]] = {
     "never": {},
     "probability-threshold": {"min_prob": ("float", 0.01, 0.3, 0.01), "k": ("int", 1, 4)},
@@ -47,6 +47,9 @@ OPERATOR_SPACE: dict[str, dict[str, tuple]] = {
         "m": ("int", 2, 4),
         "length": ("int", 2, 8),
     },
+    # Test-guided repair with the prompt's visible examples: repairs before keeping the best
+    # attempt, and where a repair resumes (the least-confident token or line).
+    "examples": {"max_repairs": ("int", 1, 6), "target": ("cat", ("token", "line"))},
 }
 #: Operators that run alone (no second operator) at ``period=1``.
 ALONE = ("lookahead",)
@@ -88,6 +91,8 @@ def _fmt(value: Any) -> str:
 
 
 def _suggest(trial, name: str, spec: tuple) -> Any:
+    if spec[0] == "cat":
+        return trial.suggest_categorical(name, spec[1])
     kind, low, high, *rest = spec
     if kind == "int":
         return trial.suggest_int(name, low, high)
@@ -164,7 +169,15 @@ def recipe_params(name: str) -> dict[str, Any]:
         if set(given) != set(space):
             raise ValueError(f"{name!r}: {operator} needs exactly {', '.join(space) or 'nothing'}")
         params[slot] = operator
-        for param, (kind, low, high, *rest) in space.items():
+        for param, param_space in space.items():
+            if param_space[0] == "cat":
+                if given[param] not in param_space[1]:
+                    raise ValueError(
+                        f"{name!r}: {operator}.{param} must be one of {param_space[1]}"
+                    )
+                params[f"{slot}.{operator}.{param}"] = given[param]
+                continue
+            kind, low, high, *rest = param_space
             value: Any = int(given[param]) if kind == "int" else float(given[param])
             on_grid = (
                 kind == "int"
