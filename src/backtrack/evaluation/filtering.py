@@ -288,19 +288,14 @@ def beam_filter(source, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, G
     """Decode ``beam:N+filter`` cells with the engine's beam search, each width's together
     (``batch_size // N`` prompts of N beams), checking each search's beams in the check pool
     while the search goes on."""
-    from backtrack.engine.beam import BeamSearchDecoder
-
     checker = ExampleChecker(source.settings)
-    for width in dict.fromkeys(i.config.beams for i in items):
-        group = [i for i in items if i.config.beams == width]
-        decoder = BeamSearchDecoder(source.model, source.tokenizer, beams=width)
-        config = source.engine_config(group[0])
-        prompts = [source.prompt(i.problem) for i in group]
-        batch = max(source.settings.batch_size, width)
+    for group, decoder, search in source.beam_groups(items):
         pending: deque[tuple[WorkItem, Future]] = deque()
-        for index, results in decoder.search_many(prompts, config, batch_size=batch):
+        for index, results in decoder.search_many(**search):
             item = group[index]
-            future = check_pool().submit(_filter_beams, checker, item.problem, results, width)
+            future = check_pool().submit(
+                _filter_beams, checker, item.problem, results, decoder.beams
+            )
             pending.append((item, future))
             while pending and pending[0][1].done():
                 item, future = pending.popleft()

@@ -133,19 +133,27 @@ class CompletionSource:
         for index, result in self.batch_decoder().generate_many(requests, self.settings.batch_size):
             yield items[index], _from_result(result)
 
-    def _beam_search(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
-        """Beam search items, each width's together: ``batch_size`` rows hold
-        ``batch_size // N`` prompts of N beams."""
+    def beam_groups(self, items: Sequence[WorkItem]) -> Iterator[tuple[list[WorkItem], Any, dict]]:
+        """Beam items grouped by width, each group with its ``BeamSearchDecoder`` and the
+        keyword arguments of its search (prompts, config, batch size: ``batch_size`` rows hold
+        ``batch_size // N`` prompts of N beams). ``beam:N`` and ``beam:N+filter`` both use it."""
         from backtrack.engine.beam import BeamSearchDecoder
 
         for width in dict.fromkeys(i.config.beams for i in items):
             group = [i for i in items if i.config.beams == width]
             decoder = BeamSearchDecoder(self.model, self.tokenizer, beams=width)
-            config = self.engine_config(group[0])
-            prompts = [self.prompt(i.problem) for i in group]
-            batch = max(self.settings.batch_size, width)
-            for index, result in decoder.generate_many(prompts, config, batch_size=batch):
-                yield group[index], replace(_from_result(result), rows=width)
+            search = {
+                "prompts": [self.prompt(i.problem) for i in group],
+                "config": self.engine_config(group[0]),
+                "batch_size": max(self.settings.batch_size, width),
+            }
+            yield group, decoder, search
+
+    def _beam_search(self, items: Sequence[WorkItem]) -> Iterator[tuple[WorkItem, Generated]]:
+        """Beam search items, each width's together (:meth:`beam_groups`)."""
+        for group, decoder, search in self.beam_groups(items):
+            for index, result in decoder.generate_many(**search):
+                yield group[index], replace(_from_result(result), rows=decoder.beams)
 
     def hf(self, item: WorkItem) -> Generated:
         """Plain transformers decoding (beam search or sampling), stop strings post-hoc."""
