@@ -17,6 +17,20 @@ decoded and every check of the visible examples (``evaluation/filtering.py``).
 ``--plot`` draws the Figure-1-style chart of the same numbers: pass@1 with its CI per
 dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
+``--versus CONFIG`` (issue 29) compares every row with CONFIG instead of the recipe (e.g.
+``beam:2``, the bar to beat), each pair on the problems x runs both have, so a configuration
+decoded later with fewer runs does not shrink the others' rows; ``--frontier`` then draws the
+Pareto chart: pass@1 with its 95% CI against forward passes per final token, one panel per
+dataset, the non-dominated configurations joined. ``--baseline`` takes ``LABEL=CONFIG`` to name
+a row (``examples (tuned)=examples:max_repairs=4,target=line``).
+
+    python scripts/decisive_table.py results/humaneval-decisive \\
+        --recipe recipe:qwen2.5-coder-0.5b-instruct --versus beam:2 \\
+        --plus results/humaneval-decisive-plus --plus results/humaneval-signals-plus \\
+        --baseline 'examples=examples' --baseline sample-filter:n=2 \\
+        --out results/humaneval-decisive/signals.md \\
+        --frontier results/humaneval-decisive/frontier.png
+
     python scripts/decisive_table.py results/humaneval-decisive \\
         --recipe recipe:qwen2.5-coder-0.5b-instruct --plus results/humaneval-decisive-plus \\
         --out results/humaneval-decisive/table.md --plot results/humaneval-decisive/pass_at_1.png
@@ -60,11 +74,17 @@ def restrict(records: list[dict], a: str, b: str) -> list[dict]:
     return paired_subset([r for r in records if r["config"] in (a, b)])[0]
 
 
-def label_of(config: str, recipe: str, greedy: str, learned: str | None = None) -> str:
-    names = {recipe: "recipe", greedy: "greedy"}
+def label_of(
+    config: str,
+    recipe: str,
+    greedy: str,
+    learned: str | None = None,
+    names: dict[str, str] | None = None,
+) -> str:
+    known = {recipe: "recipe", greedy: "greedy", **(names or {})}
     if learned:
-        names[learned] = "learned"
-    return names.get(config, config)
+        known[learned] = "learned"
+    return known.get(config, config)
 
 
 def table(
@@ -74,18 +94,32 @@ def table(
     greedy: str,
     dataset: str,
     learned: str | None = None,
+    versus: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> tuple[list[str], list[Line]]:
+    """One dataset's table. Without ``versus`` the recipe minus each row, on the rectangle the
+    caller restricted every configuration to; with it, each row minus ``versus`` on the pair's
+    own rectangle (and each row's pass@1 on all its own records)."""
+    if versus:
+        head = (
+            f"| this minus {label_of(versus, recipe, greedy, learned, names)} [95% CI] "
+            "| problems this better / worse "
+        )
+    else:
+        head = "| recipe minus this [95% CI] | problems recipe better / worse "
     lines = [
         f"**{dataset}**",
         "",
-        "| configuration | problems x runs | pass@1 [95% CI] | recipe minus this [95% CI] "
-        "| problems recipe better / worse | forward passes per token | wall s per problem "
-        "| row-s per problem |",
+        "| configuration | problems x runs | pass@1 [95% CI] "
+        + head
+        + "| forward passes per token | wall s per problem | row-s per problem |",
         "|---|---|---|---|---|---|---|---|",
     ]
     figures = []
     for config in configs:
         mine = [r for r in records if r["config"] == config]
+        if versus:
+            mine = paired_subset(mine)[0]  # its complete runs, not a run in progress
         if not mine:
             continue
         estimate = mean_pass1(mine, config)
@@ -99,17 +133,19 @@ def table(
         wall = sum(float(r["wall_time_s"]) for r in decoded) / len(decoded)
         held = batch_rows(decoded[0])
         row_s = wall * held if held else None
-        if config == recipe:
-            versus, counts = "-", "-"
+        reference = versus or recipe
+        if config == reference:
+            difference, counts = "-", "-"
         else:
-            result = compare(restrict(records, recipe, config), recipe, config)
+            a, b = (config, versus) if versus else (recipe, config)
+            result = compare(restrict(records, a, b), a, b)
             d = result.diff
-            versus = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+            difference = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
             counts = f"{len(result.gained)} / {len(result.lost)}"
-        name = label_of(config, recipe, greedy, learned)
+        name = label_of(config, recipe, greedy, learned, names)
         lines.append(
             f"| {name} | {problems} x {runs} | {100 * estimate.mean:.1f} [{100 * estimate.low:.1f}"
-            f", {100 * estimate.high:.1f}] | {versus} | {counts} | {fwd:.2f} | {wall:.1f} "
+            f", {100 * estimate.high:.1f}] | {difference} | {counts} | {fwd:.2f} | {wall:.1f} "
             f"| {f'{row_s:.1f}' if row_s is not None else 'n/a (not batched)'} |"
         )
         figures.append(Line(name, estimate.mean, estimate.low, estimate.high, fwd, wall, row_s))
@@ -163,6 +199,64 @@ def plot(by_dataset: dict[str, list[Line]], path: Path) -> None:
     plt.close(fig)
 
 
+def pareto(lines: list[Line]) -> list[Line]:
+    """The non-dominated configurations: no other is at least as good for less or equal cost."""
+    front: list[Line] = []
+    for line in sorted(lines, key=lambda li: (li.passes_per_token, -li.mean)):
+        if not front or line.mean > front[-1].mean:
+            front.append(line)
+    return front
+
+
+def frontier_plot(by_dataset: dict[str, list[Line]], path: Path, budget: float | None) -> None:
+    """pass@1 (95% CI) against forward passes per final token, one panel per dataset, the
+    Pareto frontier joined and ``budget`` (the reference's cost) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(line.label for lines in by_dataset.values() for line in lines))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh<>p"
+    fig, axes = plt.subplots(
+        1, len(by_dataset), figsize=(5.6 * len(by_dataset), 4.6), sharey=True, squeeze=False
+    )
+    for ax, (dataset, lines) in zip(axes[0], by_dataset.items(), strict=True):
+        for line in lines:
+            j = labels.index(line.label)
+            ax.errorbar(
+                line.passes_per_token,
+                100 * line.mean,
+                yerr=[[100 * (line.mean - line.low)], [100 * (line.high - line.mean)]],
+                fmt=markers[j % len(markers)],
+                color=colors[j % len(colors)],
+                capsize=3,
+                label=line.label,
+            )
+        front = pareto(lines)
+        ax.plot(
+            [li.passes_per_token for li in front],
+            [100 * li.mean for li in front],
+            color="gray",
+            linewidth=1,
+            linestyle=":",
+            zorder=0,
+            label="Pareto frontier",
+        )
+        if budget is not None:
+            ax.axvline(budget, color="gray", linewidth=0.8, linestyle="--")
+        ax.set_title(dataset)
+        ax.set_xlabel("forward passes (batch rows) per final token")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pass@1 (%), 95% CI")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("engine", type=Path, help="result directory: base, trend, greedy, recipe")
@@ -185,7 +279,16 @@ def main() -> None:
         action="append",
         default=[],
         help="another configuration of the engine directory (repeatable), e.g. "
-        "sample-filter:n=4 or beam:2+filter",
+        "sample-filter:n=4 or beam:2+filter, or LABEL=CONFIG to name its row",
+    )
+    parser.add_argument(
+        "--versus",
+        default=None,
+        help="compare every row with this configuration (e.g. beam:2), each pair on its own "
+        "problems x runs, instead of the recipe with every row",
+    )
+    parser.add_argument(
+        "--frontier", type=Path, default=None, help="the Pareto chart (.png), with --versus"
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="the chart (.png)")
@@ -195,7 +298,19 @@ def main() -> None:
     configs = ["base", args.greedy, "probability-trend", recipe]
     if args.learned:
         configs.append(args.learned)
-    configs += [c for c in args.baseline if c not in configs]
+    names: dict[str, str] = {}
+    for item in args.baseline:
+        label, eq, config = item.partition("=")
+        # A configuration has "=" in its parameters and settings (sample-filter:n=2,
+        # never@temperature=0); the part before the first "=" is a label only without ":"/"@".
+        if eq and not {":", "@"} & set(label):
+            names[config] = label
+        else:
+            config = item
+        if config not in configs:
+            configs.append(config)
+    if args.frontier and not args.versus:
+        parser.error("--frontier needs --versus (the configuration whose cost is the budget)")
     lines: list[str] = []
     figures: dict[str, list[Line]] = {}
     for dataset, engines, beam in (
@@ -209,13 +324,17 @@ def main() -> None:
         # to every run, so it joins that rectangle.
         shown = list(configs)
         mine = [r for directory in engines for r in records_of(directory, [*configs, BEAM])]
-        if any(r["config"] == BEAM for r in mine) and beam is None:
+        if any(r["config"] == BEAM for r in mine) and beam is None and BEAM not in shown:
             shown.append(BEAM)
-        records = paired_subset([r for r in mine if r["config"] in shown])[0]
+        records = [r for r in mine if r["config"] in shown]
+        if not args.versus:
+            records = paired_subset(records)[0]
         if beam is not None:
             records += records_of(beam, [BEAM])
             shown.append(BEAM)
-        text, figures[dataset] = table(records, shown, recipe, args.greedy, dataset, args.learned)
+        text, figures[dataset] = table(
+            records, shown, recipe, args.greedy, dataset, args.learned, args.versus, names
+        )
         lines += text + [""]
     lines.append(f"recipe: `{recipe}`")
     if args.learned:
@@ -226,6 +345,11 @@ def main() -> None:
         args.out.write_text(text)
     if args.plot:
         plot(figures, args.plot)
+    if args.frontier:
+        budget = label_of(args.versus, recipe, args.greedy, args.learned, names)
+        costs = [li.passes_per_token for lines in figures.values() for li in lines
+                 if li.label == budget]  # fmt: skip
+        frontier_plot(figures, args.frontier, costs[0] if costs else None)
 
 
 if __name__ == "__main__":

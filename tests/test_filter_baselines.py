@@ -262,3 +262,46 @@ def test_on_llama_cpp(tmp_path: Path) -> None:
         assert filtered["candidates"][0]["raw"] == beam["raw_completion"]
         assert filtered["forward_passes"] == beam["forward_passes"]
         assert filtered["checks"] >= 1  # HumanEval/0 and /1 show doctest examples
+
+
+def test_decisive_table_versus_and_frontier(evaluated, tmp_path: Path) -> None:
+    """Issue 29's frontier: each row minus the reference, paired on the pair's own records,
+    rows named by LABEL=CONFIG, and the Pareto chart written."""
+    from backtrack.evaluation.metrics import compare
+
+    settings, _, records = evaluated
+    script = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"
+    chart = tmp_path / "frontier.png"
+    done = subprocess.run(
+        [sys.executable, str(script), settings.out, "--recipe", "base",
+         "--baseline", "filtered=sample-filter:n=3", "--baseline", "beam:2+filter",
+         "--versus", "beam:2+filter", "--frontier", str(chart)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "this minus beam:2+filter" in done.stdout
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("| filtered |")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    recs = [r for r in records.values() if r["config"] in ("sample-filter:n=3", "beam:2+filter")]
+    d = compare(recs, "sample-filter:n=3", "beam:2+filter").diff
+    assert cells[3] == f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    no_budget = subprocess.run(
+        [sys.executable, str(script), settings.out, "--recipe", "base", "--frontier", str(chart)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert no_budget.returncode == 2 and "--frontier needs --versus" in no_budget.stderr
+
+
+def test_pareto_keeps_the_non_dominated() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"
+    spec = importlib.util.spec_from_file_location("decisive_table", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["decisive_table"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    Line = module.Line
+    points = [Line("a", 0.40, 0, 1, 1.0, 1, 1), Line("b", 0.38, 0, 1, 1.1, 1, 1),
+              Line("c", 0.45, 0, 1, 1.5, 1, 1), Line("d", 0.45, 0, 1, 2.0, 1, 1),
+              Line("e", 0.52, 0, 1, 2.04, 1, 1), Line("f", 0.41, 0, 1, 1.0, 1, 1)]  # fmt: skip
+    assert [li.label for li in module.pareto(points)] == ["f", "c", "e"]
