@@ -22,12 +22,11 @@ dataset, and the cost in forward passes (batch rows fed) per accepted token.
 decoded later with fewer runs does not shrink the others' rows; ``--frontier`` then draws the
 Pareto chart: pass@1 with its 95% CI against forward passes per final token, one panel per
 dataset, the non-dominated configurations joined. ``--baseline`` takes ``LABEL=CONFIG`` to name
-a row (``examples (tuned)=examples:max_repairs=4,target=line``).
+a row (``examples (tuned)=examples:max_repairs=1,target=token``).
 
     python scripts/decisive_table.py results/humaneval-decisive \\
         --recipe recipe:qwen2.5-coder-0.5b-instruct --versus beam:2 \\
-        --plus results/humaneval-decisive-plus --plus results/humaneval-signals-plus \\
-        --baseline 'examples=examples' --baseline sample-filter:n=2 \\
+        --baseline 'examples (tuned)=examples:max_repairs=1,target=token' \\
         --out results/humaneval-decisive/signals.md \\
         --frontier results/humaneval-decisive/frontier.png
 
