@@ -25,7 +25,8 @@ if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     "$PIP" wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python -w "$WHEELS" \
         "llama-cpp-python==$VERSION"
 fi
+# Replace whatever build is installed (pip would keep a same-version one), then let pip read
+# the wheel's own metadata for its runtime dependencies.
 "$PIP" install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
-# Its runtime dependencies, from PyPI as usual.
-"$PIP" install -q "numpy>=1.20" "typing-extensions>=4.5" "diskcache>=5.6.1" "jinja2>=2.11.3"
+"$PIP" install -q "$WHEELS"/llama_cpp_python-*.whl
 echo "install_llama_cpp: llama-cpp-python $VERSION from $WHEELS"
