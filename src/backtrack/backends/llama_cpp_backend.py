@@ -117,8 +117,9 @@ class _Context:
             self.lib.llama_free(self.ctx)
             self.ctx = None
 
-    def __del__(self) -> None:
-        _close_quietly(self)
+    def __del__(self, _close=_close_quietly) -> None:
+        # Bound at definition: at interpreter exit this module's globals may already be None.
+        _close(self)
 
     def remove(self, seq: int, start: int) -> None:
         """Drop positions ``start..`` of sequence ``seq``."""
@@ -298,8 +299,9 @@ class LlamaCppModel:
             self.lib.llama_model_free(self.model_ptr)
             self.model_ptr = None
 
-    def __del__(self) -> None:
-        _close_quietly(self)
+    def __del__(self, _close=_close_quietly) -> None:
+        # Bound at definition: at interpreter exit this module's globals may already be None.
+        _close(self)
 
     # ------------------------------------------------------------------ tokenizer check
     def tokenize(self, text: str) -> list[int]:
