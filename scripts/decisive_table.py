@@ -19,10 +19,13 @@ dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
 ``--versus CONFIG`` (issue 29) compares every row with CONFIG instead of the recipe (e.g.
 ``beam:2``, the bar to beat), each pair on the problems x runs both have, so a configuration
-decoded later with fewer runs does not shrink the others' rows; ``--frontier`` then draws the
-Pareto chart: pass@1 with its 95% CI against forward passes per final token, one panel per
-dataset, the non-dominated configurations joined. ``--baseline`` takes ``LABEL=CONFIG`` to name
-a row (``examples (tuned)=examples:max_repairs=1,target=token``).
+decoded later with fewer runs does not shrink the others' rows; it is repeatable (``--versus
+base --versus beam:2``: a pair of columns each), and with it ``--recipe`` is optional (a model
+with no tuned recipe). ``--frontier`` then draws the Pareto chart: pass@1 with its 95% CI
+against forward passes per final token, one panel per dataset, the non-dominated
+configurations joined, the first ``--versus`` configuration's cost marked as the budget.
+``--baseline`` takes ``LABEL=CONFIG`` to name a row (``examples (tuned)=examples:max_repairs=1,
+target=token``).
 
     python scripts/decisive_table.py results/humaneval-decisive \\
         --recipe recipe:qwen2.5-coder-0.5b-instruct --versus beam:2 \\
@@ -75,12 +78,14 @@ def restrict(records: list[dict], a: str, b: str) -> list[dict]:
 
 def label_of(
     config: str,
-    recipe: str,
+    recipe: str | None,
     greedy: str,
     learned: str | None = None,
     names: dict[str, str] | None = None,
 ) -> str:
-    known = {recipe: "recipe", greedy: "greedy", **(names or {})}
+    known = {greedy: "greedy", **(names or {})}
+    if recipe:
+        known[recipe] = "recipe"
     if learned:
         known[learned] = "learned"
     return known.get(config, config)
@@ -89,30 +94,34 @@ def label_of(
 def table(
     records: list[dict],
     configs: list[str],
-    recipe: str,
+    recipe: str | None,
     greedy: str,
     dataset: str,
     learned: str | None = None,
-    versus: str | None = None,
+    versus: list[str] | None = None,
     names: dict[str, str] | None = None,
 ) -> tuple[list[str], list[Line]]:
     """One dataset's table. Without ``versus`` the recipe minus each row, on the rectangle the
-    caller restricted every configuration to; with it, each row minus ``versus`` on the pair's
-    own rectangle (and each row's pass@1 on all its own records)."""
+    caller restricted every configuration to; with it, each row minus each configuration of
+    ``versus`` (a pair of columns each) on the pair's own rectangle (and each row's pass@1 on
+    all its own records)."""
     if versus:
-        head = (
-            f"| this minus {label_of(versus, recipe, greedy, learned, names)} [95% CI] "
+        head = "".join(
+            f"| this minus {label_of(v, recipe, greedy, learned, names)} [95% CI] "
             "| problems this better / worse "
+            for v in versus
         )
+        pairs = [(None, v) for v in versus]
     else:
         head = "| recipe minus this [95% CI] | problems recipe better / worse "
+        pairs = [(recipe, None)]
     lines = [
         f"**{dataset}**",
         "",
         "| configuration | problems x runs | pass@1 [95% CI] "
         + head
         + "| forward passes per token | wall s per problem | row-s per problem |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|" + "---|---|" * len(pairs) + "---|---|---|",
     ]
     figures = []
     for config in configs:
@@ -132,19 +141,20 @@ def table(
         wall = sum(float(r["wall_time_s"]) for r in decoded) / len(decoded)
         held = batch_rows(decoded[0])
         row_s = wall * held if held else None
-        reference = versus or recipe
-        if config == reference:
-            difference, counts = "-", "-"
-        else:
-            a, b = (config, versus) if versus else (recipe, config)
+        cells = []
+        for first, second in pairs:
+            a, b = first or config, second or config  # this minus versus / recipe minus this
+            if a == b:
+                cells += ["-", "-"]
+                continue
             result = compare(restrict(records, a, b), a, b)
             d = result.diff
-            difference = f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
-            counts = f"{len(result.gained)} / {len(result.lost)}"
+            cells.append(f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
+            cells.append(f"{len(result.gained)} / {len(result.lost)}")
         name = label_of(config, recipe, greedy, learned, names)
         lines.append(
             f"| {name} | {problems} x {runs} | {100 * estimate.mean:.1f} [{100 * estimate.low:.1f}"
-            f", {100 * estimate.high:.1f}] | {difference} | {counts} | {fwd:.2f} | {wall:.1f} "
+            f", {100 * estimate.high:.1f}] | {' | '.join(cells)} | {fwd:.2f} | {wall:.1f} "
             f"| {f'{row_s:.1f}' if row_s is not None else 'n/a (not batched)'} |"
         )
         figures.append(Line(name, estimate.mean, estimate.low, estimate.high, fwd, wall, row_s))
@@ -259,7 +269,12 @@ def frontier_plot(by_dataset: dict[str, list[Line]], path: Path, budget: float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("engine", type=Path, help="result directory: base, trend, greedy, recipe")
-    parser.add_argument("--recipe", required=True, help="the recipe's configuration or alias")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="the recipe's configuration or alias (optional with --versus: e.g. a model with "
+        "no tuned recipe)",
+    )
     parser.add_argument("--greedy", default="never@temperature=0")
     parser.add_argument("--beam", type=Path, default=None, help="another directory with beam:2")
     parser.add_argument(
@@ -282,9 +297,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--versus",
+        action="append",
         default=None,
         help="compare every row with this configuration (e.g. beam:2), each pair on its own "
-        "problems x runs, instead of the recipe with every row",
+        "problems x runs, instead of the recipe with every row (repeatable: a pair of columns "
+        "each; the first one's cost is the frontier's budget)",
     )
     parser.add_argument(
         "--frontier", type=Path, default=None, help="the Pareto chart (.png), with --versus"
@@ -293,8 +310,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="the chart (.png)")
     args = parser.parse_args()
 
-    recipe = expand(args.recipe)
-    configs = ["base", args.greedy, "probability-trend", recipe]
+    if args.recipe is None and args.versus is None:
+        parser.error("give --recipe (the row every other is compared with) or --versus")
+    recipe = expand(args.recipe) if args.recipe else None
+    configs = ["base", args.greedy, "probability-trend", *([recipe] if recipe else [])]
     if args.learned:
         configs.append(args.learned)
     names: dict[str, str] = {}
@@ -335,7 +354,8 @@ def main() -> None:
             records, shown, recipe, args.greedy, dataset, args.learned, args.versus, names
         )
         lines += text + [""]
-    lines.append(f"recipe: `{recipe}`")
+    if recipe:
+        lines.append(f"recipe: `{recipe}`")
     if args.learned:
         lines.append(f"learned: `{args.learned}`")
     text = "\n".join(lines) + "\n"
@@ -345,7 +365,7 @@ def main() -> None:
     if args.plot:
         plot(figures, args.plot)
     if args.frontier:
-        budget = label_of(args.versus, recipe, args.greedy, args.learned, names)
+        budget = label_of(args.versus[0], recipe, args.greedy, args.learned, names)
         costs = [li.passes_per_token for lines in figures.values() for li in lines
                  if li.label == budget]  # fmt: skip
         frontier_plot(figures, args.frontier, costs[0] if costs else None)

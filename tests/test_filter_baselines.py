@@ -292,6 +292,32 @@ def test_decisive_table_versus_and_frontier(evaluated, tmp_path: Path) -> None:
     assert no_budget.returncode == 2 and "--frontier needs --versus" in no_budget.stderr
 
 
+def test_decisive_table_two_references_without_a_recipe(evaluated) -> None:
+    """``--versus`` twice: a pair of columns per reference, each pair's difference on its own
+    records, and no ``--recipe`` needed (a model with no tuned recipe, as the 1.5B row)."""
+    from backtrack.evaluation.metrics import compare
+
+    settings, _, records = evaluated
+    script = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"
+    done = subprocess.run(
+        [sys.executable, str(script), settings.out, "--baseline", "sample-filter:n=3",
+         "--baseline", "beam:2+filter", "--versus", "base", "--versus", "beam:2+filter"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "this minus base" in done.stdout and "this minus beam:2+filter" in done.stdout
+    assert "recipe" not in done.stdout
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("| sample-filter:n=3 |")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    for column, reference in ((3, BASE), (5, "beam:2+filter")):
+        recs = [r for r in records.values() if r["config"] in ("sample-filter:n=3", reference)]
+        d = compare(recs, "sample-filter:n=3", reference).diff
+        assert cells[column] == f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    neither = subprocess.run(
+        [sys.executable, str(script), settings.out], capture_output=True, text=True
+    )
+    assert neither.returncode == 2 and "give --recipe" in neither.stderr
+
+
 def test_pareto_keeps_the_non_dominated() -> None:
     import importlib.util
 
