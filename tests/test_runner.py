@@ -332,6 +332,23 @@ def test_settings_round_trip_through_meta(tiny, tmp_path: Path) -> None:
     assert again.operators == ["never@temperature=0"]
 
 
+def test_meta_names_every_invocations_operators(tiny, tmp_path: Path) -> None:
+    """A directory extended by a second command with other operators lists both commands'
+    operators and baselines in meta.json (as it lists both in ``configs``), not the last's."""
+    model, tok = tiny
+    run_eval(settings(tmp_path, runs=1, limit=1), model, tok, progress=False)
+    second = settings(
+        tmp_path, runs=1, limit=1, operators=["never@temperature=0"], baselines=["beam:2"]
+    )
+    run_eval(second, model, tok, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["operators"] == ["probability-trend", "never@temperature=0"]
+    assert meta["baselines"] == ["beam:2"]
+    assert {"probability-trend", "never@temperature=0", "beam:2"} <= {
+        c["name"] for c in meta["configs"]
+    }
+
+
 def test_meta_records_what_auto_became_and_refuses_to_mix(tiny, tmp_path: Path) -> None:
     """``dtype=auto`` is bf16 on a CPU with native bf16 and fp32 elsewhere; the meta records
     which, so resuming a directory on the other kind of CPU is an error, not a silent mix."""

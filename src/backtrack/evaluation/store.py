@@ -166,7 +166,8 @@ def build_meta(settings: EvalSettings, configs: Sequence[Configuration], tasks: 
 def merge_meta(old: dict, new: dict, force: bool) -> dict:
     """Check an existing meta.json against this invocation; return the one to write.
 
-    Configurations, runs and problems are merged (union); any :data:`META_KEYS` difference is
+    Configurations (and the operators and baselines named), runs and problems are merged
+    (union); any :data:`META_KEYS` difference is
     an error unless ``force``.
     """
 
@@ -189,6 +190,9 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     merged["configs"] = [c for c in old.get("configs", []) if c["name"] not in names] + list(
         new["configs"]
     )
+    # Every invocation's operators and baselines, not the last one's: the directory holds them all.
+    for key in ("operators", "baselines"):
+        merged[key] = list(dict.fromkeys([*(old.get(key) or []), *(new.get(key) or [])]))
     merged["task_ids"] = list(dict.fromkeys(old.get("task_ids", []) + new["task_ids"]))
     merged["runs"] = max(int(old.get("runs", 0)), int(new["runs"]))
     merged["created"] = old.get("created", new["created"])
