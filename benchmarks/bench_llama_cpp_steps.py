@@ -82,9 +82,7 @@ def main() -> None:
         f"(HumanEval, mean {mean_prompt:.0f} tokens) prefill {rate:.0f} tok/s, "
         f"T={args.tokens} tokens per request"
     )
-    print(
-        "| rows | step ms | decode tok/s | x one row | bound: batching server / serial server |"
-    )
+    print("| rows | step ms | decode tok/s | x one row | bound: batching server / serial server |")
     print("|---|---|---|---|---|")
     serial = mean_prompt / rate + args.tokens * steps[1]
     for rows, seconds in steps.items():
