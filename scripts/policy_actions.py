@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from backtrack.engine.decoder import Decoder
-from backtrack.engine.types import GenerationConfig, Step
+from backtrack.engine.results import Step
+from backtrack.engine.settings import GenerationConfig
 from backtrack.evaluation.data import load_mbpp, mbpp_problems
 from backtrack.evaluation.prompts import DEFAULT_STOP, build_prompt
 from backtrack.models import load_model

@@ -11,7 +11,8 @@ from backtrack.cli.options import given_settings
 from backtrack.engine import Decoder, GenerationConfig
 from backtrack.engine.banned import BannedStrings
 from backtrack.engine.batch import BatchDecoder
-from backtrack.engine.types import Budget, RollbackEvent
+from backtrack.engine.results import RollbackEvent
+from backtrack.engine.settings import Budget
 from backtrack.operators import Chaos
 
 PROMPT = "def fib(n: int) -> int:\n"
@@ -83,7 +84,7 @@ def test_bans_travel_in_the_flat_settings():
     assert flat["banned_strings"] == ["foo"] and flat["banned_regex"] == ["ba+r"]
     assert GenerationConfig.from_flat(flat) == config
     from_cli = GenerationConfig.from_flat(
-        given_settings(banned_strings=["foo"], banned_ignore_case=True)
+        given_settings({"banned_strings": ["foo"], "banned_ignore_case": True})
     )
     assert from_cli.banned_strings == ("foo",) and from_cli.banned_ignore_case
 

@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("sb3_contrib")
 
-from backtrack.engine.types import GenerationConfig  # noqa: E402
+from backtrack.engine.settings import GenerationConfig  # noqa: E402
 from backtrack.operators.features import FEATURE_HIGH, FEATURE_LOW  # noqa: E402
 from backtrack.operators.spec import parse_operator  # noqa: E402
 from backtrack.rl import counterfactual  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 from backtrack.operators.features import (
     FEATURE_HIGH,
     FEATURE_LOW,

@@ -23,7 +23,8 @@ import torch
 pytest.importorskip("sb3_contrib")
 
 from backtrack.engine.decoder import Decoder  # noqa: E402
-from backtrack.engine.types import GenerationConfig, RollbackEvent  # noqa: E402
+from backtrack.engine.results import RollbackEvent  # noqa: E402
+from backtrack.engine.settings import GenerationConfig
 from backtrack.operators import OperatorSpecError, parse_operator  # noqa: E402
 from backtrack.operators.features import FEATURE_NAMES  # noqa: E402
 from backtrack.operators.learned import (  # noqa: E402

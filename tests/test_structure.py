@@ -7,7 +7,7 @@ still a dependency; it only defers the cost). The layers, top to bottom::
     cli
     serving, tuning, rl
     evaluation, terminal
-    operators, recipes
+    operators, recipes, configurations
     engine
     models
     backends
@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "engine": 3,
     "operators": 4,
     "recipes": 4,
+    "configurations": 4,
     "evaluation": 5,
     "terminal": 5,
     "serving": 6,
@@ -141,7 +142,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_sees_imports_and_circles():
     # A check that cannot fail checks nothing: the graph must hold known edges, and the cycle
     # finder must find a planted circle.
-    assert "backtrack.engine.types" in GRAPH["backtrack.operators.base"]
+    assert "backtrack.engine.settings" in GRAPH["backtrack.operators.base"]
     assert any(m.startswith("backtrack.backends") for m in GRAPH["backtrack.engine.session"])
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from backtrack.engine import Decoder, GenerationConfig, GenerationResult
-from backtrack.engine.types import Counts, RollbackEvent, TokenEvent
+from backtrack.engine.results import Counts, RollbackEvent, TokenEvent
 from backtrack.operators import Chaos
 from backtrack.terminal import LiveCompletion, printable, show_live
 

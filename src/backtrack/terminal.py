@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from backtrack.engine.results import Event, GenerationResult, RollbackEvent, TokenEvent
 from backtrack.engine.text import find_stop
-from backtrack.engine.types import Event, GenerationResult, RollbackEvent, TokenEvent
 
 _CONTROL_PICTURES = {c: 0x2400 + c for c in range(32) if chr(c) not in "\n\t"} | {0x7F: 0x2421}
 

@@ -5,51 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from backtrack.cli.options import (
     DEFAULT_MODEL,
-    BackendOpt,
-    BanIgnoreCaseOpt,
-    BanOpt,
-    BanRegexOpt,
-    BanStringOpt,
-    DeviceOpt,
-    DryAllowedLengthOpt,
-    DryBaseOpt,
-    DryBreakerOpt,
-    DryMultiplierOpt,
-    DtypeOpt,
-    FrequencyPenaltyOpt,
-    LogitBiasOpt,
-    MaxBacktracksOpt,
-    MaxDiscardedOpt,
-    MaxNewTokensOpt,
-    MaxRetriesOpt,
-    MinPOpt,
     ModelOpt,
-    NCtxOpt,
-    PeriodOpt,
-    PresencePenaltyOpt,
-    QuantizeOpt,
-    RepetitionPenaltyOpt,
-    RollbackWindowOpt,
-    TemperatureOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
     err,
     eval_default,
+    eval_options,
     fail,
-    given_settings,
+    generation_options,
     writable_output,
 )
 from backtrack.paths import OutputPathError, ensure_writable_directory
 
 
+@generation_options
+@eval_options
 def eval_benchmark(
     dataset: Annotated[
         str, typer.Argument(help="humaneval | humaneval-plus | mbpp | mbpp-plus")
@@ -74,151 +49,39 @@ def eval_benchmark(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Result directory (resumable).")] = Path("eval-out"),
-    runs: Annotated[int, typer.Option(help="Sampling runs (seeds) per problem.")] = eval_default(
-        "runs"
-    ),
     preset: Annotated[
         str | None,
         typer.Option(help="paper: the paper's protocol, which is the default (changes nothing)."),
     ] = None,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed of (run r, problem i) = S + 10000 r + i.")
-    ] = eval_default("seed"),
-    problems: Annotated[str | None, typer.Option(help="Problem ids, e.g. 0,5-7.")] = eval_default(
-        "problems"
-    ),
-    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = eval_default(
-        "limit"
-    ),
-    mode: Annotated[str, typer.Option(help="completion|chat.")] = eval_default("mode"),
-    stop: Annotated[
-        list[str] | None, typer.Option(help="Stop string (repeatable; default: EvalPlus set).")
-    ] = None,
-    period: PeriodOpt = None,
-    max_backtracks: MaxBacktracksOpt = None,
-    max_discarded_tokens: MaxDiscardedOpt = None,
-    ban: BanOpt = None,
-    max_retries_per_position: MaxRetriesOpt = None,
-    rollback_window: RollbackWindowOpt = None,
-    banned_strings: BanStringOpt = None,
-    banned_regex: BanRegexOpt = None,
-    banned_ignore_case: BanIgnoreCaseOpt = None,
-    presence_penalty: PresencePenaltyOpt = None,
-    frequency_penalty: FrequencyPenaltyOpt = None,
-    repetition_penalty: RepetitionPenaltyOpt = None,
-    dry_multiplier: DryMultiplierOpt = None,
-    dry_base: DryBaseOpt = None,
-    dry_allowed_length: DryAllowedLengthOpt = None,
-    dry_sequence_breakers: DryBreakerOpt = None,
-    logit_bias: LogitBiasOpt = None,
-    data_path: Annotated[Path | None, typer.Option(help="Data file (all but humaneval).")] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="MBPP split: train|validation|test|prompt (default test, 11-510)."),
-    ] = eval_default("split"),
-    visible_tests: Annotated[
-        int | None,
-        typer.Option(
-            help="MBPP: show only the first N of the prompt's tests (scored on all); for "
-            "decoders that run the prompt's examples (examples, sample-filter)."
-        ),
-    ] = eval_default("visible_tests"),
-    timeout: Annotated[
-        float | None, typer.Option(help="Sandbox seconds per program (default: the dataset's).")
-    ] = eval_default("timeout_s"),
-    batch_size: Annotated[
-        int, typer.Option(help="Rows decoded together (BatchDecoder); 1: the single engine.")
-    ] = eval_default("batch_size"),
-    workers: Annotated[int, typer.Option(help="Programs executed in parallel.")] = eval_default(
-        "workers"
-    ),
-    dtype: DtypeOpt = eval_default("dtype"),
-    device: DeviceOpt = eval_default("device"),
-    quantize: QuantizeOpt = eval_default("quantize"),
-    backend: BackendOpt = eval_default("backend"),
-    threads: ThreadsOpt = eval_default("threads"),
-    n_ctx: NCtxOpt = eval_default("n_ctx"),
-    force: Annotated[bool, typer.Option(help="Resume even if meta.json differs.")] = eval_default(
-        "force"
-    ),
+    evaluation: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar with ETA.")
     ] = True,
-    ray: Annotated[
-        str | None,
-        typer.Option(help="Decode on Ray actors: local (start one here), auto, or an address."),
-    ] = eval_default("ray"),
-    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = eval_default(
-        "ray_actors"
-    ),
 ) -> None:
-    """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell."""
+    """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell.
+
+    Without --stop, completion mode stops at the EvalPlus stop strings."""
     from backtrack.evaluation.runner import run_eval
     from backtrack.evaluation.settings import PRESETS, EvalError, EvalSettings
 
     if preset is not None and preset not in PRESETS:
         raise fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    generation = given_settings(
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_new_tokens=max_new_tokens,
-        stop=stop,
-        period=period,
-        ban=ban,
-        max_retries_per_position=max_retries_per_position,
-        rollback_window=rollback_window,
-        banned_strings=banned_strings,
-        banned_regex=banned_regex,
-        banned_ignore_case=banned_ignore_case,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        repetition_penalty=repetition_penalty,
-        dry_multiplier=dry_multiplier,
-        dry_base=dry_base,
-        dry_allowed_length=dry_allowed_length,
-        dry_sequence_breakers=dry_sequence_breakers,
-        logit_bias=logit_bias,
-        max_backtracks=max_backtracks,
-        max_discarded_tokens=max_discarded_tokens,
-    )
+    given = dict(evaluation or {})
+    if given.get("data_path") is not None:
+        given["data_path"] = str(given["data_path"])
     try:
         # The defaults (EvalSettings', GenerationConfig's), then the preset, then the flags.
         settings = EvalSettings.from_flat(
             {
                 **PRESETS.get(preset or "", {}),
+                **given,
                 "model": model,
                 "out": str(out),
                 "operators": list(operator or []),
                 "baselines": list(baseline or []),
                 "dataset": dataset,
-                "data_path": str(data_path) if data_path else None,
-                "split": split,
-                "visible_tests": visible_tests,
-                "runs": runs,
-                "seed": seed,
-                "problems": problems,
-                "limit": limit,
-                "mode": mode,
-                "dtype": dtype,
-                "device": device,
-                "quantize": quantize,
-                "backend": backend,
-                "threads": threads,
-                "n_ctx": n_ctx,
-                "batch_size": batch_size,
-                "workers": workers,
-                "timeout_s": timeout,
-                "force": force,
-                "ray": ray,
-                "ray_actors": ray_actors,
-                **generation,
+                **(generation or {}),
             }
         )
         # Every usage error comes before the model loads (load_model_for, in run_eval; on Ray

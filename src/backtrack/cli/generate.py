@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,39 +14,16 @@ from backtrack.cli.options import (
     DEFAULT_BACKEND,
     DEFAULT_MODEL,
     BackendOpt,
-    BanIgnoreCaseOpt,
-    BanOpt,
-    BanRegexOpt,
-    BanStringOpt,
     DeviceOpt,
-    DryAllowedLengthOpt,
-    DryBaseOpt,
-    DryBreakerOpt,
-    DryMultiplierOpt,
     DtypeOpt,
-    FrequencyPenaltyOpt,
-    LogitBiasOpt,
-    MaxBacktracksOpt,
-    MaxDiscardedOpt,
-    MaxNewTokensOpt,
-    MaxRetriesOpt,
-    MinPOpt,
     ModelOpt,
     NCtxOpt,
-    PeriodOpt,
-    PresencePenaltyOpt,
     QuantizeOpt,
-    RepetitionPenaltyOpt,
-    RollbackWindowOpt,
-    StopOpt,
-    TemperatureOpt,
     ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
     err,
     eval_default,
     fail,
-    given_settings,
+    generation_options,
     load,
     writable_output,
 )
@@ -74,6 +51,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return text
 
 
+@generation_options
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")] = None,
@@ -88,29 +66,7 @@ def generate(
         ),
     ] = "probability-trend",
     seed: Annotated[int | None, typer.Option(help="Seed of the sampling (reproducible).")] = None,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    stop: StopOpt = None,
-    period: PeriodOpt = None,
-    max_backtracks: MaxBacktracksOpt = None,
-    max_discarded_tokens: MaxDiscardedOpt = None,
-    ban: BanOpt = None,
-    max_retries_per_position: MaxRetriesOpt = None,
-    rollback_window: RollbackWindowOpt = None,
-    banned_strings: BanStringOpt = None,
-    banned_regex: BanRegexOpt = None,
-    banned_ignore_case: BanIgnoreCaseOpt = None,
-    presence_penalty: PresencePenaltyOpt = None,
-    frequency_penalty: FrequencyPenaltyOpt = None,
-    repetition_penalty: RepetitionPenaltyOpt = None,
-    dry_multiplier: DryMultiplierOpt = None,
-    dry_base: DryBaseOpt = None,
-    dry_allowed_length: DryAllowedLengthOpt = None,
-    dry_sequence_breakers: DryBreakerOpt = None,
-    logit_bias: LogitBiasOpt = None,
+    generation: dict[str, Any] | None = None,
     dtype: DtypeOpt = eval_default("dtype"),
     device: DeviceOpt = eval_default("device"),
     quantize: QuantizeOpt = eval_default("quantize"),
@@ -124,42 +80,19 @@ def generate(
     """Generate one completion with backtracking, streaming it to the terminal."""
     from dataclasses import replace
 
+    from backtrack.configurations import split_configuration
     from backtrack.engine import Decoder, GenerationConfig, GenerationResult
-    from backtrack.evaluation.settings import EvalError, split_configuration
     from backtrack.operators import OperatorSpecError, parse_operator
 
     text = read_prompt(prompt, prompt_file)
-    flags = given_settings(
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        max_new_tokens=max_new_tokens,
-        stop=stop,
-        period=period,
-        ban=ban,
-        max_retries_per_position=max_retries_per_position,
-        rollback_window=rollback_window,
-        banned_strings=banned_strings,
-        banned_regex=banned_regex,
-        banned_ignore_case=banned_ignore_case,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        repetition_penalty=repetition_penalty,
-        dry_multiplier=dry_multiplier,
-        dry_base=dry_base,
-        dry_allowed_length=dry_allowed_length,
-        dry_sequence_breakers=dry_sequence_breakers,
-        logit_bias=logit_bias,
-        max_backtracks=max_backtracks,
-        max_discarded_tokens=max_discarded_tokens,
-    )
     try:
         spec, recipe_settings = split_configuration(operator)
         op = parse_operator(spec)
         # GenerationConfig's defaults, then the recipe's own settings, then the flags given.
-        config = replace(GenerationConfig.from_flat({**dict(recipe_settings), **flags}), seed=seed)
-    except (EvalError, OperatorSpecError, ValueError, TypeError) as exc:
+        config = replace(
+            GenerationConfig.from_flat({**dict(recipe_settings), **(generation or {})}), seed=seed
+        )
+    except (OperatorSpecError, ValueError, TypeError) as exc:
         raise fail(str(exc)) from exc
     if json_out is not None:
         writable_output(json_out, "--json")

@@ -7,7 +7,11 @@ whose module imports no torch, so ``--help`` stays fast), never restated here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,100 +34,122 @@ ModelOpt = Annotated[
         "--model", "-m", help="Built-in name (see `backtrack models`), local dir or hub id."
     ),
 ]
-DtypeOpt = Annotated[str, typer.Option(help="auto|bfloat16|float16|float32")]
-DeviceOpt = Annotated[str, typer.Option(help="auto|cpu|cuda")]
-QuantizeOpt = Annotated[str | None, typer.Option(help="int8 (CPU: dynamic int8; CUDA: 8-bit)")]
-BackendOpt = Annotated[
-    str,
-    typer.Option(
-        help="transformers|llama.cpp|auto (auto: llama.cpp for GGUF models on the CPU, when "
-        "installed)."
-    ),
-]
-ThreadsOpt = Annotated[
-    int | None, typer.Option(help="llama.cpp: CPU threads (default: every core).")
-]
-NCtxOpt = Annotated[int | None, typer.Option(help="llama.cpp: tokens per sequence (default 4096).")]
-
-# Generation flags, shared by every command that decodes. Each parameter is named by the
-# setting it sets (a key of GenerationConfig's flat form, GENERATION_KEYS); where users type
-# another name, the flag's spelling is declared here, the one place a flag and its setting
-# differ. Unset (None) keeps the setting's default (GenerationConfig's), or a recipe's.
-TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature; 0 = greedy.")]
-TopKOpt = Annotated[int | None, typer.Option(help="Top-k filter (0: off).")]
-TopPOpt = Annotated[float | None, typer.Option(help="Nucleus filter.")]
-MinPOpt = Annotated[float | None, typer.Option(help="Min-p filter.")]
-MaxNewTokensOpt = Annotated[int | None, typer.Option(help="Length of the final completion.")]
-StopOpt = Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")]
-PeriodOpt = Annotated[int | None, typer.Option(help="Consult the operator every N tokens.")]
-BanOpt = Annotated[str | None, typer.Option(help="accumulate|next|none (default accumulate).")]
-MaxRetriesOpt = Annotated[
-    int | None,
-    typer.Option("--max-retries", help="Resumes at one position before its token is kept."),
-]
-RollbackWindowOpt = Annotated[
-    int | None,
-    typer.Option(
-        help="Deepest rollback, in tokens behind the furthest position reached (unbounded)."
-    ),
-]
-BanStringOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--ban-string",
-        help="Banned string, never output: rolled back and resampled (repeatable).",
-    ),
-]
-BanRegexOpt = Annotated[
-    list[str] | None,
-    typer.Option("--ban-regex", help="Banned regular expression (repeatable)."),
-]
-BanIgnoreCaseOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--ban-ignore-case/--no-ban-ignore-case",
-        help="Match banned strings and regexes case-insensitively.",
-    ),
-]
-PresencePenaltyOpt = Annotated[
-    float | None, typer.Option(help="OpenAI presence penalty, in [-2, 2] (0: off).")
-]
-FrequencyPenaltyOpt = Annotated[
-    float | None, typer.Option(help="OpenAI frequency penalty, in [-2, 2] (0: off).")
-]
-RepetitionPenaltyOpt = Annotated[
-    float | None,
-    typer.Option(help="Repetition penalty over prompt and completion, > 0 (1: off; vLLM's)."),
-]
-DryMultiplierOpt = Annotated[float | None, typer.Option(help="DRY penalty multiplier (0: off).")]
-DryBaseOpt = Annotated[float | None, typer.Option(help="DRY exponential base, > 1.")]
-DryAllowedLengthOpt = Annotated[
-    int | None, typer.Option(help="DRY: longest repeat left unpenalised, in tokens.")
-]
-DryBreakerOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--dry-sequence-breaker",
-        help='DRY sequence breaker (repeatable; replaces the default \\n : " *).',
-    ),
-]
-LogitBiasOpt = Annotated[
-    list[str] | None,
-    typer.Option("--logit-bias", help="TOKEN_ID=BIAS added to that logit (repeatable)."),
-]
-MaxBacktracksOpt = Annotated[int | None, typer.Option(help="Budget: rollbacks.")]
-MaxDiscardedOpt = Annotated[
-    int | None, typer.Option("--max-discarded", help="Budget: deleted tokens.")
-]
 
 
-def given_settings(**flags: Any) -> dict[str, Any]:
-    """The settings the given flags ask for, flat (keyword: setting key, see the options
-    above): unset flags (``None``) left out, ``top_k=0`` as "off" (``None``), repeated flags
-    as tuples."""
+def _loading_option(name: str, kind: Any) -> Any:
+    """The option of an EvalSettings loading field, for the commands that load a model
+    without EvalSettings (generate, serve, tune): its help from the field's declaration."""
+    return Annotated[kind, typer.Option(help=EvalSettings.declared(name)["help"])]
+
+
+DtypeOpt = _loading_option("dtype", str)
+DeviceOpt = _loading_option("device", str)
+QuantizeOpt = _loading_option("quantize", str | None)
+BackendOpt = _loading_option("backend", str)
+ThreadsOpt = _loading_option("threads", int | None)
+NCtxOpt = _loading_option("n_ctx", int | None)
+
+
+def _with_options(
+    command: Callable[..., Any],
+    placeholder: str,
+    options: Sequence[inspect.Parameter],
+    collect: Callable[[dict[str, Any]], Any],
+) -> Callable[..., Any]:
+    """``command`` with ``options`` in place of its parameter ``placeholder``, which then
+    receives ``collect({option: value})`` (typer reads the new signature)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+    (at,) = [i for i, p in enumerate(params) if p.name == placeholder]
+    names = [option.name for option in options]
+
+    @functools.wraps(command)
+    def with_options(**kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in names}
+        return command(**kwargs, **{placeholder: collect(given)})
+
+    with_options.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], *options, *params[at + 1 :]]
+    )
+    return with_options
+
+
+def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` a flag for every declared decoding setting
+    (:func:`~backtrack.engine.settings.declared_settings`), in place of its ``generation``
+    parameter, which then receives the flags given as flat settings (unset flags left out).
+
+    Each flag is built from its declaration: the spelling, the help text, the type; unset
+    (``None``) keeps the setting's default (GenerationConfig's) or a recipe's, so no flag
+    restates a default. ``generate``, ``eval`` and ``tune`` share them this way.
+    """
+    from backtrack.engine.settings import declared_settings
+
+    flags = [
+        inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=_flag_annotation(d))
+        for d in declared_settings()
+    ]  # fmt: skip
+    return _with_options(command, "generation", flags, given_settings)
+
+
+def eval_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` a flag for every field :class:`EvalSettings` declares with
+    :func:`~backtrack.evaluation.settings.option`, in place of its ``evaluation`` parameter,
+    which then receives ``{field: value}``; each flag defaults to the field's default."""
+    hints = typing.get_type_hints(EvalSettings)
+    flags = []
+    for f in dataclasses.fields(EvalSettings):
+        if "help" not in f.metadata:
+            continue
+        spelled = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            spelled = f"{spelled}/--no-{spelled.removeprefix('--')}"
+        option = typer.Option(spelled, help=f.metadata["help"], rich_help_panel="Evaluation")
+        annotation = Annotated[hints[f.name], option]
+        flags.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                              annotation=annotation)
+        )  # fmt: skip
+    return _with_options(command, "evaluation", flags, dict)
+
+
+def _flag_annotation(declared: Any) -> Any:
+    """The typer annotation of one setting's flag (``declared``: a ``Declared``)."""
+    hint, panel = declared.type, "Generation settings"
+    options: dict[str, Any] = {"help": _flag_help(declared), "rich_help_panel": panel}
+    if hint is bool:
+        flag = declared.flag
+        spelled = f"{flag}/--no-{flag.removeprefix('--')}"
+        return Annotated[bool | None, typer.Option(spelled, **options)]
+    if typing.get_origin(hint) is typing.Literal:
+        return Annotated[hint | None, typer.Option(declared.flag, **options)]
+    if typing.get_origin(hint) in (Sequence, Mapping, dict, list):
+        return Annotated[list[str] | None, typer.Option(declared.flag, **options)]
+    kind = int if declared.integral else float
+    return Annotated[kind | None, typer.Option(declared.flag, **options)]  # type: ignore[valid-type]
+
+
+def _flag_help(declared: Any) -> str:
+    """A setting's help with its default and bounds (the flag's own default is "unset")."""
+    setting, default = declared.setting, declared.default
+    if isinstance(default, tuple):
+        default = " ".join(repr(v) for v in default) or "none"
+    elif default is None or default == {}:
+        default = "none"
+    bounds = (
+        declared.setting.bounds_text()
+        if setting.ge or setting.gt or setting.le or setting.lt
+        else ""
+    )
+    return f"{setting.help} [default: {default}{'; ' + bounds if bounds else ''}]"
+
+
+def given_settings(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the given flags ask for, flat: unset flags (``None``) left out, repeated
+    flags as tuples, ``--logit-bias ID=BIAS`` pairs as a mapping. The config's declarations
+    check the values (and store a protocol's "off" value as ``None``)."""
     given = {key: value for key, value in flags.items() if value is not None}
-    if given.get("top_k") == 0:
-        given["top_k"] = None
     if "logit_bias" in given:
         given["logit_bias"] = _logit_bias(given["logit_bias"])
     return {

@@ -16,6 +16,7 @@ from backtrack.cli.options import (
     ModelOpt,
     err,
     fail,
+    generation_options,
     load,
 )
 from backtrack.paths import OutputPathError, ensure_writable_directory
@@ -39,6 +40,7 @@ def _default(name: str) -> Any:
     return found.default
 
 
+@generation_options
 def tune(
     out: Annotated[Path, typer.Option(help="Study folder (records, study.db, summary, plots).")],
     data_path: Annotated[
@@ -80,9 +82,6 @@ def tune(
     max_forward_per_token: Annotated[
         float, typer.Option(help="Constraint: forward passes per accepted token.")
     ] = _default("max_forward_per_token"),
-    max_new_tokens: Annotated[int, typer.Option(help="Completion length.")] = _default(
-        "max_new_tokens"
-    ),
     visible_tests: Annotated[
         int | None,
         typer.Option(help="MBPP tests left visible in the prompt (the rest hidden, all scored)."),
@@ -102,8 +101,12 @@ def tune(
     ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = _default(
         "ray_actors"
     ),
+    generation: dict[str, Any] | None = None,
 ) -> None:
-    """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP."""
+    """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP.
+
+    Generation settings given as flags hold for every trial (the searched ones excepted);
+    --max-new-tokens defaults to the search's own length."""
     try:
         import optuna  # noqa: F401
     except ImportError as exc:
@@ -133,7 +136,7 @@ def tune(
             operators=tuple(o.strip() for o in operators.split(",")) if operators else None,
             seed=seed,
             max_forward_per_token=max_forward_per_token,
-            max_new_tokens=max_new_tokens,
+            generation=dict(generation or {}),
             visible_tests=visible_tests,
             ray=ray,
             ray_actors=ray_actors,

@@ -1,38 +1,45 @@
-"""The decoding engine: sampling, exact rollback, budget, stopping and streaming."""
+"""The decoding engine: sampling, exact rollback, budget, stopping and streaming.
 
-from backtrack.backends.kv_cache import CacheNotRollbackableError, check_rollbackable, new_cache
-from backtrack.engine.banned import BannedStrings
-from backtrack.engine.decoder import Decoder, generate
-from backtrack.engine.prompt import encode_prompt
-from backtrack.engine.session import DecodingSession
-from backtrack.engine.streaming import CommittedText
-from backtrack.engine.types import (
-    Budget,
-    Counts,
-    Event,
-    GenerationConfig,
-    GenerationResult,
-    RollbackEvent,
-    Step,
-    TokenEvent,
-)
+The names below load on first use, so that ``backtrack.engine.settings`` (the settings'
+declarations, which the CLI builds its flags from) can be imported without torch, and
+``backtrack --help`` stays fast.
+"""
 
-__all__ = [
-    "BannedStrings",
-    "Budget",
-    "CacheNotRollbackableError",
-    "CommittedText",
-    "Counts",
-    "Decoder",
-    "DecodingSession",
-    "Event",
-    "GenerationConfig",
-    "GenerationResult",
-    "RollbackEvent",
-    "Step",
-    "TokenEvent",
-    "check_rollbackable",
-    "encode_prompt",
-    "generate",
-    "new_cache",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BannedStrings": "backtrack.engine.banned",
+    "Budget": "backtrack.engine.settings",
+    "GenerationConfig": "backtrack.engine.settings",
+    "CacheNotRollbackableError": "backtrack.backends.kv_cache",
+    "check_rollbackable": "backtrack.backends.kv_cache",
+    "new_cache": "backtrack.backends.kv_cache",
+    "CommittedText": "backtrack.engine.streaming",
+    "Counts": "backtrack.engine.results",
+    "Event": "backtrack.engine.results",
+    "GenerationResult": "backtrack.engine.results",
+    "RollbackEvent": "backtrack.engine.results",
+    "Step": "backtrack.engine.results",
+    "TokenEvent": "backtrack.engine.results",
+    "Decoder": "backtrack.engine.decoder",
+    "generate": "backtrack.engine.decoder",
+    "DecodingSession": "backtrack.engine.session",
+    "encode_prompt": "backtrack.engine.prompt",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'backtrack.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -38,10 +38,11 @@ from typing import Any, Protocol
 import torch
 
 from backtrack.backends.base import BatchState, as_backend
+from backtrack.engine.results import GenerationResult
 from backtrack.engine.sampling import Draws, draw
 from backtrack.engine.session import DecodingSession
+from backtrack.engine.settings import GenerationConfig
 from backtrack.engine.text import IncrementalDetokenizer
-from backtrack.engine.types import GenerationConfig, GenerationResult
 
 Request = tuple[str | Sequence[int], Any, GenerationConfig | None]
 

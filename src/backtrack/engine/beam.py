@@ -44,8 +44,9 @@ import torch
 
 from backtrack.backends.base import BatchState, as_backend
 from backtrack.engine.prompt import encode_prompt, eos_ids_for
+from backtrack.engine.results import Counts, GenerationResult
+from backtrack.engine.settings import GenerationConfig
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
-from backtrack.engine.types import Counts, GenerationConfig, GenerationResult
 
 
 @dataclass

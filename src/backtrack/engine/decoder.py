@@ -7,14 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from backtrack.engine.results import Event, GenerationResult
 from backtrack.engine.session import DecodingSession
+from backtrack.engine.settings import INTERACTIVE_ROLLBACK_WINDOW, GenerationConfig
 from backtrack.engine.streaming import CommittedText
-from backtrack.engine.types import Event, GenerationConfig, GenerationResult
-
-# The rollback window streaming uses when the config sets none: text trails decoding by at
-# most this many tokens. Its cost in pass@1 is measured in docs/results.md ("What a rollback
-# window costs").
-INTERACTIVE_ROLLBACK_WINDOW = 32
 
 
 class Decoder:

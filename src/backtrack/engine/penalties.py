@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,24 +226,4 @@ def apply_penalties(
                 ids = torch.tensor(list(found), device=device)
                 amounts = torch.tensor(list(found.values()), dtype=logits.dtype, device=device)
                 out[r, ids] -= amounts
-    return out
-
-
-def parse_logit_bias(value: Mapping[Any, Any]) -> dict[int, float]:
-    """``{token id: bias}`` from a mapping whose keys may be strings (JSON, the CLI)."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"logit_bias must map token ids to biases, got {value!r}")
-    out: dict[int, float] = {}
-    for key, bias in value.items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-        if token < 0:
-            raise ValueError(f"logit_bias token ids must be >= 0, got {token}")
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-            raise ValueError(f"logit_bias[{token}] must be a finite number, got {bias!r}")
-        if not -100.0 <= bias <= 100.0:
-            raise ValueError(f"logit_bias[{token}] must be in [-100, 100], got {bias}")
-        out[token] = float(bias)
     return out

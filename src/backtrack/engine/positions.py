@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from backtrack.engine.banned import MAX_BAN_REWIND
+from backtrack.engine.settings import BanPolicy
 from backtrack.engine.text import DetokState
-from backtrack.engine.types import BanPolicy
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backtrack.engine.types import GenerationConfig
+from backtrack.engine.settings import GenerationConfig
 
 
 def eos_ids_for(model, tokenizer, config: GenerationConfig) -> frozenset[int]:

@@ -32,7 +32,7 @@ from transformers.generation.logits_process import (
 )
 
 from backtrack.engine.penalties import Penalties, apply_penalties
-from backtrack.engine.types import GenerationConfig
+from backtrack.engine.settings import GenerationConfig
 
 
 def build_warpers(config: GenerationConfig) -> LogitsProcessorList:

@@ -41,19 +41,18 @@ from backtrack.backends.kv_cache import rollback_cache
 from backtrack.engine.forcing import attach, bans_at
 from backtrack.engine.positions import Rejections, UndoLog, UndoRecord, rewind_dead_ends
 from backtrack.engine.prompt import encode_prompt, eos_ids_for
-from backtrack.engine.sampling import Draws, Sampler, draw
-from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
-from backtrack.engine.types import (
-    Budget,
+from backtrack.engine.results import (
     Counts,
     Event,
     FinishReason,
-    GenerationConfig,
     GenerationResult,
     RollbackEvent,
     Step,
     TokenEvent,
 )
+from backtrack.engine.sampling import Draws, Sampler, draw
+from backtrack.engine.settings import Budget, GenerationConfig
+from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
 from backtrack.engine.verification import CheckState, restore_best, settle_check, start_check
 
 

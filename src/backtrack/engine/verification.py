@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from backtrack.engine.types import FinishReason, RollbackEvent, TokenEvent
+from backtrack.engine.results import FinishReason, RollbackEvent, TokenEvent
 
 # The session imports this module, so the functions below take it untyped (no import back).
 DecodingSession = Any

@@ -43,7 +43,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from backtrack.engine.types import GenerationResult
+from backtrack.engine.results import GenerationResult
 from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_program, postprocess

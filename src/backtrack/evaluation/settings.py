@@ -8,7 +8,7 @@ the other runs with ``reused_from_run=0``) and ``hf-sample`` (``model.generate``
 seeded like ours; transformers only).
 
 A configuration may also change generation settings for itself: ``SPEC@KEY=VALUE,...`` (any
-of :data:`~backtrack.engine.types.GENERATION_KEYS`, e.g.
+of :data:`~backtrack.engine.settings.GENERATION_KEYS`, e.g.
 ``probability-trend@rollback_window=16`` or ``never@temperature=0``). The rest of the
 evaluation's settings apply unchanged, so such a configuration is still paired with ``base``
 on the same seeds: it measures exactly what the changed settings do.
@@ -28,15 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backtrack.engine.settings import GENERATION_KEYS, GenerationConfig
 from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S, dataset_key
 from backtrack.evaluation.prompts import EVALPLUS_STOP
-
-# The engine (and torch with it) is imported inside the functions that build a
-# GenerationConfig, so the CLI can read these settings' defaults while `--help` stays fast.
-if TYPE_CHECKING:
-    from backtrack.engine.types import GenerationConfig
 
 BASE = "base"
 SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
@@ -84,28 +80,18 @@ class Configuration:
 
 
 def split_configuration(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``"SPEC@KEY=VALUE,..."`` -> ``(SPEC, ((KEY, VALUE), ...))``; checks every key and value.
+    """``"SPEC@KEY=VALUE,..."`` -> ``(SPEC, ((KEY, VALUE), ...))``; checks every key and value
+    (:func:`backtrack.configurations.split_configuration`, its errors as EvalError).
 
     >>> split_configuration("probability-trend@rollback_window=16")
     ('probability-trend', (('rollback_window', 16),))
     """
-    from backtrack.engine.types import GenerationConfig
-    from backtrack.operators.spec import parse_params
-    from backtrack.recipes import expand
+    from backtrack import configurations
 
     try:
-        text = expand(text)  # recipe:NAME -> its configuration
-    except ValueError as exc:
+        return configurations.split_configuration(text)
+    except configurations.ConfigurationError as exc:
         raise EvalError(str(exc)) from exc
-    spec, at, settings_text = text.partition("@")
-    if not at:
-        return spec.strip(), ()
-    try:
-        flat = parse_params(settings_text, text)  # its errors are ValueErrors too
-        GenerationConfig().updated(flat)
-    except (TypeError, ValueError) as exc:
-        raise EvalError(f"bad settings after '@' in {text!r}: {exc}") from exc
-    return spec.strip(), tuple(flat.items())
 
 
 def seed_for(base_seed: int, run: int, problem_index: int) -> int:
@@ -196,10 +182,15 @@ def default_generation(mode: str = "completion") -> GenerationConfig:
     """The evaluation's decoding defaults: GenerationConfig's (the paper's sampling), with the
     EvalPlus stop strings in completion mode (chat replies are cut by code extraction, so chat
     mode gets none)."""
-    from backtrack.engine.types import GenerationConfig
 
     stop = EVALPLUS_STOP if mode == "completion" else ()
     return GenerationConfig(stop=tuple(stop))
+
+
+def option(default: Any, help: str, flag: str | None = None) -> Any:
+    """An :class:`EvalSettings` field that ``backtrack eval`` takes as a flag: its help text
+    and spelling (default ``--field-name``) are declared here, next to its one default."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclass
@@ -209,6 +200,7 @@ class EvalSettings:
     ``generation`` holds every decoding setting (sampling, length, stop strings, period, ban,
     retry cap, budget) exactly as the engine takes them; each cell's seed is added by the
     runner (see :func:`seed_for`). ``None`` takes :func:`default_generation` for ``mode``.
+    Fields declared with :func:`option` are ``backtrack eval``'s flags.
     """
 
     model: str
@@ -216,35 +208,48 @@ class EvalSettings:
     operators: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     dataset: str = "humaneval"
-    data_path: str | None = None
-    split: str | None = None  # MBPP/MBPP+: train|validation|test|prompt; None: test
+    data_path: str | None = option(None, "Data file (all but humaneval).")
+    split: str | None = option(
+        None, "MBPP split: train|validation|test|prompt (default test, 11-510)."
+    )
     # MBPP: keep only the first N of the prompt's ">>>" tests visible (data.hide_examples),
     # so a decoder that runs the prompt's examples never sees the rest; None: the prompt as is.
-    visible_tests: int | None = None
-    runs: int = 1
+    visible_tests: int | None = option(
+        None,
+        "MBPP: show only the first N of the prompt's tests (scored on all); for decoders that "
+        "run the prompt's examples (examples, sample-filter).",
+    )
+    runs: int = option(1, "Sampling runs (seeds) per problem.")
     generation: GenerationConfig = None  # type: ignore[assignment]  # filled in __post_init__
-    seed: int = 0
-    problems: str | None = None
-    limit: int | None = None
-    mode: str = "completion"
-    dtype: str = "auto"
-    device: str = "auto"
-    quantize: str | None = None
+    seed: int = option(0, "Seed of (run r, problem i) = S + 10000 r + i.")
+    problems: str | None = option(None, "Problem ids, e.g. 0,5-7.")
+    limit: int | None = option(None, "Only the first N problems.")
+    mode: str = option("completion", "completion|chat.")
+    dtype: str = option("auto", "auto|bfloat16|float16|float32")
+    device: str = option("auto", "auto|cpu|cuda")
+    quantize: str | None = option(None, "int8 (CPU: dynamic int8; CUDA: 8-bit)")
     # transformers | llama.cpp | auto: llama.cpp for GGUF models on the CPU when llama-cpp-python
     # is installed (2.9x faster there; docs/benchmarks.md), else transformers.
-    backend: str = "auto"
+    backend: str = option(
+        "auto",
+        "transformers|llama.cpp|auto (auto: llama.cpp for GGUF models on the CPU, when installed).",
+    )
     # From benchmarks/bench_vs_generate.py on 2 cores (docs/benchmarks.md): B=32 gave 3.9x the
     # tokens/s of B=1 and 1.15x B=16 for the default model, at 4.7 MiB of KV cache per row.
-    batch_size: int = 32
-    workers: int = 2
+    batch_size: int = option(32, "Rows decoded together (BatchDecoder); 1: the single engine.")
+    workers: int = option(2, "Programs executed in parallel.")
     # llama.cpp's CPU threads (None: every core) and tokens per sequence (None: its default).
     # How fast, not what is decoded, so a resumed run may change them (not in META_KEYS).
-    threads: int | None = None
-    n_ctx: int | None = None
-    timeout_s: float | None = None  # None: the dataset's recommended limit
-    force: bool = False
-    ray: str | None = None  # decode on Ray: local | auto | a cluster address (distributed.py)
-    ray_actors: int = 2
+    threads: int | None = option(None, "llama.cpp: CPU threads (default: every core).")
+    n_ctx: int | None = option(None, "llama.cpp: tokens per sequence (default 4096).")
+    timeout_s: float | None = option(
+        None, "Sandbox seconds per program (default: the dataset's).", flag="--timeout"
+    )
+    force: bool = option(False, "Resume even if meta.json differs.")
+    ray: str | None = option(
+        None, "Decode on Ray actors: local (start one here), auto, or an address."
+    )  # distributed.py
+    ray_actors: int = option(2, "Ray actors, one model each.")
 
     def __post_init__(self) -> None:
         if self.generation is None:
@@ -265,8 +270,6 @@ class EvalSettings:
         """Settings from one flat mapping: the generation keys (``temperature``, ``top_k``,
         ``stop``, ``max_discarded_tokens``...) on top of :func:`default_generation` for the
         mode, everything else as fields. ``stop=None`` keeps the mode's default stop strings."""
-        from backtrack.engine.types import GENERATION_KEYS
-
         values = dict(values)
         flat = {k: values.pop(k) for k in GENERATION_KEYS if k in values}
         if flat.get("stop", ()) is None:
@@ -283,13 +286,17 @@ class EvalSettings:
         """The settings an evaluation's meta.json records, with ``changes`` (fields or flat
         generation keys): to extend or repeat that evaluation with the same settings. A
         setting the meta.json predates takes its default."""
-        from backtrack.engine.types import GENERATION_KEYS
-
         names = {f.name for f in fields(cls)} - {"generation", "force"}
         values = {k: meta[k] for k in (*names, *GENERATION_KEYS) if k in meta}
         if "backend" not in meta:  # recorded since there is a choice; before, transformers
             values["backend"] = meta.get("backend_resolved", "transformers")
         return cls.from_flat({**values, **changes})
+
+    @classmethod
+    def declared(cls, name: str) -> Mapping[str, Any]:
+        """The declaration of a flag field (``help``, ``flag``), see :func:`option`."""
+        (found,) = [f for f in fields(cls) if f.name == name]
+        return found.metadata
 
     @classmethod
     def default(cls, name: str) -> Any:

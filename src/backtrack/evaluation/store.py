@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backtrack.engine.types import GENERATION_KEYS
+from backtrack.engine.settings import GENERATION_KEYS
 from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.settings import SEED_STRIDE, Configuration, EvalError, EvalSettings
 

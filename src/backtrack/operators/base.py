@@ -33,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from backtrack.engine.types import GenerationConfig, Step
+from backtrack.engine.results import Step
+from backtrack.engine.settings import GenerationConfig
 
 
 class Operator:

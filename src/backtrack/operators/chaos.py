@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 from backtrack.operators.base import Operator
 
 

@@ -16,7 +16,7 @@ import codeop
 import warnings
 from typing import Literal
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 from backtrack.operators.base import Operator
 
 PythonPrefix = Literal["complete", "incomplete", "invalid"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Literal
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 from backtrack.engine.verification import Attempt, Verdict
 from backtrack.execution.examples import VisibleExamples, check_pool, parse_examples, run_examples
 from backtrack.execution.sandbox import SandboxConfig

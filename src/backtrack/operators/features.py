@@ -2,7 +2,7 @@
 
 Why one module: a learned policy is only as good as the agreement between what it saw while
 training and what it sees while decoding. Both sides call :meth:`FeatureExtractor.features` on
-the engine's :class:`~backtrack.engine.types.Step`, so the two cannot drift apart; any change to
+the engine's :class:`~backtrack.engine.settings.Step`, so the two cannot drift apart; any change to
 the features must bump :data:`FEATURE_VERSION`, which is stored with every trained policy and
 checked when one is loaded.
 
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 
 #: Bump whenever the meaning, order or normalisation of any feature changes.
 FEATURE_VERSION = 1

@@ -12,7 +12,7 @@ on rollback (see :mod:`backtrack.operators.base`).
 
 from __future__ import annotations
 
-from backtrack.engine.types import Step
+from backtrack.engine.results import Step
 from backtrack.operators.base import Operator
 
 

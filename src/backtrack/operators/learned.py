@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from backtrack.engine.types import GenerationConfig, Step
+from backtrack.engine.results import Step
+from backtrack.engine.settings import GenerationConfig
 from backtrack.operators.base import Operator
 from backtrack.operators.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
 

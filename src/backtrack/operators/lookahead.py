@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
+from backtrack.engine.results import Step
+from backtrack.engine.settings import GenerationConfig
 from backtrack.engine.text import find_stop
-from backtrack.engine.types import GenerationConfig, Step
 from backtrack.operators.base import Operator
 
 

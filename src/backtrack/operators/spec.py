@@ -1,6 +1,7 @@
 """Operator spec strings, as used on the command line and in configs.
 
-Grammar: ``NAME[:KEY=VALUE,...]``, several joined with ``+`` for :class:`AnyOf`::
+Grammar: ``NAME[:KEY=VALUE,...]``, several joined with ``+`` for :class:`AnyOf` (the operator
+part of the configuration language, :mod:`backtrack.configurations`)::
 
     probability-trend
     probability-trend:window=10,drop=0.5
@@ -11,12 +12,12 @@ Grammar: ``NAME[:KEY=VALUE,...]``, several joined with ``+`` for :class:`AnyOf`:
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+from backtrack import configurations
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
@@ -85,27 +86,13 @@ def _resolve(name: str) -> Callable[..., Operator]:
     return target
 
 
-def parse_value(text: str):
-    """A spec value: a Python literal, true/false, or else the text itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        lowered = text.lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        return text
-
-
 def parse_params(text: str, spec: str) -> dict[str, Any]:
-    """``"KEY=VALUE,..."`` (from ``spec``, for the error message) as a dict of parsed values."""
-    params: dict[str, Any] = {}
-    if text.strip():
-        for item in text.split(","):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise OperatorSpecError(f"bad parameter {item!r} in {spec!r}; expected KEY=VALUE")
-            params[key.strip()] = parse_value(value.strip())
-    return params
+    """``"KEY=VALUE,..."`` (from ``spec``, for the error message) as a dict of parsed values,
+    by the configuration language's rules (:mod:`backtrack.configurations`)."""
+    try:
+        return configurations.parse_params(text, spec)
+    except configurations.ConfigurationError as exc:
+        raise OperatorSpecError(str(exc)) from None
 
 
 def parse_one(spec: str) -> Operator:
@@ -142,7 +129,7 @@ def parse_operator(spec: str | Operator | None) -> Operator:
         return Never()
     if isinstance(spec, Operator):
         return spec
-    parts = [p for p in spec.split("+") if p.strip()]
+    parts = [p for p in configurations.split_top_level(spec, "+") if p.strip()]
     if not parts:
         raise OperatorSpecError("empty operator spec")
     operators = [parse_one(p) for p in parts]

@@ -43,7 +43,8 @@ import torch
 
 from backtrack.engine.batch import BatchDecoder
 from backtrack.engine.prompt import encode_prompt
-from backtrack.engine.types import GenerationConfig, Step
+from backtrack.engine.results import Step
+from backtrack.engine.settings import GenerationConfig
 from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for
 from backtrack.execution.sandbox import SandboxConfig, run_program

@@ -57,16 +57,18 @@ import gymnasium as gym
 import numpy as np
 
 from backtrack.engine.decoder import Decoder
+from backtrack.engine.results import Step
 from backtrack.engine.session import DecodingSession
-from backtrack.engine.types import GENERATION_KEYS, GenerationConfig, Step
+from backtrack.engine.settings import GENERATION_KEYS, GenerationConfig
 from backtrack.evaluation.data import (
     Problem,
     load_mbpp,
     mbpp_problems,
     select_problems,
 )
-from backtrack.evaluation.prompts import DEFAULT_STOP, build_program, build_prompt, postprocess
+from backtrack.evaluation.prompts import build_program, build_prompt, postprocess
 from backtrack.evaluation.prompts import program_for as _program_for
+from backtrack.evaluation.settings import default_generation
 from backtrack.execution.sandbox import SandboxConfig, run_program
 from backtrack.operators.base import Operator
 from backtrack.operators.features import (
@@ -97,10 +99,9 @@ def partial_program(problem: Problem, completion_text: str, stop: Sequence[str])
     return build_program(problem, postprocess(problem, completion_text, "completion", stop))
 
 
-def default_generation() -> GenerationConfig:
-    """Training's decoding defaults: GenerationConfig's sampling (the paper's), 128 tokens,
-    the completion-mode stop strings."""
-    return GenerationConfig(max_new_tokens=128, stop=tuple(DEFAULT_STOP))
+def _completion_generation() -> GenerationConfig:
+    """An episode decodes as the evaluation does in completion mode (its one default)."""
+    return default_generation("completion")
 
 
 @dataclass
@@ -137,7 +138,7 @@ class EnvConfig:
     split: str = "train"
     problem_ids: list[str] | None = None
     limit: int | None = None
-    generation: GenerationConfig = field(default_factory=default_generation)
+    generation: GenerationConfig = field(default_factory=_completion_generation)
     max_rollback: int = 4
     window: int = 10
     judge: Any = "tests"
@@ -164,10 +165,11 @@ class EnvConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> EnvConfig:
-        """From a flat mapping; generation keys on top of :func:`default_generation`."""
+        """From a flat mapping; generation keys on top of the evaluation's completion-mode
+        defaults (:func:`~backtrack.evaluation.settings.default_generation`)."""
         data = dict(data)
         flat = {k: data.pop(k) for k in GENERATION_KEYS if k in data}
-        return cls(generation=default_generation().updated(flat), **data)
+        return cls(generation=_completion_generation().updated(flat), **data)
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of :meth:`from_mapping`."""

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from backtrack.backends.base import prompt_logprobs
+from backtrack.engine.results import Counts, GenerationResult
 from backtrack.engine.text import DetokState, IncrementalDetokenizer
-from backtrack.engine.types import Counts, GenerationResult
 
 # (token id, its log-probability or None for a prompt's first token, its alternatives or None)
 Entry = tuple[int, float | None, Sequence[tuple[int, float]] | None]

@@ -20,12 +20,14 @@ here: ``max_tokens`` (:data:`OPENAI_COMPLETION_MAX_TOKENS`), ``n=1``, ``stream=f
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from backtrack.engine.decoder import INTERACTIVE_ROLLBACK_WINDOW
-from backtrack.engine.types import MAX_TOP_LOGPROBS
+from backtrack.engine.settings import MAX_TOP_LOGPROBS, UNSET, declared_settings
 
 # OpenAI's default ``max_tokens`` of /v1/completions (chat requests default to the server's
 # --max-tokens-limit).
@@ -62,78 +64,95 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-class BacktrackOptions(BaseModel):
-    """The ``backtrack`` extension of a request.
+def declared_fields(place: str) -> dict[str, Any]:
+    """The request fields of every setting declared at ``place`` (``"top"`` or
+    ``"backtrack"``), with the declaration's bounds and help; ``None`` (the default) means
+    "not given": the engine's default applies (the declared ``request_default`` where the
+    protocol defines one)."""
+    out: dict[str, Any] = {}
+    for declared in declared_settings():
+        setting = declared.setting
+        if setting.request != place:
+            continue
+        default = None if setting.request_default is UNSET else setting.request_default
+        bounds = {k: getattr(setting, k) for k in ("ge", "gt", "le", "lt")}
+        field = Field(
+            default=default,
+            description=setting.help,
+            **{k: v for k, v in bounds.items() if v is not None},
+        )
+        out[declared.request_name] = (_request_type(declared.type) | None, field)
+    return out
+
+
+def _request_type(hint: Any) -> Any:
+    """A setting's type in JSON: lists for sequences, string-keyed objects for mappings."""
+    origin = typing.get_origin(hint)
+    if origin in (Sequence, list, tuple):
+        return list[typing.get_args(hint)[0]]  # type: ignore[misc]
+    if origin in (Mapping, dict):
+        return dict[str, float]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+class _BacktrackBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: str | None = None
+    trace: bool = False
+    trace_stream: bool = False
+
+
+BacktrackOptions = create_model(
+    "BacktrackOptions",
+    __base__=_BacktrackBase,
+    __module__=__name__,
+    __doc__="""The ``backtrack`` extension of a request.
 
     Attributes:
         operator: operator spec (``backtrack operators``); default: the server's
             ``--operator``. Learned operators (``rl:...``) load files, so only the server's own
             may be used.
-        rollback_window: deepest rollback in tokens (default: the engine's interactive window,
-            :data:`~backtrack.engine.decoder.INTERACTIVE_ROLLBACK_WINDOW`; ``null``: unbounded,
-            so a stream holds back everything until the end).
-        period, ban, max_retries_per_position, max_backtracks, max_discarded_tokens: as in
-            :class:`~backtrack.engine.GenerationConfig` (``null``: its default).
-        banned_strings, banned_regex, ban_ignore_case: phrases never to produce (``null``:
-            :class:`~backtrack.engine.GenerationConfig`'s default, none).
         trace: return every token and rollback event in the response.
         trace_stream: with ``stream: true``, also stream every token and rollback event as it
             happens (chunks with a ``backtrack.events`` list), so a client can show deleted
             text live; the committed ``text`` chunks are unchanged. Default off.
-    """
 
-    model_config = ConfigDict(extra="forbid")
-
-    operator: str | None = None
-    rollback_window: int | None = Field(default=INTERACTIVE_ROLLBACK_WINDOW, ge=0)
-    period: int | None = Field(default=None, ge=1)
-    ban: Literal["accumulate", "next", "none"] | None = None
-    max_retries_per_position: int | None = Field(default=None, ge=0)
-    max_backtracks: int | None = Field(default=None, ge=0)
-    max_discarded_tokens: int | None = Field(default=None, ge=0)
-    banned_strings: list[str] | None = None
-    banned_regex: list[str] | None = None
-    ban_ignore_case: bool | None = None
-    trace: bool = False
-    trace_stream: bool = False
+    and every setting :class:`~backtrack.engine.settings.GenerationConfig` declares for the
+    ``backtrack`` object (``period``, ``ban``, ``rollback_window``, ``banned_strings``, ...),
+    with its bounds; ``null`` takes the engine's default, except ``rollback_window``, whose
+    default is the engine's interactive window
+    (:data:`~backtrack.engine.settings.INTERACTIVE_ROLLBACK_WINDOW`; ``null``: unbounded, so a
+    stream holds back everything until the end).
+    """,
+    **declared_fields("backtrack"),
+)
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class _SamplingBase(BaseModel):
     """Fields both endpoints share.
 
-    ``None`` is "not given" for the sampling settings (temperature, top_p, top_k, min_p): the
-    engine's defaults apply. ``max_tokens``, ``n`` and ``stream`` default as OpenAI defines.
+    ``None`` is "not given" for the decoding settings (temperature, top_p, top_k, min_p, the
+    penalties: every setting declared at top level): the engine's defaults apply.
+    ``max_tokens``, ``n`` and ``stream`` default as OpenAI defines.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)
-    # Penalties: OpenAI's (presence, frequency, logit_bias) and, top-level as vLLM's and
-    # llama.cpp's servers take them, repetition and DRY. ``None``: the engine's default (off).
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
-    dry_multiplier: float | None = Field(default=None, ge=0.0)
-    dry_base: float | None = Field(default=None, gt=1.0)
-    dry_allowed_length: int | None = Field(default=None, ge=1)
-    dry_sequence_breakers: list[str] | None = None
+    backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)  # type: ignore[valid-type]
 
     @field_validator("stop")
     @classmethod
@@ -148,6 +167,13 @@ class _Sampling(BaseModel):
     def unsupported(self) -> str | None:
         """The name of a field set to something this server does not implement."""
         return None
+
+
+# The sampling settings and penalties at top level (as vLLM's and llama.cpp's servers take
+# them), from their declarations.
+_Sampling = create_model(
+    "_Sampling", __base__=_SamplingBase, __module__=__name__, **declared_fields("top")
+)
 
 
 class CompletionRequest(_Sampling):

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from backtrack.engine.types import Event, GenerationResult
+from backtrack.engine.results import Event, GenerationResult
 from backtrack.serving.logprobs import Logprobs, Piece, result_entries
 from backtrack.serving.protocol import finish_reason
 from backtrack.serving.scheduler import result_usage

@@ -17,7 +17,7 @@ from typing import Any
 
 from backtrack.engine.penalties import Penalties
 from backtrack.engine.prompt import encode_prompt
-from backtrack.engine.types import GenerationConfig
+from backtrack.engine.settings import GenerationConfig, config_from_given, declared_settings
 from backtrack.operators import Never, Operator, OperatorSpecError, parse_operator
 from backtrack.serving.protocol import (
     OPENAI_COMPLETION_MAX_TOKENS,
@@ -26,21 +26,6 @@ from backtrack.serving.protocol import (
     ServeError,
 )
 from backtrack.serving.state import ServeSettings
-
-# The protocol's spellings of "no such filter" (OpenAI's top_p 1, vLLM's top_k 0 and min_p 0)
-# and the engine's.
-# Top-level request fields that are GenerationConfig settings of the same name.
-_PENALTY_FIELDS = (
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "repetition_penalty",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_sequence_breakers",
-)
-_FILTER_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
 def check_model(settings: ServeSettings, name: str) -> None:
@@ -130,39 +115,33 @@ def request_config(
 
     ``tokenizer``: checks ``logit_bias``'s token ids against the vocabulary (a 400, not a
     failure once decoding starts)."""
-    bt = body.backtrack
-    optional = {
-        "temperature": body.temperature,
-        "top_k": body.top_k,
-        "top_p": body.top_p,
-        "min_p": body.min_p,
-        "stop": body.stop or None,
-        "period": bt.period,
-        "ban": bt.ban,
-        "max_retries_per_position": bt.max_retries_per_position,
-        "banned_strings": bt.banned_strings,
-        "banned_regex": bt.banned_regex,
-        "banned_ignore_case": bt.ban_ignore_case,
-        "max_backtracks": bt.max_backtracks,
-        "max_discarded_tokens": bt.max_discarded_tokens,
-        **{name: getattr(body, name) for name in _PENALTY_FIELDS},
-    }
-    given = {key: value for key, value in optional.items() if value is not None}
-    for key, off in _FILTER_OFF.items():
-        if given.get(key) == off:
-            given[key] = None
+    given: dict[str, Any] = {}
+    for declared in declared_settings():
+        place = declared.setting.request
+        if place in ("top", "backtrack"):
+            holder = body if place == "top" else body.backtrack
+            given[declared.name] = getattr(holder, declared.request_name)
+    given["stop"] = body.stop or None
     # Always set: null is a window of its own (unbounded), not "the default".
-    given["rollback_window"] = bt.rollback_window
+    given["rollback_window"] = body.backtrack.rollback_window
     # max_tokens 0 (echo alone) decodes nothing: the route answers it without the engine.
     given["max_new_tokens"] = max(1, max_tokens(body, settings))
     try:
-        config = GenerationConfig().updated(given)
+        config = config_from_given({k: v for k, v in given.items() if k != "rollback_window"})
+        config = replace(config, rollback_window=given["rollback_window"])
         if tokenizer is not None and config.logit_bias:
             Penalties.from_config(config, tokenizer)  # checks the ids against the vocabulary
     except ValueError as exc:
         message = str(exc)
         # The field the message names, else the backtrack extension's.
-        param = next((n for n in _PENALTY_FIELDS if message.startswith(n)), "backtrack")
+        param = next(
+            (
+                d.request_name if d.setting.request == "top" else f"backtrack.{d.request_name}"
+                for d in declared_settings()
+                if message.startswith(d.name)
+            ),
+            "backtrack",
+        )
         raise ServeError(message, param=param) from None
     # What the response reports is no decoding setting (not a flat key): set on its own.
     return replace(config, top_logprobs=body.alternatives() or 0)

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from backtrack.engine.results import GenerationResult
 from backtrack.engine.text import IncrementalDetokenizer
-from backtrack.engine.types import GenerationResult
 from backtrack.serving.logprobs import Piece, prompt_entries, prompt_only
 from backtrack.serving.protocol import (
     ChatCompletionRequest,

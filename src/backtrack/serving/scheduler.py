@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from backtrack.engine.batch import BatchDecoder, BatchRun, Request
+from backtrack.engine.results import GenerationResult
+from backtrack.engine.settings import GenerationConfig
 from backtrack.engine.streaming import CommittedText
-from backtrack.engine.types import GenerationConfig, GenerationResult
 from backtrack.serving.logprobs import Piece, session_entries
 from backtrack.serving.protocol import ServeError
 

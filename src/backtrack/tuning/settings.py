@@ -7,12 +7,14 @@ A module of its own so that the search (:mod:`~backtrack.tuning.study`) and its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from backtrack.engine.settings import GenerationConfig
 from backtrack.evaluation.settings import EvalSettings
-from backtrack.tuning.space import recipe_params
+from backtrack.tuning.space import SEARCHED, recipe_params
 
 DEFAULT_RUNGS = (40, 120, 374)
 MAX_FORWARD_PER_TOKEN = 1.15
@@ -33,7 +35,10 @@ class TuneSettings:
         operators: operator names the search may use (default: all).
         seed: the sampler's seed (TPE) and the evaluation's seed.
         max_forward_per_token: the constraint.
-        max_new_tokens: completion length (MBPP solutions are short).
+        max_new_tokens: completion length (MBPP solutions are short, so shorter than the
+            engine's default).
+        generation: other generation settings every trial decodes with (flat keys; the
+            searched ones, temperature, period and ban, cannot be fixed).
         visible_tests: MBPP tests left visible in the prompt (the rest hidden, all scored).
     """
 
@@ -60,6 +65,7 @@ class TuneSettings:
     # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
     # tells a temperature's gain from an operator's; each is enqueued once per study.
     enqueue: Sequence[str] = ()
+    generation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rungs or list(self.rungs) != sorted(set(self.rungs)) or self.rungs[0] < 1:
@@ -68,6 +74,14 @@ class TuneSettings:
             raise ValueError("trials must be >= 0 and batch_size >= 1")
         for name in self.enqueue:
             recipe_params(name)  # a bad recipe fails here, before any model loads
+        generation = dict(self.generation)
+        if "max_new_tokens" in generation:  # the flag, if given, is the search's length
+            self.max_new_tokens = generation.pop("max_new_tokens")
+        fixed = sorted(set(generation) & set(SEARCHED))
+        if fixed:
+            raise ValueError(f"the search chooses {', '.join(fixed)}; do not fix them")
+        GenerationConfig().updated(generation)  # checks every value before any model loads
+        self.generation = generation
 
     @property
     def storage_url(self) -> str:
@@ -93,6 +107,7 @@ class TuneSettings:
                 "batch_size": self.batch_size,
                 "workers": self.workers,
                 "max_new_tokens": self.max_new_tokens,
+                **self.generation,
                 "ray": self.ray,
                 "ray_actors": self.ray_actors,
             }

@@ -19,6 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backtrack.configurations import (
+    ConfigurationError,
+    format_configuration,
+    format_spec,
+    parse_configuration,
+)
+from backtrack.engine.settings import GenerationConfig
+
+# The settings a recipe leaves at their defaults when it has nothing to set them for.
+_DEFAULTS = GenerationConfig()
+
 #: Per operator, its parameters: ``(kind, low, high[, step])``, or ``("cat", choices)``.
 OPERATOR_SPACE: dict[str, dict[str, tuple]] = {
     "never": {},
@@ -57,6 +68,8 @@ TEMPERATURES = (0.0, 0.2, 0.5)
 PERIODS = (1, 2, 4)
 BANS = ("accumulate", "next", "none")
 NO_SECOND = "none"
+#: The generation settings a recipe chooses (the rest are fixed for a whole search).
+SEARCHED = ("temperature", "period", "ban")
 
 
 @dataclass(frozen=True)
@@ -71,23 +84,13 @@ class Recipe:
     @property
     def spec(self) -> str:
         """The operator spec string (``a:x=1+b:y=2``; ``never`` for plain decoding)."""
-        parts = []
-        for name, params in self.operators:
-            text = ",".join(f"{k}={_fmt(v)}" for k, v in params)
-            parts.append(f"{name}:{text}" if text else name)
-        return "+".join(parts)
+        return format_spec(self.operators)
 
     @property
     def name(self) -> str:
         """The evaluation configuration: ``SPEC@temperature=...,period=...,ban=...``."""
-        settings = f"temperature={_fmt(self.temperature)},period={self.period},ban={self.ban}"
-        return f"{self.spec}@{settings}"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+        settings = (("temperature", self.temperature), ("period", self.period), ("ban", self.ban))
+        return format_configuration(self.operators, settings)
 
 
 def _suggest(trial, name: str, spec: tuple) -> Any:
@@ -120,9 +123,9 @@ def suggest_recipe(trial, operators: tuple[str, ...] | None = None) -> Recipe:
             chosen.append((second, _params(trial, "op2", second)))
     temperature = trial.suggest_categorical("temperature", TEMPERATURES)
     if first == "never":
-        period, ban = 1, "accumulate"  # nothing to consult or ban
+        period, ban = _DEFAULTS.period, _DEFAULTS.ban  # nothing to consult or ban
     elif first in ALONE:
-        period, ban = 1, str(trial.suggest_categorical("ban", BANS))
+        period, ban = _DEFAULTS.period, str(trial.suggest_categorical("ban", BANS))
     else:
         period = trial.suggest_categorical("period", PERIODS)
         ban = trial.suggest_categorical("ban", BANS)
@@ -145,26 +148,24 @@ def recipe_params(name: str) -> dict[str, Any]:
     >>> recipe_params("never@temperature=0")
     {'op1': 'never', 'temperature': 0.0}
     """
-    spec, _, settings_text = name.partition("@")
-    settings: dict[str, str] = {}
-    for item in filter(None, settings_text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or key not in ("temperature", "period", "ban"):
-            raise ValueError(
-                f"{name!r}: expected temperature=, period=, ban= after @, got {item!r}"
-            )
-        settings[key] = value
-    parts = spec.split("+") if spec else []
+    try:
+        parsed = parse_configuration(name)
+    except ConfigurationError as exc:
+        raise ValueError(f"{name!r}: {exc}") from None
+    settings = dict(parsed.settings)
+    unknown = sorted(set(settings) - set(SEARCHED))
+    if unknown:
+        raise ValueError(f"{name!r}: expected temperature=, period=, ban= after @, got {unknown}")
+    parts = parsed.operators
     if not 1 <= len(parts) <= 2:
         raise ValueError(f"{name!r}: a recipe has one operator or two joined by +")
     params: dict[str, Any] = {}
-    for slot, part in zip(("op1", "op2"), parts, strict=False):
-        operator, _, args = part.partition(":")
+    for slot, (operator, args) in zip(("op1", "op2"), parts, strict=False):
         if operator not in OPERATOR_SPACE or (slot == "op2" and operator == "never"):
             raise ValueError(f"{name!r}: {operator!r} is not in the search space")
         if operator in ALONE and len(parts) > 1:
             raise ValueError(f"{name!r}: {operator} is never combined with another operator")
-        given = dict(a.partition("=")[::2] for a in filter(None, args.split(",")))
+        given = dict(args)
         space = OPERATOR_SPACE[operator]
         if set(given) != set(space):
             raise ValueError(f"{name!r}: {operator} needs exactly {', '.join(space) or 'nothing'}")
@@ -188,22 +189,23 @@ def recipe_params(name: str) -> dict[str, Any]:
                     f"{name!r}: {operator}.{param}={value} is outside the searched grid"
                 )
             params[f"{slot}.{operator}.{param}"] = value
-    if parts[0].partition(":")[0] not in ("never", *ALONE) and len(parts) == 1:
+    if parts[0][0] not in ("never", *ALONE) and len(parts) == 1:
         params["op2"] = NO_SECOND
     temperature = float(settings.get("temperature", "nan"))
     if temperature not in TEMPERATURES:
         raise ValueError(f"{name!r}: temperature must be one of {TEMPERATURES}")
     params["temperature"] = temperature
     if params["op1"] == "never":
-        if int(settings.get("period", 1)) != 1 or settings.get("ban", "accumulate") != "accumulate":
+        period, ban = settings.get("period", _DEFAULTS.period), settings.get("ban", _DEFAULTS.ban)
+        if (period, ban) != (_DEFAULTS.period, _DEFAULTS.ban):
             raise ValueError(f"{name!r}: plain decoding has no period or ban to set")
     else:
-        period = int(settings.get("period", 1))
-        ban = settings.get("ban", "accumulate")
+        period = int(settings.get("period", _DEFAULTS.period))
+        ban = settings.get("ban", _DEFAULTS.ban)
         if period not in PERIODS or ban not in BANS:
             raise ValueError(f"{name!r}: period must be in {PERIODS} and ban in {BANS}")
         if params["op1"] in ALONE:
-            if period != 1:
+            if period != _DEFAULTS.period:
                 raise ValueError(f"{name!r}: {params['op1']} runs at period=1 only")
             params.update(ban=ban)
         else:
