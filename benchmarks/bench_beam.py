@@ -15,10 +15,11 @@ configuration: wall seconds for the whole set, accepted tokens per second, forwa
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections import defaultdict
 from dataclasses import replace
+
+from common import machine, rotated
 
 from backtrack.engine import GenerationConfig
 from backtrack.engine.batch import BatchDecoder
@@ -43,9 +44,8 @@ def main() -> None:
 
     model, tok = load_model(args.model, backend="llama.cpp", progress=False)
     prompts = [build_prompt(p) for p in load_humaneval()[: args.problems]]
-    base = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=0.5, top_k=50, stop=EVALPLUS_STOP
-    )
+    # The project's sampling (GenerationConfig's defaults), the paper's.
+    base = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=EVALPLUS_STOP)
     batch = BatchDecoder(model, tok)
     beam = BeamSearchDecoder(model, tok, beams=args.beams)
 
@@ -75,15 +75,14 @@ def main() -> None:
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
     names = list(runs)
     for repeat in range(args.repeats):
-        order = names[repeat % len(names) :] + names[: repeat % len(names)]
-        for name in order:
+        for name in rotated(names, repeat):
             start = time.perf_counter()
             tokens, passes = runs[name]()
             totals[name][0] += time.perf_counter() - start
             totals[name][1] += tokens
             totals[name][2] += passes
-    print(f"{platform.processor() or platform.machine()}, llama.cpp, {args.problems} HumanEval "
-          f"prompts, batch {args.batch_size}, {args.repeats} repeat(s)")  # fmt: skip
+    print(f"{machine()}, llama.cpp, {args.problems} HumanEval prompts, batch "
+          f"{args.batch_size}, {args.repeats} repeat(s)")  # fmt: skip
     print(f"{'configuration':<40} {'wall s':>8} {'tok/s':>7} {'fwd/tok':>8} {'x base wall':>12}")
     base_wall = totals["base"][0]
     for name in names:

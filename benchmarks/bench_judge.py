@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from common import machine, rotated
 
 from backtrack.evaluation.data import load_mbpp, mbpp_problems
 from backtrack.models import load_model
@@ -68,15 +69,14 @@ def main() -> None:
     }
     seconds: dict[str, float] = defaultdict(float)
     for index, (problem, points) in enumerate(episodes):
-        names = list(judges) if index % 2 == 0 else list(reversed(judges))
-        for name in names:
+        for name in rotated(list(judges), index):
             started = time.perf_counter()
             for program in points:
                 judges[name].score(problem.prompt, program)
             seconds[name] += time.perf_counter() - started
 
     count = sum(len(points) for _, points in episodes)
-    print(f"machine: {platform.processor() or platform.machine()}, teacher {args.teacher} on "
+    print(f"machine: {machine()}, teacher {args.teacher} on "
           f"{args.backend}; {len(episodes)} MBPP train episodes, {count} judgements")  # fmt: skip
     print(f"{'judge':<20} {'s/judgement':>12} {'tokens/judgement':>17} {'s/episode':>10}")
     for name, judge in judges.items():

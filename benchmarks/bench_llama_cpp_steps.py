@@ -23,8 +23,7 @@ import argparse
 import statistics
 import time
 
-from bench_llama_cpp import humaneval_prompts  # its sibling (run from benchmarks/)
-
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.models import DEFAULT_MODEL, load_model
 
 

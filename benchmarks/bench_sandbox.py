@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import time
+
+from common import machine, rotated
 
 from backtrack.evaluation.data import load_humaneval
 from backtrack.evaluation.prompts import program_for
@@ -37,14 +38,16 @@ def main() -> None:
     times: dict[str, list[float]] = {"private filesystem": [], "without mount namespace": []}
     variants = [("private filesystem", full), ("without mount namespace", without_mount)]
     for round_ in range(args.rounds):
-        for name, isolation in variants if round_ % 2 == 0 else variants[::-1]:
+        for name, isolation in rotated(variants, round_):
             sandbox.detect_isolation = lambda isolation=isolation: isolation
             for program in programs:
                 start = time.perf_counter()
                 result = sandbox.run_program(program)
                 times[name].append(time.perf_counter() - start)
                 assert result.passed and result.sandbox.filesystem == isolation.mount_namespace
-    print(f"{platform.processor() or platform.machine()}, {args.problems} programs x "
+    # machine() imports torch: only now, after the timings, so that no program is spawned
+    # from a process holding it.
+    print(f"{machine()}, {args.problems} programs x "
           f"{args.rounds} rounds, alternating")  # fmt: skip
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, median in medians.items():

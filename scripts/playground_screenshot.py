@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import free_port  # noqa: E402  (benchmarks/common.py: the benchmarks' helpers)
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -34,12 +36,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PROMPT = "The water cycle, explained for a child:\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

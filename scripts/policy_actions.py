@@ -76,12 +76,11 @@ def main() -> None:
     decoder = Decoder(model, tokenizer)
     problems = mbpp_problems(load_mbpp(args.data_path), args.split, drop_broken=True)
     probe = Probe(policy)
-    # The policy's own training settings (its metadata), with this script's length and stops.
+    # The policy's own training settings (its metadata), with this script's length and stops;
+    # what its metadata leaves out, GenerationConfig's defaults.
     trained = {k: v for k, v in policy.trained_generation().items() if k != "max_new_tokens"}
     config = GenerationConfig.from_flat(
-        {**trained, "max_new_tokens": args.max_new_tokens, "stop": DEFAULT_STOP},
-        temperature=0.5,
-        top_k=50,
+        {**trained, "max_new_tokens": args.max_new_tokens, "stop": DEFAULT_STOP}
     )
     for i, problem in enumerate(problems[: args.problems]):
         decoder.generate(build_prompt(problem, "completion"), probe, config, seed=i)

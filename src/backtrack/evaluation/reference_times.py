@@ -71,21 +71,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_fingerprint() -> dict[str, str]:
     """What the times depend on besides the data: the CPU and the interpreter."""
+    # Deferred: the models package loads torch and transformers (seconds), which nothing
+    # else here needs.
+    from backtrack.models.hardware import cpu_name
+
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
     }
 

@@ -86,22 +86,12 @@ RECORD_FIELDS = (
 )
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
     """Where the numbers were measured (throughput is only comparable on the same machine)."""
     import torch
     import transformers
 
-    from backtrack.models.hardware import cpu_supports_bf16
+    from backtrack.models.hardware import cpu_name, cpu_supports_bf16
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -111,7 +101,7 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_native_bf16": cpu_supports_bf16(),
     }
     return info

@@ -26,6 +26,7 @@ from backtrack.models.catalogue import (
     model_status,
 )
 from backtrack.models.hardware import (
+    cpu_name,
     cpu_supports_bf16,
     resolve_device,
     resolve_dtype,
@@ -51,6 +52,7 @@ __all__ = [
     "build_tiny_model",
     "builtin_spec",
     "cache_root",
+    "cpu_name",
     "cpu_supports_bf16",
     "format_models_table",
     "list_models",

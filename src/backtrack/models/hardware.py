@@ -22,6 +22,7 @@ The rules:
 from __future__ import annotations
 
 import functools
+import platform
 from pathlib import Path
 
 import torch
@@ -39,20 +40,35 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 QUANTIZE_CHOICES: tuple[str, ...] = ("int8",)
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 @functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[tuple[str, str], ...]:
+    """``/proc/cpuinfo`` as (key, value) pairs, every core's in turn (empty where that file
+    does not exist: not Linux)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return ()
+    pairs = (line.partition(":") for line in text.splitlines())
+    return tuple((key.strip(), value.strip()) for key, sep, value in pairs if sep)
+
+
 def _cpu_flags() -> frozenset[str]:
     """CPU feature names from ``/proc/cpuinfo`` (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        # x86 says "flags", ARM says "Features".
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return frozenset(flags)
+    # x86 says "flags", ARM says "Features".
+    return frozenset(
+        flag for key, value in _cpuinfo() if key in ("flags", "Features") for flag in value.split()
+    )
+
+
+def cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s ``model name``, e.g. ``Intel(R) Xeon(R)
+    CPU @ 2.50GHz``), else what :mod:`platform` knows (``x86_64`` at worst): the name result
+    files and benchmark reports record, and reference times are cached under."""
+    names = [value for key, value in _cpuinfo() if key == "model name" and value]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def cpu_supports_bf16() -> bool:
