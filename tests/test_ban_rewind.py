@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import regex
 
-import backtrack.engine.positions as positions
+import backtrack.engine.banning as banning
 from backtrack.engine import Budget, Decoder, GenerationConfig, RollbackEvent
 from backtrack.engine.banned import MAX_BAN_REWIND
 from backtrack.operators import Never
@@ -56,7 +56,7 @@ def test_without_the_rewind_the_dead_end_spends_the_budget(tiny, monkeypatch):
     model, tok = tiny
     first, config = _dead_end(model, tok)
     assert MAX_BAN_REWIND == 4
-    monkeypatch.setattr(positions, "MAX_BAN_REWIND", 0)
+    monkeypatch.setattr(banning, "MAX_BAN_REWIND", 0)
     result = Decoder(model, tok).generate(PROMPT, Never(), config)
     assert result.finish_reason == "budget"
     assert result.token_ids == [first]

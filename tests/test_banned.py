@@ -9,13 +9,18 @@ from hypothesis import strategies as st
 
 from backtrack.cli.options import given_settings
 from backtrack.engine import Decoder, GenerationConfig
-from backtrack.engine.banned import BannedStrings
+from backtrack.engine.banlists import build_bans
 from backtrack.engine.batch import BatchDecoder
 from backtrack.engine.results import RollbackEvent
 from backtrack.engine.settings import Budget
 from backtrack.operators import Chaos
 
 PROMPT = "def fib(n: int) -> int:\n"
+
+
+def BannedStrings(strings=(), regexes=(), ignore_case=False):  # noqa: N802 (the old name)
+    """Inline phrases and regexes compiled as a generation compiles them."""
+    return build_bans(strings, regexes, ignore_case=ignore_case)
 
 
 def _contains(text: str, banned: str, ignore_case: bool = False) -> bool:
@@ -29,7 +34,7 @@ def test_scan_finds_the_leftmost_match_and_holds_back_partial_ones():
     assert bans.scan("say hello").match_start == 4
     assert bans.scan("yo low").match_start is None
     found = bans.scan("yo lo w!")
-    assert (found.match_start, found.match_text) == (3, "lo w")
+    assert (found.match_start, found.match.text) == (3, "lo w")
     # "hel" may still become "hello": hold back from its start; nothing else pending.
     assert bans.scan("oh hel").hold_from == 3
     assert bans.scan("oh hex").hold_from == len("oh hex")
@@ -68,10 +73,12 @@ def test_bad_bans_are_clear_errors():
         (dict(regexes=["(unclosed"]), "invalid banned regex"),
         (dict(regexes=["a*"]), "matches the empty string"),
         (dict(strings="abc"), "lists of strings"),
-        (dict(), "at least one"),
+        (dict(), "nothing to ban"),
     ]:
         with pytest.raises((ValueError, TypeError), match=message):
-            BannedStrings(**kwargs)
+            bans = BannedStrings(**kwargs)
+            if bans is None:
+                raise ValueError("nothing to ban")
     with pytest.raises(ValueError, match="matches the empty string"):
         GenerationConfig(banned_regex=["x?"])
 

@@ -333,7 +333,7 @@ class TransformersBatch:
         logits = out.logits[:, -1]
         if not all(active):
             index = [slot for slot, on in enumerate(active) if on]
-            logits = logits[torch.tensor(index, device=logits.device)]
+            logits = logits[torch.tensor(index, dtype=torch.long, device=logits.device)]
         return logits.to(copy=True, dtype=torch.float32)
 
     def row_cache(self, slot: int) -> _RowCache:

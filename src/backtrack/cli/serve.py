@@ -44,6 +44,14 @@ def serve(
     ] = 2048,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
+    ban_list: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ban-list",
+            help="NAME=PATH: a ban list (text, one phrase per line, or antislop JSON) loaded "
+            "and compiled once at start; requests name it in backtrack.ban_lists (repeatable).",
+        ),
+    ] = None,
     dtype: DtypeOpt = eval_default("dtype"),
     device: DeviceOpt = eval_default("device"),
     quantize: QuantizeOpt = eval_default("quantize"),
@@ -83,6 +91,7 @@ def serve(
             max_tokens_limit=max_tokens_limit,
             max_prompt_tokens=max_prompt_tokens,
             max_body_bytes=max_body_bytes,
+            ban_lists=_ban_lists(ban_list or []),
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
@@ -93,6 +102,19 @@ def serve(
         raise fail(str(exc)) from exc
     err.print(f"serving {settings.model_names[0]} on http://{host}:{port}/v1")
     uvicorn.run(server_app, host=host, port=port, log_level="warning")
+
+
+def _ban_lists(entries: list[str]) -> dict[str, str]:
+    """``--ban-list NAME=PATH`` flags as ``{name: path}`` (checked before the model loads)."""
+    lists: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise fail(f"--ban-list takes NAME=PATH, got {entry!r}")
+        if name in lists:
+            raise fail(f"--ban-list {name!r} is given twice")
+        lists[name] = path
+    return lists
 
 
 def _served_names(model: str) -> list[str]:

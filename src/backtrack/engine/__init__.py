@@ -12,7 +12,10 @@ from typing import Any
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "BannedStrings": "backtrack.engine.banned",
+    "Bans": "backtrack.engine.banned",
+    "PhraseSet": "backtrack.engine.banned",
+    "build_bans": "backtrack.engine.banlists",
+    "ban_list": "backtrack.engine.banlists",
     "Budget": "backtrack.engine.settings",
     "GenerationConfig": "backtrack.engine.settings",
     "CacheNotRollbackableError": "backtrack.backends.kv_cache",

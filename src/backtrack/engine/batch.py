@@ -214,9 +214,12 @@ class BatchDecoder:
     def _forward(self, batch: BatchState, rows: list[_BatchRow | None]) -> None:
         """One forward pass for every row, each live row's token drawn in one call (each from
         its own generator) and handed to the row, which takes its turn with step() as usual."""
-        logits = batch.step([row.pending_token if row is not None else None for row in rows])
-        # A row waiting for a check's verdict has no forward pass queued: it sits this one out.
+        # A row waiting for a check's verdict has no forward pass queued: it sits this one out,
+        # and so does a row that draws from logits it already has (a ban's rollback reused them).
         live = [row for row in rows if row is not None and row.pending_token is not None]
+        if not live:
+            return
+        logits = batch.step([row.pending_token if row is not None else None for row in rows])
         draws = self._draw(logits, live)
         for i, row in enumerate(live):
             row.receive_draw(draws, i)

@@ -12,6 +12,9 @@ same way, through the one sampler:
 - ``draws_greedily(generated) -> bool``: asked the same way when no token is forced; True
   makes the draw take the most likely token left (after penalties and bans), whatever the
   sampling settings, without using the row's random stream (a greedy lookahead).
+- ``excluded_tokens(generated) -> Collection[int]``: tokens the next draw must not give, on top
+  of the rejections (a constraint in the spirit of a logits processor: vLLM's ``bad_words``
+  rule, :class:`~backtrack.operators.bad_words.BadWords`).
 
 Forcing overrides the bans of ``GenerationConfig.ban``: an operator that explores candidates
 one after the other deletes each (which bans it where decoding resumes) and then forces the
@@ -26,7 +29,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from backtrack.engine.positions import Rejections
-from backtrack.engine.sampling import Greedy, Only
+from backtrack.engine.sampling import Greedy, Only, Weighted
 
 
 def attach(operator: Any, session: Any) -> None:
@@ -46,7 +49,11 @@ def bans_at(operator: Any, generated: Sequence[int], rejections: Rejections) -> 
     if forced is not None and forced not in rejections.banned_strings_at(position):
         return Only(int(forced))  # type: ignore[return-value]  # a Collection for the sampler
     banned = rejections.banned_at(position)
+    excluded = getattr(operator, "excluded_tokens", None)
+    if excluded is not None and (also := excluded(generated)):
+        banned = {*banned, *also}  # an operator's constraint on the draw (bad-words)
+    weights = rejections.weights_at(position)
     greedy = getattr(operator, "draws_greedily", None)
     if greedy is not None and greedy(generated):
-        return Greedy(banned)  # type: ignore[return-value]
-    return banned
+        return Greedy(banned, weights)  # type: ignore[return-value]
+    return Weighted(banned, weights) if weights else banned  # type: ignore[return-value]

@@ -14,7 +14,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from backtrack.engine.banned import MAX_BAN_REWIND
 from backtrack.engine.settings import BanPolicy
 from backtrack.engine.text import DetokState
 
@@ -82,8 +81,12 @@ class Rejections:
     ``GenerationConfig.ban`` says (``"accumulate"``: every token rejected there; ``"next"``:
     the last one, for the next draw only; ``"none"``), and counts the resumption against
     ``GenerationConfig.max_retries_per_position``. A token rejected because it began a banned
-    string stays banned there whatever the policy, so the ban makes progress. Everything
-    recorded for later positions belonged to a prefix that no longer exists, and is dropped.
+    phrase (a hard ban) stays banned there whatever the policy, so the ban makes progress. A
+    token that began a soft-banned phrase is not banned but down-weighted there: its
+    probability is multiplied by the phrase's weight (:meth:`weigh`), and that phrase, begun
+    by that token there, is then excused (:meth:`excused_items`): if it comes back, it stands.
+    Everything recorded for later positions belonged to a prefix that no longer exists, and is
+    dropped.
     """
 
     def __init__(self, policy: BanPolicy) -> None:
@@ -91,6 +94,9 @@ class Rejections:
         self._bans: dict[int, set[int]] = {}
         self._string_bans: dict[int, set[int]] = {}
         self._retries: dict[int, int] = {}
+        # Soft bans: per position, {token: multiplier} and the (token, phrase key) paid for.
+        self._weights: dict[int, dict[int, float]] = {}
+        self._excused: dict[int, set[tuple[int, Any]]] = {}
 
     def banned_at(self, position: int) -> Collection[int]:
         """Token ids banned at ``position``."""
@@ -101,6 +107,14 @@ class Rejections:
     def banned_strings_at(self, position: int) -> Collection[int]:
         """Token ids banned at ``position`` because they began a banned string."""
         return self._string_bans.get(position, ())
+
+    def weights_at(self, position: int) -> dict[int, float]:
+        """``{token: multiplier}`` of the soft bans at ``position`` (empty: none)."""
+        return self._weights.get(position, {})
+
+    def excused_items(self):
+        """``(position, {(token, phrase key), ...})`` for every position with paid soft bans."""
+        return self._excused.items()
 
     def exhausted(self, position: int, vocab_size: int | None) -> bool:
         """Whether every one of ``vocab_size`` tokens is banned at ``position`` (a dead end)."""
@@ -115,32 +129,29 @@ class Rejections:
         """How often decoding resumed at ``position`` under the current prefix."""
         return self._retries.get(position, 0)
 
-    def resumed(self, position: int, rejected: int, *, banned_string: bool = False) -> None:
-        """Decoding resumes at ``position`` after deleting ``rejected`` (the token there);
-        ``banned_string``: it was deleted because it began a banned string."""
-        for table in (self._bans, self._string_bans, self._retries):
+    def resumed(self, position: int, rejected: int, *, kind: str = "operator") -> None:
+        """Decoding resumes at ``position`` after deleting ``rejected`` (the token there).
+
+        ``kind``: ``"operator"`` (banned as the policy says), ``"hard"`` (it began a banned
+        phrase, or failed a check: banned there for good, and as the policy says) or
+        ``"soft"`` (it began a soft-banned phrase: not banned; :meth:`weigh` says how much it
+        weighs now)."""
+        for table in (self._bans, self._string_bans, self._retries, self._weights, self._excused):
             for p in [p for p in table if p > position]:
                 del table[p]
         self._retries[position] = self._retries.get(position, 0) + 1
+        if kind == "soft":
+            return
         if self.policy == "accumulate":
             self._bans.setdefault(position, set()).add(rejected)
         elif self.policy == "next":
             self._bans[position] = {rejected}
-        if banned_string:
+        if kind == "hard":
             self._string_bans.setdefault(position, set()).add(rejected)
 
-
-def rewind_dead_ends(session: Any, rejections: Rejections) -> int:
-    """After a ban's rollback: while every token is banned where decoding resumes (a dead
-    end), delete one more token, banned at its own position, at most
-    :data:`~backtrack.engine.banned.MAX_BAN_REWIND` deep and never into final text; return
-    how many tokens went. ``session``: the :class:`~backtrack.engine.session.DecodingSession`.
-    """
-    deleted = 0
-    for _ in range(MAX_BAN_REWIND):
-        if not rejections.exhausted(len(session.completion), session.vocab_size):
-            break
-        if not session.rollback(1, "banned-string", force=True):
-            break  # the text before it is final
-        deleted += 1
-    return deleted
+    def weigh(self, position: int, token: int, weight: float, key: Any) -> None:
+        """Multiply ``token``'s probability at ``position`` by ``weight`` (a soft ban of the
+        phrase ``key`` it began there), and excuse that phrase begun by that token there."""
+        weights = self._weights.setdefault(position, {})
+        weights[token] = weights.get(token, 1.0) * weight
+        self._excused.setdefault(position, set()).add((token, key))

@@ -61,7 +61,13 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class RollbackEvent:
-    """``k`` tokens were deleted; decoding resumes at ``position`` (the new completion length)."""
+    """``k`` tokens were deleted; decoding resumes at ``position`` (the new completion length).
+
+    ``operator`` says who decided (``"banned-string"`` for a ban); a ban's rollback also says
+    which text it removed (``banned``: the matched phrase as written), from which list
+    (``ban_list``: ``"inline"`` for ``banned_strings``/``banned_regex``, else the list file's
+    name) and how (``ban_weight``: 0 for a hard ban, else the soft ban's multiplier).
+    """
 
     position: int
     k: int
@@ -69,6 +75,9 @@ class RollbackEvent:
     removed_token_ids: tuple[int, ...]
     operator: str
     kind: str = "rollback"
+    banned: str | None = None
+    ban_list: str | None = None
+    ban_weight: float | None = None
 
 
 Event = TokenEvent | RollbackEvent
@@ -82,8 +91,10 @@ class Counts:
     tokens_sampled: int = 0
     tokens_discarded: int = 0
     backtracks: int = 0
-    # Rollbacks that removed a banned string (included in ``backtracks``).
+    # Rollbacks that removed a banned phrase (included in ``backtracks``), and of those the
+    # soft bans (the phrase's first token down-weighted, not banned).
     ban_rollbacks: int = 0
+    soft_ban_rollbacks: int = 0
     # The deepest any rollback reached, in tokens behind the furthest position reached then:
     # the smallest ``rollback_window`` that would have left this generation unchanged.
     deepest_rollback: int = 0

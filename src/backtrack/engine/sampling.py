@@ -14,13 +14,17 @@ computed for all rows at once.
 
 A row's bans may also be a request from its operator (:mod:`backtrack.engine.forcing`):
 :class:`Only` (draw this token) or :class:`Greedy` (take the most likely token left, whatever
-the row's settings, without using its random stream).
+the row's settings, without using its random stream); and they may carry soft-ban weights
+(:class:`Weighted`, :mod:`backtrack.engine.banning`): after the warpers, each weighted token's
+probability is multiplied by its weight and the distribution renormalised (its log-weight is
+added to its warped score), so the draw, greedy or sampled, is from ``p * w / sum(p * w)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers.generation.logits_process import (
@@ -152,12 +156,56 @@ class Greedy:
     :mod:`backtrack.engine.forcing`). It uses none of the row's random stream."""
 
     bans: Collection[int] = ()
+    weights: Mapping[int, float] = field(default_factory=dict)
 
     def __contains__(self, token: object) -> bool:
         return token in self.bans
 
     def __bool__(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """A row's bans (``bans``) and soft-ban ``weights`` (``{token: multiplier in (0, 1)}``):
+    each weighted token's probability is multiplied by its weight after the warpers."""
+
+    bans: Collection[int]
+    weights: Mapping[int, float]
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.bans
+
+    def __iter__(self):
+        return iter(self.bans)
+
+    def __len__(self) -> int:
+        return len(self.bans)
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _weights_of(banned: Collection[int]) -> Mapping[int, float]:
+    return getattr(banned, "weights", None) or {}
+
+
+def _reweigh(
+    scores: torch.Tensor, banned: Sequence[Collection[int]], index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scores`` with each row's log soft-ban weights added (``index``: the vocabulary ids of
+    the columns, when the scores cover a row's top-k support only)."""
+    rows = [(row, _weights_of(b)) for row, b in enumerate(banned) if _weights_of(b)]
+    for row, weights in rows:
+        if index is None:
+            ids = torch.tensor(list(weights), device=scores.device)
+            logw = torch.tensor([math.log(w) for w in weights.values()], device=scores.device)
+            scores[row, ids] += logw.to(scores.dtype)
+        else:
+            for column, token in enumerate(index[row].tolist()):
+                if token in weights:
+                    scores[row, column] += math.log(weights[token])
+    return scores
 
 
 def _greedy_rows(samplers: Sequence[Sampler], banned: Sequence[Collection[int]]) -> list[bool]:
@@ -169,7 +217,7 @@ def _mask_bans(logits: torch.Tensor, banned: Sequence[Collection[int]]) -> torch
         return logits
     masked = logits.clone()
     for row, ids in enumerate(banned):
-        if isinstance(ids, Greedy):
+        if isinstance(ids, (Greedy, Weighted)):
             ids = ids.bans
         if isinstance(ids, Only):
             kept = masked[row, ids.token].clone()
@@ -189,13 +237,14 @@ def _scores(
     redirect decoding, never make it impossible.
     """
     masked = _mask_bans(logits, banned)
-    scores = _warp(masked, samplers)
+    scores = _reweigh(_warp(masked, samplers), banned)
     if masked is not logits:
         # Rows whose bans left nothing to draw from are warped again without them.
         no_ids = logits.new_zeros((1, 0), dtype=torch.long)
         for row in range(len(samplers)):
             if banned[row] and not torch.isfinite(scores[row]).any():
                 scores[row] = samplers[row].warpers(no_ids, logits[row : row + 1])[0]
+                _reweigh(scores[row : row + 1], banned[row : row + 1])
     return scores
 
 
@@ -248,12 +297,13 @@ def _draw_support(
     k = min(max(s.top_k or 0 for s in samplers), logits.shape[-1])
     masked = _mask_bans(shaped, banned)
     values, index = torch.topk(masked, k, dim=-1)
-    scores = _warp(values, samplers)
+    scores = _reweigh(_warp(values, samplers), banned, index)
     for row in range(len(samplers)):
         if banned[row] and not torch.isfinite(scores[row]).any():
             # The bans left nothing: drawn without them, as in the full path.
             values[row], index[row] = torch.topk(shaped[row], k)
             scores[row] = _warp(values[row : row + 1], samplers[row : row + 1])[0]
+            _reweigh(scores[row : row + 1], banned[row : row + 1], index[row : row + 1])
     support = torch.nn.functional.softmax(scores, dim=-1)
     # A greedy row's noise is 1: its choice is the largest probability of the support.
     noise = _exponential(support, samplers, _greedy_rows(samplers, banned))

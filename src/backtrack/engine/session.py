@@ -38,8 +38,9 @@ import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
 from backtrack.backends.kv_cache import rollback_cache
+from backtrack.engine.banning import BanGuard
 from backtrack.engine.forcing import attach, bans_at
-from backtrack.engine.positions import Rejections, UndoLog, UndoRecord, rewind_dead_ends
+from backtrack.engine.positions import Rejections, UndoLog, UndoRecord
 from backtrack.engine.prompt import encode_prompt, eos_ids_for
 from backtrack.engine.results import (
     Counts,
@@ -50,6 +51,7 @@ from backtrack.engine.results import (
     Step,
     TokenEvent,
 )
+from backtrack.engine.reuse import LogitMemory
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.settings import Budget, GenerationConfig
 from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
@@ -136,9 +138,11 @@ class DecodingSession:
         self.check = CheckState()  # an operator's check of a finished completion (verification)
         self._rejections = Rejections(self.config.ban)
         self.bans = self.config.bans()
-        # The first token a banned string could still begin at (from the last scan), and the
-        # high-water mark of committed_length(): nothing before it is ever deleted again.
-        self._ban_hold = 0
+        # Enforces the bans after every token (engine/banning.py); None without bans.
+        self.guard = BanGuard(self.bans, self._rejections) if self.bans is not None else None
+        # What a ban's rollback reuses instead of recomputing (engine/reuse.py).
+        self.memory = LogitMemory() if self.guard is not None else None
+        # The high-water mark of committed_length(): nothing before it is ever deleted again.
         self._final = 0
         self.vocab_size: int | None = None  # known from the first draw
         self.furthest = 0  # the longest the completion has been (the window's reference)
@@ -189,8 +193,12 @@ class DecodingSession:
         other rows' (:meth:`receive_draw`).
         """
         if self.counts.forward_passes >= self.budget.max_forward_passes:
+            if self.guard is not None:  # the text ends here: no banned word at its very end
+                self.guard.enforce(self, at_end=True)
             self._finish("budget")
             return False
+        if self._next_logits is not None:  # known already: a ban's rollback reused them
+            return True
         self.pending_token = self.completion[-1] if self.completion else self.prompt_ids[-1]
         return True
 
@@ -229,6 +237,8 @@ class DecodingSession:
         position = len(self.completion)
         self._rejections.drawn(position)
         token = int(draws.tokens[row])
+        if self.memory is not None:
+            self.memory.remember(position, draws.logits[row])
         prow = draws.probs[row]
         prob = float(prow[token])
         logprob = float(draws.logprob[row])
@@ -252,6 +262,8 @@ class DecodingSession:
         self.text += piece
         self.counts.tokens_sampled += 1
         self._next_logits = None
+        if self.memory is not None and self.memory.ahead:
+            self._follow_ahead(token, position)
         self.trace.append(TokenEvent(position, token, piece, prob))
         return Step(
             position=position,
@@ -269,6 +281,19 @@ class DecodingSession:
             generated=self.completion,
             completion=self.text,
         )
+
+    def _follow_ahead(self, token: int, position: int) -> None:
+        """After a soft ban's rollback the KV cache still holds the deleted path: go on along
+        it while the draws repeat it (the next logits are known), else drop it from the cache."""
+        assert self.memory is not None and self.cache is not None
+        ahead, following = self.memory.ahead, self.memory.at(position + 1)
+        if ahead[0] == token and following is not None:
+            ahead.pop(0)
+            self._next_logits = following
+            return
+        rollback_cache(self.cache, len(ahead))
+        ahead.clear()
+        self.memory.forget_after(position)
 
     # ------------------------------------------------------------------ backtracking
     def rollback_allowance(self) -> int:
@@ -308,8 +333,8 @@ class DecodingSession:
             final = self._final
         else:
             final = len(self.completion) - self.rollback_allowance()
-        if self.bans is not None:
-            final = max(self._final, min(final, self._ban_hold))
+        if self.guard is not None:
+            final = max(self._final, min(final, self.guard.hold))
         return final
 
     def consult_due(self) -> bool:
@@ -342,33 +367,18 @@ class DecodingSession:
         if source is None:
             source = self.operator.name if self.operator is not None else "operator"
         deleted = self.rollback(k, source) if k else 0
-        if self.bans is not None:
-            deleted += self._enforce_bans()
-        if not deleted and self.check_stop():
+        if self.guard is not None:
+            deleted += self.guard.enforce(self)
+            self._final = self.committed_length()
+        if not deleted and (stop := self.stop_reason()) is not None:
+            # The text is complete: a whole word banned at its very end has its boundary now.
+            if self.guard is not None and self.guard.enforce(self, at_end=True):
+                self._final = self.committed_length()
+                return not self.advance()
+            self.stop_string = stop[1]
+            self._finish(stop[0])
             return start_check(self)
         return not self.advance()
-
-    def _enforce_bans(self) -> int:
-        """Roll back a banned match the last token completed (tokens deleted), and update
-        what the bans hold back.
-
-        The rollback goes to the token where the match begins (never behind what is already
-        final) and bans that token there. Nothing limits it but the text already final: a
-        ban is a guarantee, not a heuristic (the forward-pass cap still ends decoding).
-        """
-        assert self.bans is not None
-        found = self.bans.scan(self.text, self.text_offset(self._final))
-        deleted = 0
-        if found.match_start is not None:
-            keep = max(self._undo.token_at(found.match_start, len(self.text)), self._final)
-            deleted = self.rollback(len(self.completion) - keep, "banned-string", force=True)
-            self.counts.ban_rollbacks += 1
-            deleted += rewind_dead_ends(self, self._rejections)
-            # What is left is a prefix of text that had no complete match.
-            found = self.bans.scan(self.text, self.text_offset(self._final))
-        self._ban_hold = self._undo.token_at(found.hold_from, len(self.text))
-        self._final = self.committed_length()
-        return deleted
 
     def step(self) -> bool:
         """One turn of the loop: sample, ask the operator, conclude; True when finished.
@@ -378,17 +388,31 @@ class DecodingSession:
             return settle_check(self)
         return self.conclude(self.decide(self.sample()))
 
-    def rollback(self, k: int, source: str = "operator", *, force: bool = False) -> int:
+    def rollback(
+        self,
+        k: int,
+        source: str = "operator",
+        *,
+        kind: str = "operator",
+        banned: Any = None,
+        reuse: bool = False,
+    ) -> int:
         """Delete the last ``k`` tokens (clamped to what is allowed); return how many went.
 
         The ids, the KV cache, the operator state, the detokenizer and the text all go back
         to exactly what they were before those tokens. The first deleted token is banned at
         the position where decoding resumes (see ``GenerationConfig.ban``).
 
-        ``force``: a rollback the engine requires (a banned string, a failed check), clamped
-        only by what is already final; its first deleted token stays banned there whatever
-        ``GenerationConfig.ban`` says.
+        ``kind``: ``"operator"`` (clamped to the allowance), or a rollback the engine
+        requires, clamped only by what is already final: ``"hard"`` (a banned phrase, a
+        failed check: its first deleted token stays banned there whatever
+        ``GenerationConfig.ban`` says) or ``"soft"`` (a soft-banned phrase: the token is
+        down-weighted there, not banned; :mod:`backtrack.engine.banning`). ``banned``: the
+        :class:`~backtrack.engine.banned.BanMatch` that caused it, for the trace. ``reuse``:
+        resume from the remembered logits where they are known, and after a soft ban keep the
+        deleted path in the KV cache (:mod:`backtrack.engine.reuse`).
         """
+        force = kind != "operator"
         if k < 0:
             raise ValueError(f"an operator returned a negative rollback ({k}); k must be >= 0")
         if force:
@@ -406,36 +430,67 @@ class DecodingSession:
         removed_text = self.text[restore.text_len :]
         self.text = self.text[: restore.text_len]
         del self.completion[keep:], self.logprobs[keep:], self.top_logprobs[keep:]
-        # Restore the invariant (cache = every token but the last); the next forward pass,
-        # feeding the new last token, gives the distribution at position `keep` again.
-        target = len(self.prompt_ids) + keep - 1
-        assert self.cache is not None
-        rollback_cache(self.cache, self.cache.get_seq_length() - target)
-        self._next_logits = None
-        self.pending_token = None
+        self._restore_cache(keep, removed, kind, reuse)
         # A driver without an operator (the RL agent) may reach behind what bans held final.
         self._final = min(self._final, keep)
         # Bans and retry counts of later positions belonged to a prefix that is gone.
-        self._rejections.resumed(keep, removed[0], banned_string=force)
+        self._rejections.resumed(keep, removed[0], kind=kind)
+        if self.guard is not None:
+            self.guard.rolled_back(len(self.text))
         self.counts.tokens_discarded += k
         self.counts.backtracks += 1
         self.counts.deepest_rollback = max(self.counts.deepest_rollback, self.furthest - keep)
-        self.trace.append(RollbackEvent(keep, k, removed_text, tuple(removed), source))
+        self.trace.append(
+            RollbackEvent(
+                keep, k, removed_text, tuple(removed), source,
+                banned=None if banned is None else banned.text,
+                ban_list=None if banned is None else banned.key[0],
+                ban_weight=None if banned is None else banned.weight,
+            )
+        )  # fmt: skip
         return k
 
+    def _restore_cache(self, keep: int, removed: list[int], kind: str, reuse: bool) -> None:
+        """The KV cache and the next logits after a rollback to ``keep`` tokens (``removed``:
+        the tokens deleted)."""
+        assert self.cache is not None
+        fed = self.cache.get_seq_length() - len(self.prompt_ids)  # completion and ahead tokens
+        memory = self.memory
+        reused = memory.at(keep) if memory is not None and reuse else None
+        # The tokens the cache holds from `keep` on: the deleted ones, then any older path.
+        path = [*removed, *(memory.ahead if memory is not None else ())]
+        self.pending_token = None
+        if memory is not None:
+            memory.ahead = []
+        if reused is None:
+            # The invariant (cache = every token but the last); the next forward pass, feeding
+            # the new last token, gives the distribution at position `keep` again.
+            rollback_cache(self.cache, fed - (keep - 1))
+            self._next_logits = None
+        elif kind == "soft":  # the deleted path stays in the cache, in case it is drawn again
+            assert memory is not None
+            memory.ahead = path[: fed - keep]
+            self._next_logits = reused
+            return
+        else:  # every token before `keep` fed; its logits known
+            rollback_cache(self.cache, fed - keep)
+            self._next_logits = reused
+        if memory is not None:
+            memory.forget_after(keep)
+
     # ------------------------------------------------------------------ stopping
-    def check_stop(self) -> bool:
-        """After a kept token: finish on EOS, a stop string or the length limit."""
+    def stop_reason(self) -> tuple[FinishReason, str | None] | None:
+        """After a kept token: ``(reason, stop string)`` if it ends decoding (EOS, a stop
+        string or the length limit), else ``None``."""
         if self.completion and self.completion[-1] in self.eos_ids:
-            self._finish("eos")
-        elif self.config.stop and (
+            return "eos", None
+        if self.config.stop and (
             hit := find_stop(self.text, self._undo.last().text_len, self.config.stop)
         ):
-            self.stop_string = hit[1]
-            self._finish("stop_string")
-        elif len(self.completion) >= self.config.max_new_tokens:
-            self._finish("max_new_tokens")
-        return self.finish_reason is not None
+            return "stop_string", hit[1]
+        if len(self.completion) >= self.config.max_new_tokens:
+            return "max_new_tokens", None
+        return None
 
     def _finish(self, reason: FinishReason) -> None:
         if reason == "budget":  # out of forward passes, perhaps mid-repair

@@ -27,7 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from backtrack.engine.banned import BannedStrings
+from backtrack.engine.banlists import build_bans
+from backtrack.engine.banned import Bans
+from backtrack.engine.declaration import UNSET, Declared, setting
 
 # The most alternatives a call may ask for per token (OpenAI's chat limit).
 MAX_TOP_LOGPROBS = 20
@@ -37,73 +39,6 @@ MAX_TOP_LOGPROBS = 20
 INTERACTIVE_ROLLBACK_WINDOW = 32
 
 BanPolicy = Literal["accumulate", "next", "none"]
-# Where a request carries a setting: at top level (as OpenAI's, vLLM's and llama.cpp's
-# servers spell sampling settings), in the ``backtrack`` extension object, or in a field the
-# OpenAI protocol defines with rules of its own (``max_tokens``, ``stop``).
-RequestPlace = Literal["top", "backtrack", "protocol"]
-# "No value declared" (``Setting.off``, ``Setting.request_default``).
-UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class Setting:
-    """The declaration of one decoding setting (a field's metadata).
-
-    Attributes:
-        help: one line, for ``--help`` and the server's schema.
-        ge, gt, le, lt: bounds of a number (``None``: no bound on that side).
-        off: the value a protocol spells "this filter is off" with (vLLM's ``top_k=0``,
-            OpenAI's ``top_p=1``); the config stores it as ``None``, so both spellings compare
-            equal.
-        flag: the command-line flag (default ``--field-name``); for a bool, ``--x/--no-x``.
-        request: where an HTTP request carries it (``None``: not a request field).
-        request_name: its name there, when it differs from the field's.
-        request_default: the server's default when a request leaves it out, where the
-            protocol defines one (``UNSET``: the config's own default).
-    """
-
-    help: str
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    off: Any = UNSET
-    flag: str | None = None
-    request: RequestPlace | None = "backtrack"
-    request_name: str | None = None
-    request_default: Any = UNSET
-
-    def check(self, name: str, value: Any) -> None:
-        """Raise a one-line ``ValueError`` if the number ``value`` breaks a bound."""
-        if value is None or not any(b is not None for b in (self.ge, self.gt, self.le, self.lt)):
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        low_ok = (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-        high_ok = (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
-        if not (low_ok and high_ok):
-            raise ValueError(f"{name} must be {self.bounds_text()}, got {value!r}")
-
-    def bounds_text(self) -> str:
-        """The bounds in words: ``>= 0``, ``in (0, 1]``..."""
-        low = ("[", self.ge) if self.ge is not None else ("(", self.gt)
-        high = ("]", self.le) if self.le is not None else (")", self.lt)
-        if low[1] is None:
-            return f"<= {high[1]:g}" if high[0] == "]" else f"< {high[1]:g}"
-        if high[1] is None:
-            return f">= {low[1]:g}" if low[0] == "[" else f"> {low[1]:g}"
-        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
-
-
-def setting(default: Any, help: str, **declaration: Any) -> Any:
-    """A dataclass field with its :class:`Setting` declaration (``default``: a value, or a
-    tuple for list-valued settings, or a dict for mappings)."""
-    meta = {"setting": Setting(help, **declaration)}
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -265,10 +200,24 @@ class GenerationConfig:
     )
     banned_ignore_case: bool = setting(
         False,
-        "Match banned strings and regexes case-insensitively.",
+        "Match banned phrases and regexes case-insensitively.",
         flag="--ban-ignore-case",
         request_name="ban_ignore_case",
     )
+    ban_files: Sequence[str] = setting(
+        (),
+        "Ban list: a text file, one phrase per line (banned outright), or the antislop JSON "
+        "[[phrase, factor], ...] (soft bans) (repeatable).",
+        flag="--ban-file",
+        request=None,  # a server names the lists it loaded (--ban-list NAME=PATH)
+    )
+    ban_whole_words: bool = setting(
+        False, "Match banned phrases only as whole words (not 'mia' in 'Miami')."
+    )
+    ban_strength: float = setting(
+        1.0, "Soft bans: a phrase of factor f multiplies its first token by f**S.", ge=0
+    )
+    ban_hard: bool = setting(False, "Ban every listed phrase outright, whatever its factor.")
     presence_penalty: float = setting(
         0.0, "OpenAI presence penalty (0: off).", ge=-2, le=2, request="top"
     )
@@ -316,19 +265,25 @@ class GenerationConfig:
             declared.check(f.name, value)
         if self.ban not in typing.get_args(BanPolicy):
             raise ValueError(f"ban must be 'accumulate', 'next' or 'none', got {self.ban!r}")
-        for name in ("stop", "dry_sequence_breakers", "banned_strings", "banned_regex"):
+        lists = ("stop", "dry_sequence_breakers", "banned_strings", "banned_regex", "ban_files")
+        for name in lists:
             if any(not isinstance(s, str) or not s for s in getattr(self, name)):
                 raise ValueError(f"{name} must be non-empty strings")
-        if self.banned_strings or self.banned_regex:
-            self.bans()  # validates: bad or empty-matching patterns
+        self.bans()  # validates: patterns that do not compile, lists that do not read
         # One spelling (int keys, float biases), read-only in effect: a frozen config's bias.
         object.__setattr__(self, "logit_bias", _FrozenBias(parse_logit_bias(self.logit_bias or {})))
 
-    def bans(self) -> BannedStrings | None:
-        """The banned strings and regexes compiled, or ``None`` when nothing is banned."""
-        if not (self.banned_strings or self.banned_regex):
-            return None
-        return BannedStrings(self.banned_strings, self.banned_regex, self.banned_ignore_case)
+    def bans(self) -> Bans | None:
+        """Everything banned, compiled (each list once per process, shared), or ``None``."""
+        return build_bans(
+            self.banned_strings,
+            self.banned_regex,
+            self.ban_files,
+            ignore_case=self.banned_ignore_case,
+            whole_words=self.ban_whole_words,
+            strength=self.ban_strength,
+            hard=self.ban_hard,
+        )
 
     @property
     def greedy(self) -> bool:
@@ -378,30 +333,6 @@ class GenerationConfig:
             for key, value in other.items()
             if key in ours and _normalized(value) != _normalized(ours[key])
         }
-
-
-@dataclass(frozen=True)
-class Declared:
-    """One flat setting and its declaration: ``name`` (a :data:`GENERATION_KEYS` key),
-    ``setting``, its ``type`` (the field's annotation) and ``default`` (the config's)."""
-
-    name: str
-    setting: Setting
-    type: Any
-    default: Any
-
-    @property
-    def flag(self) -> str:
-        return self.setting.flag or "--" + self.name.replace("_", "-")
-
-    @property
-    def request_name(self) -> str:
-        return self.setting.request_name or self.name
-
-    @property
-    def integral(self) -> bool:
-        """Whether it is an integer setting (``int`` or ``int | None``)."""
-        return self.type is int or set(typing.get_args(self.type)) == {int, type(None)}
 
 
 def declared_settings() -> tuple[Declared, ...]:

@@ -139,7 +139,7 @@ def settle_check(session: DecodingSession) -> bool:
         session._finish(reason)
         return True
     k = session.operator.repair(verdict, attempt_of(session))
-    if k > 0 and session.rollback(k, session.operator.name, force=True):
+    if k > 0 and session.rollback(k, session.operator.name, kind="hard"):
         session.stop_string = None
         return not session.advance()
     restore_best(session)

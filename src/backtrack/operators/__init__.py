@@ -1,5 +1,6 @@
 """Backtracking operators: the interface, heuristics, chaos, and spec strings."""
 
+from backtrack.operators.bad_words import BadWords
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
@@ -23,6 +24,7 @@ from backtrack.operators.spec import (
 )
 
 __all__ = [
+    "BadWords",
     "AnyOf",
     "Chaos",
     "EntropyThreshold",

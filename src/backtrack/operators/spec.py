@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backtrack import configurations
+from backtrack.operators.bad_words import BadWords
 from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
@@ -51,6 +52,7 @@ OPERATORS: dict[str, type[Operator] | str] = {
         Chaos,
         Examples,
         Lookahead,
+        BadWords,
     )
 }
 # Loaded on first use: it needs the optional RL dependencies.

@@ -100,6 +100,9 @@ class _BacktrackBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operator: str | None = None
+    ban_lists: list[str] | None = Field(
+        default=None, description="Names of ban lists the server loaded (--ban-list NAME=PATH)."
+    )
     trace: bool = False
     trace_stream: bool = False
 
@@ -114,6 +117,10 @@ BacktrackOptions = create_model(
         operator: operator spec (``backtrack operators``); default: the server's
             ``--operator``. Learned operators (``rl:...``) load files, so only the server's own
             may be used.
+        ban_lists: names of the ban lists the server loaded at start
+            (``backtrack serve --ban-list NAME=PATH``), each compiled once and shared by every
+            request; how they apply: ``ban_whole_words``, ``ban_ignore_case``,
+            ``ban_strength``, ``ban_hard``.
         trace: return every token and rollback event in the response.
         trace_stream: with ``stream: true``, also stream every token and rollback event as it
             happens (chunks with a ``backtrack.events`` list), so a client can show deleted
@@ -152,6 +159,9 @@ class _SamplingBase(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # TabbyAPI's and ik_llama.cpp's top-level spelling of the backtrack object's field; the
+    # phrases of both are banned.
+    banned_strings: list[str] | None = None
     backtrack: BacktrackOptions = Field(default_factory=BacktrackOptions)  # type: ignore[valid-type]
 
     @field_validator("stop")

@@ -90,6 +90,21 @@ def request_operator(spec: str | None, default: Operator) -> Operator | None:
     return None if isinstance(operator, Never) else operator
 
 
+def ban_files(names: list[str] | None, settings: ServeSettings) -> list[str] | None:
+    """The server's lists a request names, as ban-file entries (``NAME=PATH``); an unknown
+    name is a 400."""
+    if not names:
+        return None
+    unknown = [name for name in names if name not in settings.ban_lists]
+    if unknown:
+        known = ", ".join(settings.ban_lists) or "none (start the server with --ban-list)"
+        raise ServeError(
+            f"unknown ban list {unknown[0]!r}; this server's lists: {known}",
+            param="backtrack.ban_lists",
+        )
+    return [f"{name}={settings.ban_lists[name]}" for name in dict.fromkeys(names)]
+
+
 def max_tokens(body: ChatCompletionRequest | CompletionRequest, settings: ServeSettings) -> int:
     """The request's token limit, by OpenAI's rules, checked against the server's limit."""
     limit = body.max_tokens
@@ -122,6 +137,9 @@ def request_config(
             holder = body if place == "top" else body.backtrack
             given[declared.name] = getattr(holder, declared.request_name)
     given["stop"] = body.stop or None
+    if body.banned_strings:  # the top-level spelling (TabbyAPI's), with the backtrack object's
+        given["banned_strings"] = [*body.banned_strings, *(body.backtrack.banned_strings or [])]
+    given["ban_files"] = ban_files(body.backtrack.ban_lists, settings)
     # Always set: null is a window of its own (unbounded), not "the default".
     given["rollback_window"] = body.backtrack.rollback_window
     # max_tokens 0 (echo alone) decodes nothing: the route answers it without the engine.

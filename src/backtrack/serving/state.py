@@ -4,12 +4,13 @@ scheduler, the tokenizer and the default operator, held by the app as ``app.stat
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 
+from backtrack.engine.banlists import LIST_NAME, ban_list
 from backtrack.operators import Operator
 from backtrack.serving.scheduler import Scheduler
 
@@ -24,6 +25,8 @@ class ServeSettings:
         max_tokens_limit: the largest ``max_tokens`` a request may ask for (also the default
             of chat requests; completions default to OpenAI's 16).
         max_prompt_tokens: the longest prompt accepted. max_body_bytes: largest request body.
+        ban_lists: ``{name: path}`` of the ban lists requests may name (``ban_lists``), each
+            read and compiled once, at start, and shared by every request.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class ServeSettings:
         max_tokens_limit: int = 2048,
         max_prompt_tokens: int = 8192,
         max_body_bytes: int = 4_000_000,
+        ban_lists: Mapping[str, str] | None = None,
     ) -> None:
         if not model_names:
             raise ValueError("the server needs a model name")
@@ -45,6 +49,12 @@ class ServeSettings:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_tokens_limit, self.max_prompt_tokens = max_tokens_limit, max_prompt_tokens
         self.max_body_bytes = max_body_bytes
+        self.ban_lists = dict(ban_lists or {})
+        for name, path in self.ban_lists.items():
+            if not LIST_NAME.fullmatch(name):
+                raise ValueError(f"ban list name {name!r}: use letters, digits, '_', '.', '-'")
+            for ignore_case in (False, True):  # a request may ask for either folding
+                ban_list(f"{name}={path}", ignore_case)  # a one-line ValueError if it is bad
 
 
 @dataclass
