@@ -49,6 +49,11 @@ CONFIGS = ("none", "instruction", "token-ban", "bad-words", "resample", "ours-ha
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+@app.callback()
+def main() -> None:
+    """Decode the ban-list comparison (then score it with ban_scores.py)."""
+
+
 def writing_prompts(runs: int) -> list[tuple[str, int, str]]:
     """``(prompt id, run, user message)``: each prompt with its seed modifier ``run``."""
     data = json.loads(PROMPTS.read_text())

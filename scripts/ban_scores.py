@@ -238,10 +238,14 @@ def _row(records, scores, source, config, list_name):
     none = [records[("-", "none", p[0], p[1])] for p in pairs]
     speed = sum(r["tokens"] for r in rec) / sum(r["wall_s"] for r in rec)
     base_speed = sum(r["tokens"] for r in none) / sum(r["wall_s"] for r in none)
-    passes = sum(r["forward_passes"] for r in rec) / sum(r["tokens"] for r in rec)
+    counted = [r for r in rec if r["forward_passes"] is not None]  # the peer does not say
+    passes = sum(r["forward_passes"] for r in counted) / max(sum(r["tokens"] for r in counted), 1)
     rollbacks = 1000 * sum(r["rollbacks"] for r in rec) / max(sum(r["tokens"] for r in rec), 1)
     cells["speed"] = (speed / base_speed, None)
-    tail = f"{speed / base_speed:.2f}x ({speed:.1f} tok/s) | {passes:.2f} | {rollbacks:.1f} |"
+    batch = f", B={rec[0]['batch_size']}" if rec[0]["batch_size"] != none[0]["batch_size"] else ""
+    shown_passes = f"{passes:.2f}" if counted else "-"
+    tail = (f"{speed / base_speed:.2f}x ({speed:.1f} tok/s{batch}) | {shown_passes} | "
+            f"{rollbacks:.1f} |")  # fmt: skip
     row = f"| {config} | {len(pairs)} | " + " | ".join(shown) + f" | {tail}"
     return row, cells
 
