@@ -191,6 +191,29 @@ def report(
         _plot(chart, plot)
 
 
+@app.command()
+def code(
+    results: Annotated[Path, typer.Argument(help="A result directory of `backtrack eval`.")],
+    calls: Annotated[Path, typer.Option(help="The banned calls, one per line.")],
+    markdown: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Banned calls in the final completions of an evaluation, per configuration (substring
+    counts over the code that was scored, by ``str.count``)."""
+    banned = [line for line in calls.read_text().splitlines() if line]
+    per_config: dict[str, list[int]] = defaultdict(list)
+    for record in map(json.loads, (results / "results.jsonl").read_text().splitlines()):
+        per_config[record["config"]].append(sum(record["completion"].count(b) for b in banned))
+    lines = ["| configuration | completions | with a banned call | banned calls per 100 "
+             "completions |", "|---|---|---|---|"]  # fmt: skip
+    for config, counts in per_config.items():
+        with_any, n = sum(1 for c in counts if c), len(counts)
+        share, rate = 100 * with_any / n, 100 * sum(counts) / n
+        lines.append(f"| {config} | {n} | {with_any} ({share:.1f}%) | {rate:.1f} |")
+    print("\n".join(lines))
+    if markdown is not None:
+        markdown.write_text("\n".join(lines) + "\n")
+
+
 def _keyed(path: Path) -> dict[tuple, dict]:
     rows = map(json.loads, path.read_text().splitlines())
     return {(r["list"], r["config"], r["prompt"], r["run"]): r for r in rows}

@@ -326,3 +326,33 @@ def test_streams_never_show_what_a_ban_removes(tiny, tmp_path_factory, seed, who
     for word in hard:
         present = word in _words(result.text) if whole_words else word in result.text
         assert not present
+
+
+def test_generate_and_eval_take_ban_files(tiny, tmp_path):
+    """--ban-file, --ban-whole-words, --ban-strength and --ban-hard reach the engine from
+    `generate`, and `eval` records them in meta.json."""
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    decoder = Decoder(*tiny)
+    plain = decoder.generate(PROMPT, config=GenerationConfig(max_new_tokens=24, temperature=0))
+    words = sorted(set(_words(plain.text)))[:4]
+    path = _soft_list(tmp_path, dict.fromkeys(words, 0.5))
+    out = tmp_path / "result.json"
+    args = ["generate", "--model", "tiny-random-qwen2", "--prompt", PROMPT, "--operator", "never",
+            "--temperature", "0", "--max-new-tokens", "24", "--ban-file", path,
+            "--ban-whole-words", "--ban-strength", "2", "--dtype", "float32",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    config = GenerationConfig(
+        max_new_tokens=24, temperature=0, ban_files=[path], ban_whole_words=True, ban_strength=2
+    )
+    assert data["text"] == decoder.generate(PROMPT, config=config).text
+    bans = [e for e in data["trace"] if e["kind"] == "rollback" and e["banned"]]
+    assert bans and all(e["ban_weight"] == 0.25 for e in bans)
+    hard = CliRunner().invoke(app, [*args, "--ban-hard"])
+    assert hard.exit_code == 0, hard.output
+    assert not set(_words(json.loads(out.read_text())["text"])) & set(words)

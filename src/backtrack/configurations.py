@@ -9,9 +9,9 @@ shipped recipes and result records all spell a decoding configuration the same w
     params        := KEY "=" VALUE ("," KEY "=" VALUE)*
     settings      := KEY "=" VALUE ("," KEY "=" VALUE)*   # GenerationConfig's flat keys
 
-A value is a Python literal (``16``, ``0.5``, ``None``, ``['a', 'b']``, ``'x,y'``), ``true`` or
-``false``, or else the text itself (``ban=next``); commas inside brackets or quotes do not
-split. ``recipe:NAME`` stands for a shipped recipe (:mod:`backtrack.recipes`). This module
+A value is a Python literal (``16``, ``0.5``, ``None``, ``['a', 'b']``, ``{1: -100}``,
+``'x,y'``), ``true`` or ``false``, or else the text itself (``ban=next``); commas inside
+brackets, braces or quotes do not split. ``recipe:NAME`` stands for a shipped recipe (:mod:`backtrack.recipes`). This module
 parses and formats that grammar; :func:`format_configuration` writes what
 :func:`parse_configuration` reads back to the same value.
 
@@ -35,7 +35,7 @@ from backtrack.recipes import expand
 
 Params = tuple[tuple[str, Any], ...]
 # Characters that end a bare word in the grammar: a text value holding one is quoted.
-_SEPARATORS = set(",=@+:[]()'\"")
+_SEPARATORS = set(",=@+:[](){}'\"")
 
 
 class ConfigurationError(ValueError):
@@ -79,9 +79,9 @@ def split_top_level(text: str, separator: str) -> list[str]:
                 quote = ""
         elif char in "'\"":
             quote = char
-        elif char in "[(":
+        elif char in "[({":
             depth += 1
-        elif char in "])":
+        elif char in "])}":
             depth -= 1
         elif char == separator and depth == 0:
             parts.append(text[start:i])
