@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import Request
 
 from backtrack.operators import Operator
+from backtrack.serving.auth import check_api_keys
+from backtrack.serving.metrics import ServerMetrics
 from backtrack.serving.scheduler import Scheduler
 
 
@@ -24,6 +26,13 @@ class ServeSettings:
         max_tokens_limit: the largest ``max_tokens`` a request may ask for (also the default
             of chat requests; completions default to OpenAI's 16).
         max_prompt_tokens: the longest prompt accepted. max_body_bytes: largest request body.
+        api_keys: keys a client must send as ``Authorization: Bearer KEY`` to use ``/v1``
+            and ``/metrics`` (empty: no key needed; see :mod:`backtrack.serving.auth`).
+        drain_timeout: seconds requests in flight may take to finish after SIGTERM or SIGINT
+            before they are ended with ``finish_reason: "server_shutdown"``
+            (:mod:`backtrack.serving.drain`).
+        ignore_unknown_fields: accept (and log once) top-level request fields the server does
+            not know, instead of refusing them with a 400 (:mod:`backtrack.serving.fields`).
     """
 
     def __init__(
@@ -35,6 +44,9 @@ class ServeSettings:
         max_tokens_limit: int = 2048,
         max_prompt_tokens: int = 8192,
         max_body_bytes: int = 4_000_000,
+        api_keys: Sequence[str] = (),
+        drain_timeout: float = 30.0,
+        ignore_unknown_fields: bool = False,
     ) -> None:
         if not model_names:
             raise ValueError("the server needs a model name")
@@ -45,6 +57,11 @@ class ServeSettings:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_tokens_limit, self.max_prompt_tokens = max_tokens_limit, max_prompt_tokens
         self.max_body_bytes = max_body_bytes
+        self.api_keys = check_api_keys(api_keys)
+        if drain_timeout < 0:
+            raise ValueError("the drain timeout must be >= 0 seconds")
+        self.drain_timeout = drain_timeout
+        self.ignore_unknown_fields = ignore_unknown_fields
 
 
 @dataclass
@@ -58,7 +75,11 @@ class ServerState:
         default_operator: the ``--operator``, built once (a learned one loads its policy at
             start-up); each request decodes with its own copy, since state lives on it.
         context_limit: tokens one sequence may hold (``None``: unknown).
+        metrics: the Prometheus metrics served at ``/metrics``.
         created: when the server started (the models' ``created``).
+        draining: set once a shutdown began; new requests get 503 (:mod:`.drain`).
+        in_flight: requests being answered (counted by :mod:`.middleware`).
+        unknown_fields_logged: unknown fields already logged (``--ignore-unknown-fields``).
     """
 
     settings: ServeSettings
@@ -66,7 +87,11 @@ class ServerState:
     tokenizer: Any
     default_operator: Operator
     context_limit: int | None
+    metrics: ServerMetrics
     created: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    in_flight: int = 0
+    unknown_fields_logged: set[str] = field(default_factory=set)
 
 
 def server_state(request: Request) -> ServerState:
