@@ -23,9 +23,9 @@ requests on the test's thread. A request to the tiny model takes milliseconds, s
 server costs no time worth saving.
 
 Bounded and deterministic: a fixed number of examples per operation and mode, drawn
-derandomized by the suite's hypothesis profile ("ci", see conftest.py): 216 requests, the same
+derandomized by the suite's hypothesis profile ("ci", see conftest.py): 237 requests, the same
 ones every run (``--hypothesis-seed=N`` draws others; seeds 1 and 2 found nothing more). The
-module took 35 s on 2 cores shared with other jobs (load average 2-4), under the 60 s it may
+module took 26 s on 2 cores shared with other jobs (load average about 4), under the 60 s it may
 take in ``make test``.
 """
 

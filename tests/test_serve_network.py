@@ -227,6 +227,22 @@ def test_an_unexpected_error_is_logged_with_its_request_id(keyed, caplog, monkey
     assert "a bug" in failures[0].message
 
 
+def test_a_decoding_failure_is_logged_with_the_ids_it_failed(keyed, caplog, monkeypatch):
+    def broken(self, batch, rows):
+        raise RuntimeError("the model broke")
+
+    # The step after the prefill fails (the request has its row by then).
+    monkeypatch.setattr("backtrack.engine.batch.BatchDecoder._forward", broken)
+    caplog.set_level(logging.INFO, logger="backtrack.serving")
+    with pytest.raises(openai.InternalServerError) as info:
+        _client(keyed, KEY).completions.create(model=TINY_MODEL_NAME, prompt=PROMPT, max_tokens=4)
+    rid = info.value.response.headers["x-request-id"]
+    assert "decoding failed: RuntimeError: the model broke" in info.value.body["message"]
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1 and f"(requests {rid})" in failures[0].message
+    assert failures[0].exc_info is not None
+
+
 # ---------------------------------------------------------------------- strict fields
 def test_unknown_fields_are_refused_by_name(keyed):
     client = _client(keyed, KEY)
