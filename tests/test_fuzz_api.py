@@ -11,6 +11,10 @@ server on loopback decoding with the tiny model built in code, and every answer 
 * when it streams, server-sent events that are each JSON (an error event in the same
   shape) or ``[DONE]``.
 
+The server is the authenticated one (an API key, as on a network): most requests carry the
+key; some carry none, some a wrong one, and each of those must be a 401 in OpenAI's shape for
+every ``/v1`` route (``/health`` stays open), whatever the rest of the request is.
+
 Why a real server and not schemathesis' in-process ASGI transport: the real one runs the code
 a client meets (uvicorn's HTTP parsing, the body-size middleware on the real
 ``Content-Length``, the scheduler thread decoding while the event loop streams), and it is how
@@ -19,9 +23,9 @@ requests on the test's thread. A request to the tiny model takes milliseconds, s
 server costs no time worth saving.
 
 Bounded and deterministic: a fixed number of examples per operation and mode, drawn
-derandomized by the suite's hypothesis profile ("ci", see conftest.py): 216 requests, the same
+derandomized by the suite's hypothesis profile ("ci", see conftest.py): 237 requests, the same
 ones every run (``--hypothesis-seed=N`` draws others; seeds 1 and 2 found nothing more). The
-module took 35 s on 2 cores shared with other jobs (load average 2-4), under the 60 s it may
+module took 26 s on 2 cores shared with other jobs (load average about 4), under the 60 s it may
 take in ``make test``.
 """
 
@@ -48,11 +52,19 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 # Small limits keep every accepted request to a few milliseconds of decoding; requests over
 # them are refused with a 400, which the fuzz checks the shape of like any other error.
 FUZZ_SETTINGS = dict(max_batch=4, max_queue=4, max_tokens_limit=8, max_prompt_tokens=64)
+FUZZ_KEY = "fuzz-key-0123"
+# What a fuzzed request authenticates with.
+CREDENTIALS = {
+    "key": {"Authorization": f"Bearer {FUZZ_KEY}"},
+    "none": {},
+    "wrong": {"Authorization": "Bearer not-the-key"},
+}
 
 
 @pytest.fixture(scope="module")
 def live():
-    with LiveServer(ServeSettings([TINY_MODEL_NAME], **FUZZ_SETTINGS)) as server:
+    settings = ServeSettings([TINY_MODEL_NAME], api_keys=[FUZZ_KEY], **FUZZ_SETTINGS)
+    with LiveServer(settings) as server:
         yield server
 
 
@@ -108,8 +120,12 @@ def fuzz_operation(live, operation, mode: GenerationMode, status_seen: Counter) 
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy(mode), pin=st.sampled_from(("prompt", "model", "none")))
-    def fuzz(case, pin: str) -> None:
+    @given(
+        case=operation.as_strategy(mode),
+        pin=st.sampled_from(("prompt", "model", "none")),
+        credentials=st.sampled_from(tuple(CREDENTIALS)),
+    )
+    def fuzz(case, pin: str, credentials: str) -> None:
         body = case.body if isinstance(case.body, dict) else {}
         if pin != "none":
             if isinstance(case.body, dict):
@@ -122,7 +138,10 @@ def fuzz_operation(live, operation, mode: GenerationMode, status_seen: Counter) 
             body.setdefault("max_tokens", FUZZ_SETTINGS["max_tokens_limit"])
         if pin == "prompt" and "messages" in body:
             body["messages"] = [{"role": "user", "content": "Write fib."}]
-        check_response(case.call(base_url=live.url, timeout=60), status_seen)
+        response = case.call(base_url=live.url, headers=CREDENTIALS[credentials], timeout=60)
+        check_response(response, status_seen)
+        if credentials != "key" and case.path.startswith("/v1"):
+            assert response.status_code == 401, (credentials, response.text[:500])
 
     fuzz()
 
@@ -139,12 +158,12 @@ def test_fuzz_every_operation_of_the_published_schema(live):
             fuzz_operation(live, operation, mode, status_seen)
     total = sum(sum(c.values()) for c in seen.values())
     print(f"\nfuzzed {total} requests:", {k: dict(v) for k, v in seen.items()})
-    # The fuzz reached decoding: both generating endpoints answered 200s, and errors of both
-    # kinds (400 refused by the server, 422 malformed) were checked.
+    # The fuzz reached decoding: both generating endpoints answered 200s, and errors of all
+    # kinds (400 refused by the server, 422 malformed, 401 without the key) were checked.
     assert seen["POST /v1/completions positive"][200] > 0
     assert seen["POST /v1/chat/completions positive"][200] > 0
     statuses = sum(seen.values(), Counter())
-    assert statuses[400] > 0 and statuses[422] > 0
+    assert statuses[400] > 0 and statuses[422] > 0 and statuses[401] > 0
 
 
 # ---------------------------------------------------------------- bugs the fuzz found
@@ -154,6 +173,7 @@ def test_an_empty_prompt_list_is_a_400_not_a_500(live):
         response = httpx.post(
             f"{live.url}/v1/completions",
             json={"model": TINY_MODEL_NAME, "prompt": prompt, "max_tokens": 4},
+            headers=CREDENTIALS["key"],
             timeout=30,
         )
         assert response.status_code == 400, response.text
@@ -171,7 +191,10 @@ def test_more_choices_than_the_queue_holds_is_a_400_not_a_503(live, n):
         ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
     ]:
         response = httpx.post(
-            f"{live.url}/v1/{path}", json={"model": TINY_MODEL_NAME, "n": n, **body}, timeout=30
+            f"{live.url}/v1/{path}",
+            json={"model": TINY_MODEL_NAME, "n": n, **body},
+            headers=CREDENTIALS["key"],
+            timeout=30,
         )
         assert response.status_code == 400, response.text
         assert_openai_error(response.json(), 400)
@@ -181,6 +204,7 @@ def test_more_choices_than_the_queue_holds_is_a_400_not_a_503(live, n):
     ok = httpx.post(
         f"{live.url}/v1/completions",
         json={"model": TINY_MODEL_NAME, "prompt": ["a", "b"], "n": 2, "max_tokens": 2},
+        headers=CREDENTIALS["key"],
         timeout=30,
     )
     assert ok.status_code == 200, ok.text

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,25 +67,27 @@ def served(tmp_path_factory):
         "--port",
         str(port),
     ]
-    process = subprocess.Popen(
-        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "backtrack serve did not start"
-            time.sleep(0.2)
-        yield url, tokenizer_dir, tokenizer
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    # A file, not a pipe: the server logs a line per request, and a pipe nobody reads fills up.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(log.read().decode(errors="replace")[-4000:])
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "backtrack serve did not start"
+                time.sleep(0.2)
+            yield url, tokenizer_dir, tokenizer
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def _lm_eval(url: str, tokenizer_dir: Path, task: str, out: Path) -> tuple[dict, list[dict]]:

@@ -3,10 +3,11 @@
 
 The stream tests run the real server on loopback (uvicorn in a thread, the tiny model, as
 tests/test_serve.py does) and read the raw server-sent events with httpx. The browser test
-starts ``backtrack serve`` itself (the CLI, a subprocess) and drives Debian's Chromium headless
-with playwright: the page loads, a chaos request streams, struck-out text appears, and the final
-text equals the API's for the same seeded request. It skips only where Chromium is absent and
-``CI`` is not set (``scripts/install_browser.sh`` installs it; in CI a missing browser fails).
+starts ``backtrack serve`` itself (the CLI, a subprocess, with an API key) and drives Debian's
+Chromium headless with playwright: the page asks for the key once, a chaos request streams,
+struck-out text appears, and the final text equals the API's for the same seeded request. It
+skips only where Chromium is absent and ``CI`` is not set (``scripts/install_browser.sh``
+installs it; in CI a missing browser fails).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 # A chaos operator that rolls back often on the tiny model: seeded, so every run is the same.
 CHAOS = "chaos:p=0.2,max=3,seed=3"
+# The key of the CLI server (given in BACKTRACK_API_KEY), which the page asks for.
+KEY = "playground-key"
 # Chrome's flags for this machine: no sandbox (root), no GPU, and nothing that reaches out.
 CHROMIUM_FLAGS = [
     "--headless",
@@ -184,10 +187,11 @@ def _browser_or_skip():
 
 @pytest.fixture(scope="module")
 def cli_server():
-    """``backtrack serve`` itself, on a free loopback port, serving the tiny model."""
+    """``backtrack serve`` itself, on a free loopback port, serving the tiny model with an API
+    key."""
     _browser_or_skip()  # before paying for the server
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "BACKTRACK_API_KEY": KEY}
     command = [sys.executable, "-c", "from backtrack.cli import main; main()", "serve"]
     args = ["--model", TINY_MODEL_NAME, "--device", "cpu", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
@@ -236,6 +240,14 @@ def test_browser_streams_struck_text_and_ends_with_the_api_text(cli_server, tmp_
 
 
 def _drive(page, url: str, shot: Path) -> None:
+    # The page asks for the server's key (window.prompt) when an API call gets 401.
+    asked: list[str] = []
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept(KEY)
+
+    page.on("dialog", answer)
     page.goto(url + "/")
     assert page.title() == "backtrack playground"
     # Record every struck-out element the page ever shows, however briefly.
@@ -269,9 +281,14 @@ def _drive(page, url: str, shot: Path) -> None:
     assert page.query_selector("#view del.struck") is None  # the final view is only the text
     shown = page.text_content("#completion")
     counts = {k: int(page.text_content(f"#n-{k}")) for k in ("rollbacks", "deleted")}
+    # Asked once (the page's two calls, /v1/models then the stream, both needed it); the tab
+    # keeps the key.
+    assert len(asked) == 1 and "API key" in asked[0]
+    assert page.evaluate("sessionStorage.getItem('backtrack-api-key')") == KEY
 
     body = {**_request(), "stream": False, "seed": 7}
-    whole = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    whole = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=60).json()
     (choice,) = whole["choices"]
     assert shown == choice["text"]
     assert counts == {

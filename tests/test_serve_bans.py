@@ -132,3 +132,25 @@ def test_serve_refuses_a_bad_list_before_loading_the_model(tmp_path):
     assert result.exit_code == 2 and "--ban-list takes NAME=PATH" in result.output
     result = runner.invoke(cli_app, [*args, "--ban-list", f"bad/name={bad}"])
     assert result.exit_code == 2 and "ban list name" in result.output
+
+
+def test_metrics_count_ban_hits_by_list(server):
+    """/metrics: every ban's rollback is a hit of the list it came from (the server's name for
+    it, or "inline" for a request's own phrases)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def hits() -> dict[str, float]:
+        text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        return {
+            s.labels["list"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "backtrack_ban_hits_total"
+        }
+
+    before = hits()
+    body = {"ban_lists": ["hard"], "ban_whole_words": True, "trace": True}
+    reply = _complete(server, backtrack=body).json()["choices"][0]["backtrack"]
+    bans = [e for e in reply["trace"] if e["kind"] == "rollback" and e["banned"] is not None]
+    after = hits()
+    assert after.get("hard", 0) - before.get("hard", 0) == len(bans) == reply["ban_rollbacks"] > 0

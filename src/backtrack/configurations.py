@@ -11,9 +11,10 @@ shipped recipes and result records all spell a decoding configuration the same w
 
 A value is a Python literal (``16``, ``0.5``, ``None``, ``['a', 'b']``, ``{1: -100}``,
 ``'x,y'``), ``true`` or ``false``, or else the text itself (``ban=next``); commas inside
-brackets, braces or quotes do not split. ``recipe:NAME`` stands for a shipped recipe (:mod:`backtrack.recipes`). This module
-parses and formats that grammar; :func:`format_configuration` writes what
-:func:`parse_configuration` reads back to the same value.
+brackets, braces or quotes do not split. ``recipe:NAME`` stands for a shipped recipe
+(:mod:`backtrack.recipes`). This module parses and formats that grammar;
+:func:`format_configuration` writes what :func:`parse_configuration` reads back to the same
+value.
 
 >>> parsed = parse_configuration("probability-trend:drop=0.4+repetition@temperature=0,period=2")
 >>> parsed.operators

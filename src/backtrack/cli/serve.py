@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +23,8 @@ from backtrack.cli.options import (
     load,
 )
 
-SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
+SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI, uvicorn, prometheus-client)"
+API_KEY_ENV = "BACKTRACK_API_KEY"
 
 
 def serve(
@@ -52,6 +54,54 @@ def serve(
             "and compiled once at start; requests name it in backtrack.ban_lists (repeatable).",
         ),
     ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar=API_KEY_ENV,
+            metavar="KEY",
+            help="Key clients must send as 'Authorization: Bearer KEY' (repeatable; in "
+            f"{API_KEY_ENV}, several separated by spaces). A key on the command line is "
+            "visible to every user of this machine in ps: prefer --api-key-file or "
+            f"{API_KEY_ENV}.",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of API keys, one a line ('#' comments).", metavar="PATH", show_default=False
+        ),
+    ] = None,
+    no_api_key: Annotated[
+        bool,
+        typer.Option(
+            "--no-api-key",
+            help="Serve without a key on a non-loopback --host (refused otherwise).",
+        ),
+    ] = False,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            help="On SIGTERM or SIGINT, seconds requests in flight may take to finish before "
+            "they end with finish_reason 'server_shutdown'; new requests get 503."
+        ),
+    ] = 30.0,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="Log one line per request on stderr (request id, client, method, path, "
+            "status, seconds, and the error of a refused one); warnings and errors always."
+        ),
+    ] = True,
+    ignore_unknown_fields: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-unknown-fields",
+            help="Ignore (and log once) unknown top-level request fields instead of "
+            "refusing them with a 400.",
+        ),
+    ] = False,
     dtype: DtypeOpt = eval_default("dtype"),
     device: DeviceOpt = eval_default("device"),
     quantize: QuantizeOpt = eval_default("quantize"),
@@ -66,14 +116,16 @@ def serve(
         import uvicorn
 
         from backtrack.serving import ServeSettings, create_app
+        from backtrack.serving.drain import FLUSH_S, DrainingServer
     except ImportError as exc:
-        raise fail(f"serve needs FastAPI and uvicorn ({exc}); {SERVE_INSTALL_HINT}") from exc
+        raise fail(f"serve needs its extra ({exc}); {SERVE_INSTALL_HINT}") from exc
     from backtrack.operators import OperatorSpecError, parse_operator
 
     try:
         parse_operator(operator)
     except OperatorSpecError as exc:
         raise fail(str(exc)) from exc
+    keys = _api_keys(api_key or [], api_key_file, no_api_key, host)
     # The address is checked before the model loads (minutes for a large one).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -92,6 +144,9 @@ def serve(
             max_prompt_tokens=max_prompt_tokens,
             max_body_bytes=max_body_bytes,
             ban_lists=_ban_lists(ban_list or []),
+            api_keys=keys,
+            drain_timeout=drain_timeout,
+            ignore_unknown_fields=ignore_unknown_fields,
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
@@ -100,8 +155,57 @@ def serve(
         server_app = create_app(mdl, tok, settings)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    err.print(f"serving {settings.model_names[0]} on http://{host}:{port}/v1")
-    uvicorn.run(server_app, host=host, port=port, log_level="warning")
+    _log_to_stderr(access_log)
+    key_note = f" ({len(keys)} API key{'s' if len(keys) > 1 else ''})" if keys else ""
+    err.print(f"serving {settings.model_names[0]} on http://{host}:{port}/v1{key_note}")
+    config = uvicorn.Config(
+        server_app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # the app logs each request, with its id
+        timeout_graceful_shutdown=int(FLUSH_S),
+    )
+    DrainingServer(config, server_app.state.server).run()
+
+
+def _api_keys(given: list[str], key_file: Path | None, no_key: bool, host: str) -> list[str]:
+    """The server's API keys (command line or environment, and the file), checked against
+    ``--no-api-key`` and the address: serving beyond loopback needs a key or an explicit
+    ``--no-api-key``."""
+    from backtrack.serving.auth import check_api_keys, is_loopback, read_api_key_file
+
+    keys = list(given)
+    try:
+        if key_file is not None:
+            keys += read_api_key_file(key_file)
+        check_api_keys(keys)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if keys and no_key:
+        raise fail(
+            "--no-api-key contradicts the API keys given (--api-key, --api-key-file or "
+            f"{API_KEY_ENV})"
+        )
+    if not keys and not no_key and not is_loopback(host):
+        raise fail(
+            f"serving on {host} (not loopback) without an API key: give --api-key-file, "
+            f"{API_KEY_ENV} or --api-key, or --no-api-key to serve without one"
+        )
+    return keys
+
+
+def _log_to_stderr(access_log: bool) -> None:
+    """The server's log lines on stderr: one per request (INFO, with its id) if
+    ``access_log``; warnings and errors always."""
+    import logging
+
+    logger = logging.getLogger("backtrack.serving")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if access_log else logging.WARNING)
+    logger.propagate = False
 
 
 def _ban_lists(entries: list[str]) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """``backtrack serve``: an OpenAI-compatible HTTP server (FastAPI) over the batch decoder.
 
 Endpoints (:mod:`backtrack.serving.routes`): ``GET /v1/models``, ``POST /v1/completions``,
-``POST /v1/chat/completions`` (the model's chat template), ``GET /health``. Every request
+``POST /v1/chat/completions`` (the model's chat template), ``GET /health``, ``GET /metrics``
+(:mod:`backtrack.serving.metrics`). Every request passes through
+:mod:`backtrack.serving.middleware` (request id, API key, drain, metrics, access log). Every request
 decodes as a row of one continuous batch (:mod:`backtrack.serving.scheduler`), with the
 request's own operator, sampling, seed, stop strings and banned strings
 (:mod:`backtrack.serving.requests`); ``stream: true`` sends server-sent events carrying only
@@ -9,16 +11,15 @@ text that no rollback can delete any more. Each choice carries a non-standard ``
 object (rollbacks, deleted tokens, forward passes, and with ``"trace": true`` every event;
 :mod:`backtrack.serving.replies`).
 
-Errors are OpenAI's JSON shape: 400 (a request the server cannot honour), 404 (unknown
-model or route), 413 (body too large), 422 (a malformed body), 503 with ``Retry-After`` (the
-queue is full); an unexpected failure is a 500 with a one-line message, its traceback only in
-the server's log.
+Errors are OpenAI's JSON shape: 400 (a request the server cannot honour, an unknown field:
+:mod:`backtrack.serving.fields`), 401 (a missing or wrong API key), 404 (unknown model or
+route), 413 (body too large), 422 (a malformed body), 503 with ``Retry-After`` (the queue is
+full) or without (the server is shutting down); an unexpected failure is a 500 with a one-line
+message, its traceback only in the server's log, with the request's id.
 """
 
 from __future__ import annotations
 
-import sys
-import traceback
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +29,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backtrack.operators import OperatorSpecError, parse_operator
-from backtrack.serving.protocol import ServeError, error_body
+from backtrack.serving.fields import unrecognized
+from backtrack.serving.metrics import ServerMetrics
+from backtrack.serving.middleware import ServerMiddleware, note_error
+from backtrack.serving.protocol import ServeError
 from backtrack.serving.routes import router
 from backtrack.serving.scheduler import Scheduler
 from backtrack.serving.state import ServerState, ServeSettings
@@ -55,7 +59,8 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings) -> FastAPI:
         default_operator = parse_operator(settings.operator)
     except OperatorSpecError as exc:
         raise ValueError(str(exc)) from exc
-    scheduler = Scheduler(model, tokenizer, settings.max_batch, settings.max_queue)
+    metrics = ServerMetrics()
+    scheduler = Scheduler(model, tokenizer, settings.max_batch, settings.max_queue, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,22 +71,29 @@ def create_app(model: Any, tokenizer: Any, settings: ServeSettings) -> FastAPI:
             scheduler.stop()
 
     app = FastAPI(title="backtrack", lifespan=lifespan)
-    app.state.server = ServerState(
-        settings, scheduler, tokenizer, default_operator, _context_limit(model)
+    app.state.server = server = ServerState(
+        settings, scheduler, tokenizer, default_operator, _context_limit(model), metrics
     )
+    metrics.watch(scheduler.queued, lambda: scheduler.live_rows, lambda: server.in_flight)
     app.state.scheduler = scheduler
     _add_error_handlers(app)
-    _limit_body_size(app, settings.max_body_bytes)
     app.include_router(router)
+    app.add_middleware(ServerMiddleware, server=server, routes=router.routes)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in OpenAI's JSON shape."""
+    """Every error leaves in OpenAI's JSON shape (an unexpected exception is answered by the
+    middleware, which logs it with the request's id). Each handler also puts its message on
+    the request's access log line."""
+
+    def answer(request: Request, error: ServeError) -> JSONResponse:
+        note_error(request, error.message)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,9 +101,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         if first.get("type") == "json_invalid":
-            return JSONResponse(error_body("the request body is not valid JSON"), 400)
+            return answer(request, ServeError("the request body is not valid JSON"))
+        unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
+        if unknown:  # a field the backtrack object does not have (see serving.fields)
+            names = [".".join(str(p) for p in e["loc"] if p != "body") for e in unknown]
+            return answer(request, unrecognized(names))
         message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
-        return JSONResponse(error_body(message, param=".".join(loc) or None), 422)
+        return answer(request, ServeError(message, 422, param=".".join(loc) or None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -101,28 +117,4 @@ def _add_error_handlers(app: FastAPI) -> None:
             if exc.status_code in (404, 405)
             else str(exc.detail)
         )
-        return JSONResponse(error_body(message, kind), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        traceback.print_exception(exc, file=sys.stderr)
-        return JSONResponse(
-            error_body(f"internal error: {type(exc).__name__}", "server_error"), 500
-        )
-
-
-def _limit_body_size(app: FastAPI, max_body_bytes: int) -> None:
-    """Refuse (413) a body whose declared length is over the limit, before reading it."""
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse(
-                error_body(
-                    f"the request body has {length} bytes; the limit is "
-                    f"{max_body_bytes} (--max-body-bytes)"
-                ),
-                413,
-            )
-        return await call_next(request)
+        return answer(request, ServeError(message, exc.status_code, kind=kind))

@@ -34,6 +34,9 @@ from backtrack.engine.settings import MAX_TOP_LOGPROBS, UNSET, declared_settings
 OPENAI_COMPLETION_MAX_TOKENS = 16
 # OpenAI's limit of the completions API's ``logprobs`` (alternatives per token).
 MAX_COMPLETION_LOGPROBS = 5
+# The finish reason of a choice the server ended because it was shutting down (the drain
+# timeout passed); OpenAI's clients accept any string there.
+SERVER_SHUTDOWN = "server_shutdown"
 
 
 class ServeError(Exception):
@@ -149,7 +152,9 @@ class _SamplingBase(BaseModel):
     ``max_tokens``, ``n`` and ``stream`` default as OpenAI defines.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    # Unknown top-level fields are kept (``model_extra``) for the server to refuse or ignore
+    # (--ignore-unknown-fields, see serving.fields); the published schema admits none.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -258,5 +263,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 def finish_reason(reason: str) -> str:
-    """The engine's finish reason in OpenAI's words."""
+    """The engine's finish reason in OpenAI's words (the server's own shutdown as it is)."""
+    if reason == SERVER_SHUTDOWN:
+        return reason
     return "stop" if reason in ("eos", "stop_string") else "length"

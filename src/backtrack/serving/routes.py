@@ -1,23 +1,24 @@
 """The server's endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
-``/health`` and the web playground at ``/``, and how an answer is waited for (whole) or
-streamed (server-sent events)."""
+``/health``, ``/metrics`` and the web playground at ``/``, and how an answer is waited for
+(whole) or streamed (server-sent events)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from backtrack.engine.results import GenerationResult
 from backtrack.engine.text import IncrementalDetokenizer
+from backtrack.serving.fields import check_fields
 from backtrack.serving.logprobs import Piece, prompt_entries, prompt_only
+from backtrack.serving.middleware import request_id
 from backtrack.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -65,16 +66,26 @@ def _playground_html() -> str:
 
 
 @router.get("/health")
-async def health(state: State) -> dict:
-    return {
-        "status": "ok",
+async def health(state: State):
+    """Open to all (no key); 503 with ``status: "draining"`` once a shutdown began, so a load
+    balancer stops sending requests."""
+    body = {
+        "status": "draining" if state.draining else "ok",
         "decoding": state.scheduler.live_rows,
         "queued": state.scheduler.queued(),
     }
+    return JSONResponse(body, 503 if state.draining else 200)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(state: State) -> Response:
+    """Prometheus' text format (:mod:`backtrack.serving.metrics`)."""
+    return Response(state.metrics.exposition(), media_type=state.metrics.content_type)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, state: State):
+    check_fields(body, state.settings.ignore_unknown_fields, state.unknown_fields_logged)
     given = body.prompts()
     prompts = [prompt_ids(state.settings, state.tokenizer, p) for p in given]
     echo = None
@@ -89,6 +100,7 @@ async def completions(body: CompletionRequest, request: Request, state: State):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State):
+    check_fields(body, state.settings.ignore_unknown_fields, state.unknown_fields_logged)
     text = chat_prompt(state.tokenizer, body)
     prompts = [prompt_ids(state.settings, state.tokenizer, text)]
     return await _answer(state, body, prompts, request, chat=True)
@@ -144,7 +156,7 @@ async def _answer(
         echoes = await _echoes(state, echo, prompts, alternatives)
         echoes = [echoes[p] for p in range(len(prompts)) for _ in range(body.n)]
     reply = Reply(
-        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        request_id(request, "chatcmpl" if chat else "cmpl"),
         body.model,
         chat,
         body.backtrack.trace,
@@ -156,6 +168,8 @@ async def _answer(
         if body.stream:
             events = _finished(done)
             return _streaming(_stream(state, reply, [], events, request, body, echoes))
+        for result in done:
+            state.metrics.choice(result)
         return reply.complete(done, echoes)
     scheduler.submit_room(len(jobs))
     loop = asyncio.get_running_loop()
@@ -172,6 +186,7 @@ async def _answer(
             events=_Tagged(events, choice),
             logprobs=alternatives is not None,
             trace_stream=body.backtrack.trace_stream,
+            request_id=reply.id,
         )
         tickets.append(ticket)
     if body.stream:
@@ -183,6 +198,8 @@ async def _answer(
             scheduler.cancel(ticket)  # no-op for finished ones
     if results is None:  # the client went away
         return JSONResponse(error_body("client disconnected"), 499)
+    for result in results:
+        state.metrics.choice(result)
     return reply.complete(results, echoes)
 
 
@@ -283,6 +300,7 @@ async def _stream(
                 yield reply.events_chunk(choice, payload)
             elif kind == "done":
                 results[choice] = payload
+                state.metrics.choice(payload)
                 yield reply.chunk(choice, result=payload)
             else:
                 yield sse(error_body(payload, "server_error"))

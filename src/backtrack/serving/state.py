@@ -12,6 +12,8 @@ from fastapi import Request
 
 from backtrack.engine.banlists import LIST_NAME, ban_list
 from backtrack.operators import Operator
+from backtrack.serving.auth import check_api_keys
+from backtrack.serving.metrics import ServerMetrics
 from backtrack.serving.scheduler import Scheduler
 
 
@@ -27,6 +29,13 @@ class ServeSettings:
         max_prompt_tokens: the longest prompt accepted. max_body_bytes: largest request body.
         ban_lists: ``{name: path}`` of the ban lists requests may name (``ban_lists``), each
             read and compiled once, at start, and shared by every request.
+        api_keys: keys a client must send as ``Authorization: Bearer KEY`` to use ``/v1``
+            and ``/metrics`` (empty: no key needed; see :mod:`backtrack.serving.auth`).
+        drain_timeout: seconds requests in flight may take to finish after SIGTERM or SIGINT
+            before they are ended with ``finish_reason: "server_shutdown"``
+            (:mod:`backtrack.serving.drain`).
+        ignore_unknown_fields: accept (and log once) top-level request fields the server does
+            not know, instead of refusing them with a 400 (:mod:`backtrack.serving.fields`).
     """
 
     def __init__(
@@ -39,6 +48,9 @@ class ServeSettings:
         max_prompt_tokens: int = 8192,
         max_body_bytes: int = 4_000_000,
         ban_lists: Mapping[str, str] | None = None,
+        api_keys: Sequence[str] = (),
+        drain_timeout: float = 30.0,
+        ignore_unknown_fields: bool = False,
     ) -> None:
         if not model_names:
             raise ValueError("the server needs a model name")
@@ -55,6 +67,11 @@ class ServeSettings:
                 raise ValueError(f"ban list name {name!r}: use letters, digits, '_', '.', '-'")
             for ignore_case in (False, True):  # a request may ask for either folding
                 ban_list(f"{name}={path}", ignore_case)  # a one-line ValueError if it is bad
+        self.api_keys = check_api_keys(api_keys)
+        if drain_timeout < 0:
+            raise ValueError("the drain timeout must be >= 0 seconds")
+        self.drain_timeout = drain_timeout
+        self.ignore_unknown_fields = ignore_unknown_fields
 
 
 @dataclass
@@ -68,7 +85,11 @@ class ServerState:
         default_operator: the ``--operator``, built once (a learned one loads its policy at
             start-up); each request decodes with its own copy, since state lives on it.
         context_limit: tokens one sequence may hold (``None``: unknown).
+        metrics: the Prometheus metrics served at ``/metrics``.
         created: when the server started (the models' ``created``).
+        draining: set once a shutdown began; new requests get 503 (:mod:`.drain`).
+        in_flight: requests being answered (counted by :mod:`.middleware`).
+        unknown_fields_logged: unknown fields already logged (``--ignore-unknown-fields``).
     """
 
     settings: ServeSettings
@@ -76,7 +97,11 @@ class ServerState:
     tokenizer: Any
     default_operator: Operator
     context_limit: int | None
+    metrics: ServerMetrics
     created: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    in_flight: int = 0
+    unknown_fields_logged: set[str] = field(default_factory=set)
 
 
 def server_state(request: Request) -> ServerState:
