@@ -185,15 +185,30 @@ def _browser_or_skip():
     pytest.skip(missing)
 
 
+def _banned_words() -> list[str]:
+    """Words the tiny model writes greedily after PROMPT (the browser test's ban list)."""
+    import re
+
+    from backtrack.engine import Decoder, GenerationConfig
+    from backtrack.models.tiny import build_tiny_model
+
+    config = GenerationConfig(max_new_tokens=40, temperature=0)
+    text = Decoder(*build_tiny_model()).generate(PROMPT, config=config).text
+    return sorted(set(re.findall(r"\w+", text)))[:6]
+
+
 @pytest.fixture(scope="module")
-def cli_server():
+def cli_server(tmp_path_factory):
     """``backtrack serve`` itself, on a free loopback port, serving the tiny model with an API
-    key."""
+    key and a ban list named ``hard``."""
     _browser_or_skip()  # before paying for the server
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "BACKTRACK_API_KEY": KEY}
     command = [sys.executable, "-c", "from backtrack.cli import main; main()", "serve"]
-    args = ["--model", TINY_MODEL_NAME, "--device", "cpu", "--port", str(port)]
+    hard = tmp_path_factory.mktemp("lists") / "hard.txt"
+    hard.write_text("\n".join(_banned_words()) + "\n")
+    args = ["--model", TINY_MODEL_NAME, "--device", "cpu", "--port", str(port),
+            "--ban-list", f"hard={hard}"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command + args, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -295,3 +310,21 @@ def _drive(page, url: str, shot: Path) -> None:
         "rollbacks": choice["backtrack"]["rollbacks"],
         "deleted": choice["backtrack"]["tokens_discarded"],
     }
+    assert page.text_content("#bans") == ""  # no list named, no ban
+
+    # The server's lists are offered; naming one lists every phrase it removed.
+    assert page.evaluate("[...document.querySelectorAll('#lists option')].map(o => o.value)") == [
+        "hard"
+    ]
+    page.fill("#operator", "never")
+    page.fill("#ban_lists", "hard")
+    page.click("#generate")
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('done')", timeout=120_000
+    )
+    items = [li.text_content() for li in page.query_selector_all("#bans li")]
+    words = _banned_words()
+    assert items and all(
+        i.startswith("removed ") and i.endswith("(list hard, banned)") for i in items
+    )
+    assert all(any(f"removed {w} " in i for w in words) for i in items)

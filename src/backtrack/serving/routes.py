@@ -73,6 +73,8 @@ async def health(state: State):
         "status": "draining" if state.draining else "ok",
         "decoding": state.scheduler.live_rows,
         "queued": state.scheduler.queued(),
+        # The names requests may give in backtrack.ban_lists (the playground offers them).
+        "ban_lists": sorted(state.settings.ban_lists),
     }
     return JSONResponse(body, 503 if state.draining else 200)
 
