@@ -22,7 +22,7 @@ from backtrack.cli.options import (
     load,
 )
 
-SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
+SERVE_INSTALL_HINT = "pip install 'backtrack-decoding[serve]'  (FastAPI and uvicorn)"
 
 
 def serve(
