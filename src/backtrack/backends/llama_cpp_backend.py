@@ -29,7 +29,6 @@ state (sequence ids, leases, the token batch) and are read together.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -88,9 +87,12 @@ def default_threads() -> int:
 def _close_quietly(owner) -> None:
     """``owner.close()`` from ``__del__``: at interpreter exit llama-cpp-python's ctypes
     bindings may be torn down before our objects (their functions are None by then), and the
-    process is releasing everything anyway, so that case is not an error."""
-    with contextlib.suppress(TypeError, AttributeError):
+    process is releasing everything anyway, so that case is not an error. No module global is
+    used here: by then this module's own (``contextlib``) may be None too."""
+    try:  # noqa: SIM105 - contextlib.suppress would be such a global
         owner.close()
+    except (TypeError, AttributeError):
+        pass
 
 
 class _Context:
