@@ -285,6 +285,10 @@ def test_left_padded_batches_decode_each_row_as_alone(tiny) -> None:
     right = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right")
     with pytest.raises(ValueError, match="not left-padded"):
         model.generate(**right, custom_generate=backtrack.hf.generate, max_new_tokens=4)
+    empty = {**batch, "attention_mask": batch["attention_mask"].clone()}
+    empty["attention_mask"][1] = 0
+    with pytest.raises(ValueError, match="row 1 of attention_mask masks every token"):
+        model.generate(**empty, custom_generate=backtrack.hf.generate, max_new_tokens=4)
 
 
 class _AddOne(LogitsProcessor):

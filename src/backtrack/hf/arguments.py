@@ -118,7 +118,9 @@ def prompts_of(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> 
     prompts = []
     for i, (row, mask) in enumerate(zip(rows, attention_mask.tolist(), strict=True)):
         start = len(mask) - sum(1 for m in mask if m)
-        if any(m == 0 for m in mask[start:]) or start == len(mask):
+        if start == len(mask):
+            raise ValueError(f"row {i} of attention_mask masks every token: no prompt to continue")
+        if any(m == 0 for m in mask[start:]):
             raise ValueError(
                 f"row {i} of attention_mask is not left-padded (decoder-only models need "
                 "padding_side='left')"
