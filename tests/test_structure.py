@@ -4,9 +4,9 @@ and no module over 500 lines.
 Every ``import`` counts, at module level or inside a function (a function-level import is
 still a dependency; it only defers the cost). The layers, top to bottom::
 
-    cli
+    cli (and ``python -m backtrack``)
     serving, tuning, rl
-    evaluation, terminal
+    evaluation, terminal, hf
     operators, recipes, configurations
     engine
     models
@@ -40,10 +40,12 @@ LAYERS: dict[str, int] = {
     "configurations": 4,
     "evaluation": 5,
     "terminal": 5,
+    "hf": 5,
     "serving": 6,
     "tuning": 6,
     "rl": 6,
     "cli": 7,
+    "__main__": 7,
 }
 
 

@@ -13,15 +13,22 @@ removes a sequence's positions from ``p`` on, and nothing is recomputed.
   over one token per live row; a rollback is that row's ``seq_rm``; a finished row's
   sequence id is cleared and reused by the next request.
 
+The weights come from a GGUF file (:class:`LlamaCppModel`) or from a ``llama_cpp.Llama`` the
+caller already loaded (:meth:`LlamaCppModel.from_llama`: its weights, its ``n_ctx``,
+``n_threads`` and ``n_batch``, in contexts of the backend's own).
+
 Sampling stays in the engine, on the float32 logits copied out of llama.cpp, so operators,
 bans, budgets and stop strings are the same as on transformers. Tokens are those of the
-transformers tokenizer read from the same GGUF; the load checks that llama.cpp tokenizes a
-probe text to the same ids, so the two can never silently disagree.
+transformers tokenizer read from the same GGUF, checked at load: llama.cpp must tokenize a
+probe text to the same ids, so the two can never silently disagree (or, for a caller's own
+``Llama``, of llama.cpp's vocabulary itself: :mod:`.llama_cpp_vocab`).
+
+Over 400 lines: the context, one sequence, the model and a batch share the context's private
+state (sequence ids, leases, the token batch) and are read together.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -80,9 +87,12 @@ def default_threads() -> int:
 def _close_quietly(owner) -> None:
     """``owner.close()`` from ``__del__``: at interpreter exit llama-cpp-python's ctypes
     bindings may be torn down before our objects (their functions are None by then), and the
-    process is releasing everything anyway, so that case is not an error."""
-    with contextlib.suppress(TypeError, AttributeError):
+    process is releasing everything anyway, so that case is not an error. No module global is
+    used here: by then this module's own (``contextlib``) may be None too."""
+    try:  # noqa: SIM105 - contextlib.suppress would be such a global
         owner.close()
+    except (TypeError, AttributeError):
+        pass
 
 
 class _Context:
@@ -253,22 +263,62 @@ class LlamaCppModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"GGUF file {str(self.path)!r} does not exist")
-        lib = self.lib = _llama_cpp()
+        lib = _llama_cpp()
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
-        self.model_ptr = lib.llama_model_load_from_file(str(self.path).encode(), params)
-        if not self.model_ptr:
+        model_ptr = lib.llama_model_load_from_file(str(self.path).encode(), params)
+        if not model_ptr:
             raise ModelLoadError(f"llama.cpp could not load {str(self.path)!r} (not a GGUF?)")
-        self.vocab_ptr = lib.llama_model_get_vocab(self.model_ptr)
+        trained = int(lib.llama_model_n_ctx_train(model_ptr))
+        n_ctx = min(n_ctx or 4096, trained) if trained > 0 else n_ctx or 4096
+        self._owns_model = True  # this object loaded the weights, so it frees them
+        self._setup(lib, model_ptr, n_threads or default_threads(), n_ctx, n_batch, eos_token_ids)
+
+    @classmethod
+    def from_llama(cls, llm: Any, *, eos_token_ids: Sequence[int] | None = None) -> LlamaCppModel:
+        """A backend on the weights of a ``llama_cpp.Llama`` the caller already loaded.
+
+        Nothing is loaded again: the backend decodes on ``llm``'s model, with ``llm``'s
+        ``n_ctx`` (tokens per sequence), ``n_threads`` and ``n_batch``, in contexts of its own
+        (``llm``'s own context and its prompt cache are left untouched, so ``llm`` keeps
+        working as before). The backend holds ``llm``, so the weights live as long as it
+        does; do not ``llm.close()`` while the backend is still used. See
+        :func:`backtrack.models.from_llama` for the model and tokenizer pair.
+        """
+        lib = _llama_cpp()
+        if not isinstance(llm, lib.Llama):
+            raise TypeError(f"expected a llama_cpp.Llama, got {type(llm).__name__}")
+        if llm.model is None:
+            raise ValueError("this llama_cpp.Llama is closed (its weights were freed)")
+        self = cls.__new__(cls)
+        self.path = Path(llm.model_path)
+        self._llama = llm  # keeps the weights alive as long as this backend
+        self._owns_model = False
+        self._setup(
+            lib, llm.model, int(llm.n_threads), int(llm.n_ctx()), int(llm.n_batch), eos_token_ids
+        )
+        return self
+
+    def _setup(
+        self,
+        lib: Any,
+        model_ptr: Any,
+        n_threads: int,
+        n_ctx: int,
+        n_batch: int | None,
+        eos_token_ids: Sequence[int] | None,
+    ) -> None:
+        """What the backend reads from loaded weights: vocabulary, sizes, EOS ids."""
+        self.lib, self.model_ptr = lib, model_ptr
+        self.vocab_ptr = lib.llama_model_get_vocab(model_ptr)
         self.vocab_size = int(lib.llama_vocab_n_tokens(self.vocab_ptr))
-        trained = int(lib.llama_model_n_ctx_train(self.model_ptr))
-        self.n_ctx = min(n_ctx or 4096, trained) if trained > 0 else n_ctx or 4096
+        self.n_ctx = n_ctx
         self.n_batch = min(n_batch or 512, self.n_ctx)
-        self.n_threads = n_threads or default_threads()
-        layers = lib.llama_model_n_layer(self.model_ptr)
-        head_dim = lib.llama_model_n_embd(self.model_ptr) // lib.llama_model_n_head(self.model_ptr)
-        kv_heads = lib.llama_model_n_head_kv(self.model_ptr)
+        self.n_threads = n_threads
+        layers = lib.llama_model_n_layer(model_ptr)
+        head_dim = lib.llama_model_n_embd(model_ptr) // lib.llama_model_n_head(model_ptr)
+        kv_heads = lib.llama_model_n_head_kv(model_ptr)
         self.kv_bytes_per_token = layers * 2 * kv_heads * head_dim * 2  # K and V in f16
         if eos_token_ids is None:
             eos_token_ids = [
@@ -296,7 +346,8 @@ class LlamaCppModel:
                 context.close()
                 setattr(self, name, None)
         if getattr(self, "model_ptr", None):
-            self.lib.llama_model_free(self.model_ptr)
+            if getattr(self, "_owns_model", False):  # an adopted Llama frees its own weights
+                self.lib.llama_model_free(self.model_ptr)
             self.model_ptr = None
 
     def __del__(self, _close=_close_quietly) -> None:

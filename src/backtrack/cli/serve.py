@@ -23,7 +23,9 @@ from backtrack.cli.options import (
     load,
 )
 
-SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI, uvicorn, prometheus-client)"
+SERVE_INSTALL_HINT = (
+    "pip install 'backtrack-decoding[serve]'  (FastAPI, uvicorn, prometheus-client)"
+)
 API_KEY_ENV = "BACKTRACK_API_KEY"
 
 

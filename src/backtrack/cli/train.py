@@ -18,7 +18,9 @@ def train(
     try:
         from backtrack.rl.train import train_command
     except ImportError as exc:
-        raise fail(f"training needs the RL extras: pip install 'backtrack[rl]' ({exc})") from exc
+        raise fail(
+            f"training needs the RL extras: pip install 'backtrack-decoding[rl]' ({exc})"
+        ) from exc
     raise typer.Exit(train_command(config, resume=resume))
 
 
@@ -41,7 +43,9 @@ def label(
         from backtrack.rl.config import TrainConfig, TrainConfigError
         from backtrack.rl.counterfactual import make_labels
     except ImportError as exc:
-        raise fail(f"labels need the RL extras: pip install 'backtrack[rl]' ({exc})") from exc
+        raise fail(
+            f"labels need the RL extras: pip install 'backtrack-decoding[rl]' ({exc})"
+        ) from exc
     try:
         env = TrainConfig.load(config).env
         writable_output(out, "--out")

@@ -110,7 +110,7 @@ def tune(
     try:
         import optuna  # noqa: F401
     except ImportError as exc:
-        raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack[tune]'") from exc
+        raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack-decoding[tune]'") from exc
     from backtrack.evaluation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
     from backtrack.tuning.space import OPERATOR_SPACE
@@ -171,4 +171,4 @@ def tune(
         raise fail(str(exc)) from exc
 
 
-SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
+SERVE_INSTALL_HINT = "pip install 'backtrack-decoding[serve]'  (FastAPI and uvicorn)"

@@ -29,7 +29,7 @@ from backtrack.evaluation.cells import Generated, WorkItem, cell_key
 from backtrack.evaluation.scoring import score
 from backtrack.evaluation.settings import EvalError, EvalSettings
 
-INSTALL_HINT = "pip install 'backtrack[ray]'"
+INSTALL_HINT = "pip install 'backtrack-decoding[ray]'"
 
 
 def _ray():

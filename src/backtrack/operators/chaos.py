@@ -39,6 +39,7 @@ class Chaos(Operator):
     """
 
     name = "chaos"
+    reads_text = False
 
     def __init__(self, p: float = 0.3, max: int = 4, seed: int = 0) -> None:  # noqa: A002
         if not 0.0 <= p <= 1.0:

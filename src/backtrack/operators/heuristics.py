@@ -51,6 +51,7 @@ class ProbabilityThreshold(Operator):
     """
 
     name = "probability-threshold"
+    reads_text = False
 
     def __init__(self, min_prob: float = 0.05, k: int = 1) -> None:
         self.min_prob = _check_unit("min_prob", min_prob)
@@ -81,6 +82,7 @@ class EntropyThreshold(Operator):
     """
 
     name = "entropy-threshold"
+    reads_text = False
 
     def __init__(self, max_entropy: float = 0.2, k: int = 2) -> None:
         if max_entropy < 0:
@@ -113,6 +115,7 @@ class ProbabilityMargin(Operator):
     """
 
     name = "probability-margin"
+    reads_text = False
 
     def __init__(self, min_margin: float = 0.05, k: int = 1) -> None:
         self.min_margin = _check_unit("min_margin", min_margin, open_low=False, open_high=False)
@@ -146,6 +149,7 @@ class ProbabilityDrop(Operator):
     """
 
     name = "probability-drop"
+    reads_text = False
 
     def __init__(self, max_drop: float = 0.8, k: int = 1) -> None:
         self.max_drop = _check_unit("max_drop", max_drop, open_low=False, open_high=False)
@@ -188,6 +192,7 @@ class ProbabilityTrend(Operator):
     """
 
     name = "probability-trend"
+    reads_text = False
 
     def __init__(self, window: int = 10, drop: float = 0.5, k: int = 1) -> None:
         if not isinstance(window, int) or window < 2:
@@ -233,6 +238,7 @@ class Repetition(Operator):
     """
 
     name = "repetition"
+    reads_text = False
 
     def __init__(self, max_repetitions: int = 3) -> None:
         if not isinstance(max_repetitions, int) or max_repetitions < 1:
@@ -275,6 +281,7 @@ class NGramOverlap(Operator):
     """
 
     name = "ngram-overlap"
+    reads_text = False
 
     def __init__(self, n: int = 4, k: int = 1) -> None:
         if not isinstance(n, int) or n < 2:
@@ -315,6 +322,7 @@ class LogitThreshold(Operator):
     """
 
     name = "logit-threshold"
+    reads_text = False
 
     def __init__(self, min_logit: float = -20.0, k: int = 1) -> None:
         self.min_logit = float(min_logit)

@@ -127,6 +127,7 @@ class LearnedOperator(Operator):
     """
 
     name = "rl"
+    reads_text = False  # features from numbers and token ids (operators.features)
 
     def __init__(
         self,
@@ -144,7 +145,9 @@ class LearnedOperator(Operator):
         try:
             import sb3_contrib  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("the rl operator needs: pip install 'backtrack[rl]'") from exc
+            raise ImportError(
+                "the rl operator needs the rl extra: pip install 'backtrack-decoding[rl]'"
+            ) from exc
         try:
             file = Path(self.path).expanduser().resolve()
             stat = file.stat()

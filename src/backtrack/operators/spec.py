@@ -82,8 +82,8 @@ def _resolve(name: str) -> Callable[..., Operator]:
             target = getattr(importlib.import_module(module), attr)
         except ImportError as exc:
             raise OperatorSpecError(
-                f"operator {name!r} needs optional dependencies: pip install 'backtrack[rl]' "
-                f"({exc})"
+                f"operator {name!r} needs optional dependencies: "
+                f"pip install 'backtrack-decoding[rl]' ({exc})"
             ) from exc
     return target
 
@@ -148,7 +148,7 @@ def operator_help() -> str:
     lines = []
     for name, target in sorted(OPERATORS.items()):
         if isinstance(target, str):
-            lines.append(f"{name}: path=POLICY.zip (learned policy; needs backtrack[rl])")
+            lines.append(f"{name}: path=POLICY.zip (learned policy; needs backtrack-decoding[rl])")
             continue
         params = [
             f"{p.name}={p.default!r}"

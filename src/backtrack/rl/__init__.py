@@ -1,4 +1,5 @@
-"""Reinforcement learning of a backtracking operator (needs ``pip install 'backtrack[rl]'``).
+"""Reinforcement learning of a backtracking operator (needs the ``rl`` extra:
+``pip install 'backtrack-decoding[rl]'``).
 
 * :mod:`backtrack.rl.env`: :class:`BacktrackEnv`, a Gymnasium environment over the engine.
 * :mod:`backtrack.rl.config`: :class:`TrainConfig`, a training run's YAML configuration.

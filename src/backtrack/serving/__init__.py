@@ -1,7 +1,7 @@
 """``backtrack serve``: an OpenAI-compatible server with backtracking, streaming and banned
 strings, decoding every request in one continuous batch.
 
-Needs the ``serve`` extra (``pip install 'backtrack[serve]'``: FastAPI and uvicorn).
+Needs the ``serve`` extra (``pip install 'backtrack-decoding[serve]'``: FastAPI and uvicorn).
 """
 
 from backtrack.serving.app import create_app

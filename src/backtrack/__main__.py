@@ -1,0 +1,5 @@
+"""``python -m backtrack``: the ``backtrack`` command."""
+
+from backtrack.cli import main
+
+main()
