@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from backtrack.engine.types import GENERATION_KEYS
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -31,6 +30,7 @@ from typer.testing import CliRunner
 import backtrack
 from backtrack.cli import app
 from backtrack.engine import Decoder, GenerationConfig
+from backtrack.engine.settings import GENERATION_KEYS
 from backtrack.hf import BACKTRACK_SETTINGS, BacktrackGenerateOutput
 from backtrack.operators import Chaos
 

@@ -20,7 +20,7 @@ What comes from where:
   naming it, before anything is decoded;
 * the operator (``operator=``: a spec string or an :class:`~backtrack.operators.Operator`) and
   the settings transformers does not have are keyword arguments named as in
-  :class:`~backtrack.engine.types.GenerationConfig` (:data:`BACKTRACK_SETTINGS`: ``period``,
+  :class:`~backtrack.engine.settings.GenerationConfig` (:data:`BACKTRACK_SETTINGS`: ``period``,
   ``ban``, ``rollback_window``, ``stop``, ``banned_strings``, ``max_backtracks``, ...);
   ``seed=`` draws from a generator of its own (otherwise from torch's global stream, as
   ``model.generate`` does).
@@ -56,8 +56,9 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers.generation import GenerateDecoderOnlyOutput, GenerationMixin
 
 from backtrack.engine.decoder import INTERACTIVE_ROLLBACK_WINDOW
+from backtrack.engine.results import GenerationResult
 from backtrack.engine.session import DecodingSession
-from backtrack.engine.types import GenerationConfig, GenerationResult
+from backtrack.engine.settings import GenerationConfig
 from backtrack.hf.arguments import (
     BACKTRACK_SETTINGS,
     NoTokenizer,
@@ -75,7 +76,7 @@ __all__ = ["BACKTRACK_SETTINGS", "BacktrackGenerateOutput", "generate", "generat
 @dataclass
 class BacktrackGenerateOutput(GenerateDecoderOnlyOutput):
     """``model.generate``'s output with ``return_dict_in_generate=True``, plus each row's
-    :class:`~backtrack.engine.types.GenerationResult` (text, trace of tokens and rollbacks,
+    :class:`~backtrack.engine.results.GenerationResult` (text, trace of tokens and rollbacks,
     counts) in ``results``."""
 
     results: list[GenerationResult] | None = None

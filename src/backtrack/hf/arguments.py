@@ -22,7 +22,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-from backtrack.engine.types import GENERATION_KEYS, GenerationConfig
+from backtrack.engine.settings import GENERATION_KEYS, GenerationConfig
 
 # The backtracking settings transformers' GenerationConfig does not have: keyword arguments of
 # generate(), named as in backtrack's GenerationConfig. The others (max_new_tokens,
