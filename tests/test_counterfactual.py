@@ -32,7 +32,8 @@ from backtrack.rl.counterfactual import (  # noqa: E402
     make_labels,
     sample_trajectories,
 )
-from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems  # noqa: E402
+from backtrack.rl.env import BacktrackEnv  # noqa: E402
+from backtrack.rl.env_config import EnvConfig, load_problems  # noqa: E402
 from backtrack.rl.train import train  # noqa: E402
 
 # Observations of a batched trajectory against the environment's for the same greedy

@@ -1,5 +1,5 @@
 """The package's shape, checked: no import circles, imports only downwards through the layers,
-and no module over 500 lines.
+and no module over 400 lines.
 
 Every ``import`` counts, at module level or inside a function (a function-level import is
 still a dependency; it only defers the cost). The layers, top to bottom::
@@ -26,7 +26,13 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "backtrack"
-MAX_LINES = 500
+MAX_LINES = 400
+# Modules allowed over MAX_LINES for now, with their ceiling: the two the ban-list rewrite is
+# splitting (issue 41). An entry goes as soon as its module fits (a test says so).
+OVER_LIMIT: dict[str, int] = {
+    "backtrack.engine.session": 500,
+    "backtrack.engine.settings": 500,
+}
 
 LAYERS: dict[str, int] = {
     "errors": 0,
@@ -170,7 +176,17 @@ def test_imports_flow_downwards():
     assert not upward, "imports against the layers: " + "; ".join(upward)
 
 
+def _lines(name: str) -> int:
+    return MODULES[name].read_text(encoding="utf-8").count("\n")
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_no_module_over_500_lines(name):
-    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
-    assert lines <= MAX_LINES, f"{MODULES[name]}: {lines} lines"
+def test_no_module_over_400_lines(name):
+    limit = OVER_LIMIT.get(name, MAX_LINES)
+    assert _lines(name) <= limit, f"{MODULES[name]}: {_lines(name)} lines (at most {limit})"
+
+
+@pytest.mark.parametrize("name", sorted(OVER_LIMIT))
+def test_every_exemption_is_still_needed(name):
+    assert name in MODULES, f"{name} is gone: drop it from OVER_LIMIT"
+    assert _lines(name) > MAX_LINES, f"{name} fits in {MAX_LINES} lines: drop it from OVER_LIMIT"

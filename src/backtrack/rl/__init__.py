@@ -17,7 +17,7 @@ from typing import Any
 
 _EXPORTS = {
     "BacktrackEnv": "backtrack.rl.env",
-    "EnvConfig": "backtrack.rl.env",
+    "EnvConfig": "backtrack.rl.env_config",
     "FeatureOperator": "backtrack.rl.env",
     "TrainConfig": "backtrack.rl.config",
     "TrainConfigError": "backtrack.rl.config",

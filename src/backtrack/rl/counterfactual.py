@@ -49,7 +49,8 @@ from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for
 from backtrack.execution.sandbox import SandboxConfig, run_program
 from backtrack.operators.features import FeatureExtractor
-from backtrack.rl.env import EnvConfig, FeatureOperator, load_problems
+from backtrack.rl.env import FeatureOperator
+from backtrack.rl.env_config import EnvConfig, load_problems
 
 __all__ = [
     "CloningStats",
