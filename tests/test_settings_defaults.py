@@ -100,7 +100,7 @@ def test_eval_settings_without_flags_equal_the_cli_without_flags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`backtrack eval` given nothing builds EvalSettings() (out aside); --preset paper too."""
-    import backtrack.evaluation.runner as runner
+    import backtrack.evaluation.generation.runner as runner
 
     seen: list[EvalSettings] = []
 

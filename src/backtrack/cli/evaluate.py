@@ -62,7 +62,7 @@ def eval_benchmark(
     """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell.
 
     Without --stop, completion mode stops at the EvalPlus stop strings."""
-    from backtrack.evaluation.runner import run_eval
+    from backtrack.evaluation.generation.runner import run_eval
     from backtrack.evaluation.settings import PRESETS, EvalError, EvalSettings
 
     if preset is not None and preset not in PRESETS:
@@ -143,8 +143,8 @@ def report(
     ] = "base",
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
-    from backtrack.evaluation import report as rep
-    from backtrack.evaluation.rescore import rescore as rescore_directory
+    from backtrack.evaluation.reporting import report as rep
+    from backtrack.evaluation.scoring.rescore import rescore as rescore_directory
 
     (against,) = configuration_names([against])
     for path in dirs:  # before anything is written or created
@@ -204,7 +204,7 @@ def rescore_command(
     """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
     into a new result directory that `report` reads like any other; nothing is decoded."""
     from backtrack.evaluation.data import DataError
-    from backtrack.evaluation.rescore import rescore_as
+    from backtrack.evaluation.scoring.rescore import rescore_as
 
     configs = configuration_names(config or ())
     require_result_directory(source)
@@ -237,7 +237,7 @@ def check(
     json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Run a completion against its HumanEval tests in the sandbox (exit 0 pass, 1 fail)."""
-    from backtrack.evaluation.check import check_canonical, check_file
+    from backtrack.evaluation.scoring.check import check_canonical, check_file
 
     if canonical:
         if problem or completion_file:

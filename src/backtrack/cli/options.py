@@ -208,7 +208,8 @@ def load(
     n_ctx: int | None = None,
 ):
     """Load a model for a command, turning every loading problem into a clear exit (``eval``
-    loads through :func:`~backtrack.evaluation.sources.load_model_for`, from its settings)."""
+    loads through :func:`~backtrack.evaluation.generation.sources.load_model_for`, from its
+    settings)."""
     from backtrack.models import ModelLoadError, load_model
 
     try:

@@ -111,7 +111,7 @@ def tune(
         import optuna  # noqa: F401
     except ImportError as exc:
         raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack[tune]'") from exc
-    from backtrack.evaluation.runner import load_problems
+    from backtrack.evaluation.generation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
     from backtrack.tuning.space import OPERATOR_SPACE
     from backtrack.tuning.study import (

@@ -18,10 +18,10 @@ Pairing and seeds: the seed of (run ``r``, problem ``i``) is ``seed + SEED_STRID
 ``--problems``), identical for every configuration. Configurations therefore differ only by the
 operator, and comparisons against ``base`` are paired on the same seeds.
 
-Baselines at equal compute (:mod:`~backtrack.evaluation.filtering`): ``sample-filter:n=N``
-draws up to N samples of base's decoding per cell, one after another, and keeps the first that
-passes the prompt's visible examples (else the most likely); ``beam:N+filter`` keeps the best
-of the N final beams that passes them (else the best beam).
+Baselines at equal compute (:mod:`~backtrack.evaluation.generation.filtering`):
+``sample-filter:n=N`` draws up to N samples of base's decoding per cell, one after another,
+and keeps the first that passes the prompt's visible examples (else the most likely);
+``beam:N+filter`` keeps the best of the N final beams that passes them (else the best beam).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Configuration:
     @property
     def filtered(self) -> bool:
         """Whether candidates are filtered by the prompt's visible examples (sample-filter,
-        beam:N+filter; :mod:`~backtrack.evaluation.filtering`)."""
+        beam:N+filter; :mod:`~backtrack.evaluation.generation.filtering`)."""
         return self.kind in ("sample-filter", "beam-filter")
 
     def generation_config(self, base: GenerationConfig) -> GenerationConfig:

@@ -60,7 +60,7 @@ class TuneSettings:
     # shows only the first (EvalSettings.visible_tests), scoring on all. None: as given.
     visible_tests: int | None = 1
     workers: int = 2
-    ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
+    ray: str | None = None  # decode every trial on one Ray pool (evaluation.generation.distributed)
     ray_actors: int = 2
     # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
     # tells a temperature's gain from an operator's; each is enqueued once per study.

@@ -3,7 +3,8 @@ in place (a new time limit: :func:`rescore`) or against another dataset's tests 
 result directory (HumanEval completions on HumanEval+: :func:`rescore_as`). Nothing is decoded.
 
 Behind ``backtrack report --rescore`` and ``backtrack rescore``; the tables are
-:mod:`~backtrack.evaluation.report`'s, which reads the directories written here like any other.
+:mod:`~backtrack.evaluation.reporting.report`'s, which reads the directories written here like
+any other.
 """
 
 from __future__ import annotations

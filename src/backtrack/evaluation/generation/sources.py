@@ -5,7 +5,7 @@ baselines (``model.generate`` beam search and sampling), behind one :class:`Comp
 there would pick, one sequence at a time) and the engine's batched beam search
 (:mod:`backtrack.engine.beam`, the same algorithm) on other backends, which have none.
 The baselines that filter candidates by the prompt's visible examples (``sample-filter:n=N``,
-``beam:N+filter``) always run on the engine: :mod:`~backtrack.evaluation.filtering`.
+``beam:N+filter``) always run on the engine: :mod:`~backtrack.evaluation.generation.filtering`.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class CompletionSource:
 
         Every item gets a fresh operator instance (operators carry per-generation state).
         The filtering baselines (``sample-filter:n=N``, ``beam:N+filter``) are decoded by
-        :mod:`~backtrack.evaluation.filtering`.
+        :mod:`~backtrack.evaluation.generation.filtering`.
         """
-        from backtrack.evaluation import filtering
+        from backtrack.evaluation.generation import filtering
         from backtrack.operators import parse_operator
 
         kinds = ("beam", "beam-filter", "sample-filter")
