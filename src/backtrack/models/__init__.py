@@ -10,59 +10,57 @@ One job per module: :mod:`~backtrack.models.catalogue` (the built-in names and t
 :mod:`~backtrack.models.weight_store` (the conversion cache), :mod:`~backtrack.models.hardware`
 (device, dtype, int8) and :mod:`~backtrack.models.tiny` (the test model). The errors live in
 :mod:`backtrack.errors`, below the backends that raise them too.
+
+The names below load on first use, so that importing one module of the package (e.g.
+:mod:`~backtrack.models.hardware` for :func:`cpu_name`) does not import torch and
+transformers.
 """
 
-from backtrack.errors import IntegrityError, MissingPackagesError, ModelLoadError
-from backtrack.models.catalogue import (
-    BUILTIN_MODELS,
-    DEFAULT_MODEL,
-    SMOLLM2_MODEL,
-    TEACHER_MODEL,
-    ModelRow,
-    ModelSpec,
-    builtin_spec,
-    format_models_table,
-    list_models,
-    model_status,
-)
-from backtrack.models.hardware import (
-    cpu_name,
-    cpu_supports_bf16,
-    resolve_device,
-    resolve_dtype,
-    resolve_load_plan,
-)
-from backtrack.models.loading import BACKENDS, load_model, resolve_backend
-from backtrack.models.prepare import prepare_gguf, prepare_model
-from backtrack.models.tiny import TINY_MODEL_NAME, build_tiny_model
-from backtrack.models.weight_store import cache_root, verify_entry
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
-    "SMOLLM2_MODEL",
-    "TEACHER_MODEL",
-    "TINY_MODEL_NAME",
-    "IntegrityError",
-    "MissingPackagesError",
-    "ModelLoadError",
-    "ModelRow",
-    "ModelSpec",
-    "build_tiny_model",
-    "builtin_spec",
-    "cache_root",
-    "cpu_name",
-    "cpu_supports_bf16",
-    "format_models_table",
-    "list_models",
-    "load_model",
-    "model_status",
-    "prepare_gguf",
-    "prepare_model",
-    "resolve_backend",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_load_plan",
-    "verify_entry",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "IntegrityError": "backtrack.errors",
+    "MissingPackagesError": "backtrack.errors",
+    "ModelLoadError": "backtrack.errors",
+    "BUILTIN_MODELS": "backtrack.models.catalogue",
+    "DEFAULT_MODEL": "backtrack.models.catalogue",
+    "SMOLLM2_MODEL": "backtrack.models.catalogue",
+    "TEACHER_MODEL": "backtrack.models.catalogue",
+    "ModelRow": "backtrack.models.catalogue",
+    "ModelSpec": "backtrack.models.catalogue",
+    "builtin_spec": "backtrack.models.catalogue",
+    "format_models_table": "backtrack.models.catalogue",
+    "list_models": "backtrack.models.catalogue",
+    "model_status": "backtrack.models.catalogue",
+    "cpu_name": "backtrack.models.hardware",
+    "cpu_supports_bf16": "backtrack.models.hardware",
+    "resolve_device": "backtrack.models.hardware",
+    "resolve_dtype": "backtrack.models.hardware",
+    "resolve_load_plan": "backtrack.models.hardware",
+    "BACKENDS": "backtrack.models.loading",
+    "load_model": "backtrack.models.loading",
+    "resolve_backend": "backtrack.models.loading",
+    "prepare_gguf": "backtrack.models.prepare",
+    "prepare_model": "backtrack.models.prepare",
+    "TINY_MODEL_NAME": "backtrack.models.tiny",
+    "build_tiny_model": "backtrack.models.tiny",
+    "cache_root": "backtrack.models.weight_store",
+    "verify_entry": "backtrack.models.weight_store",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'backtrack.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
