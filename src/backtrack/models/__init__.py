@@ -18,49 +18,33 @@ transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from backtrack.lazy import lazy_exports
 
-# Public name -> the module that defines it.
+# Each module -> the public names it defines.
 _EXPORTS = {
-    "IntegrityError": "backtrack.errors",
-    "MissingPackagesError": "backtrack.errors",
-    "ModelLoadError": "backtrack.errors",
-    "BUILTIN_MODELS": "backtrack.models.catalogue",
-    "DEFAULT_MODEL": "backtrack.models.catalogue",
-    "SMOLLM2_MODEL": "backtrack.models.catalogue",
-    "TEACHER_MODEL": "backtrack.models.catalogue",
-    "ModelRow": "backtrack.models.catalogue",
-    "ModelSpec": "backtrack.models.catalogue",
-    "builtin_spec": "backtrack.models.catalogue",
-    "format_models_table": "backtrack.models.catalogue",
-    "list_models": "backtrack.models.catalogue",
-    "model_status": "backtrack.models.catalogue",
-    "cpu_name": "backtrack.models.hardware",
-    "cpu_supports_bf16": "backtrack.models.hardware",
-    "resolve_device": "backtrack.models.hardware",
-    "resolve_dtype": "backtrack.models.hardware",
-    "resolve_load_plan": "backtrack.models.hardware",
-    "BACKENDS": "backtrack.models.loading",
-    "load_model": "backtrack.models.loading",
-    "resolve_backend": "backtrack.models.loading",
-    "prepare_gguf": "backtrack.models.prepare",
-    "prepare_model": "backtrack.models.prepare",
-    "TINY_MODEL_NAME": "backtrack.models.tiny",
-    "build_tiny_model": "backtrack.models.tiny",
-    "cache_root": "backtrack.models.weight_store",
-    "verify_entry": "backtrack.models.weight_store",
+    "backtrack.errors": ("IntegrityError", "MissingPackagesError", "ModelLoadError"),
+    "backtrack.models.catalogue": (
+        "BUILTIN_MODELS",
+        "DEFAULT_MODEL",
+        "SMOLLM2_MODEL",
+        "TEACHER_MODEL",
+        "ModelRow",
+        "ModelSpec",
+        "builtin_spec",
+        "format_models_table",
+        "list_models",
+        "model_status",
+    ),
+    "backtrack.models.hardware": (
+        "cpu_name",
+        "cpu_supports_bf16",
+        "resolve_device",
+        "resolve_dtype",
+        "resolve_load_plan",
+    ),
+    "backtrack.models.loading": ("BACKENDS", "load_model", "resolve_backend"),
+    "backtrack.models.prepare": ("prepare_gguf", "prepare_model"),
+    "backtrack.models.tiny": ("TINY_MODEL_NAME", "build_tiny_model"),
+    "backtrack.models.weight_store": ("cache_root", "verify_entry"),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'backtrack.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # once loaded, an ordinary attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)
