@@ -24,7 +24,7 @@ from backtrack.engine.settings import (
     Budget,
     GenerationConfig,
 )
-from backtrack.evaluation.settings import PRESETS, EvalSettings, default_generation
+from backtrack.evaluation.settings import LOADING_KEYS, PRESETS, EvalSettings, default_generation
 
 # eval's option -> the EvalSettings field it sets (the same name unless listed).
 EVAL_FIELD_OF_OPTION = {"timeout": "timeout_s"}
@@ -92,7 +92,8 @@ def test_eval_option_defaults_are_eval_settings_defaults() -> None:
 def test_loading_option_defaults_are_the_settings_defaults(command) -> None:
     defaults = _defaults(command)
     settings = _field_defaults(EvalSettings)
-    for option in ("dtype", "device", "quantize", "backend", "threads", "n_ctx"):
+    assert len(LOADING_KEYS) == 6
+    for option in LOADING_KEYS:
         assert defaults[option] == settings[option], option
 
 

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from backtrack.cli.options import (
-    DEFAULT_BACKEND,
     DEFAULT_MODEL,
-    BackendOpt,
-    DeviceOpt,
-    DtypeOpt,
     ModelOpt,
-    NCtxOpt,
-    QuantizeOpt,
-    ThreadsOpt,
     err,
-    eval_default,
     fail,
     load,
+    loading_options,
 )
 
 SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
 
 
+@loading_options
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     operator: Annotated[
@@ -44,12 +38,7 @@ def serve(
     ] = 2048,
     max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
-    dtype: DtypeOpt = eval_default("dtype"),
-    device: DeviceOpt = eval_default("device"),
-    quantize: QuantizeOpt = eval_default("quantize"),
-    backend: BackendOpt = DEFAULT_BACKEND,
-    threads: ThreadsOpt = eval_default("threads"),
-    n_ctx: NCtxOpt = eval_default("n_ctx"),
+    loading: dict[str, Any] | None = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with backtracking per request."""
     import socket
@@ -86,7 +75,7 @@ def serve(
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
+    mdl, tok = load(model, **(loading or {}))
     try:
         server_app = create_app(mdl, tok, settings)
     except ValueError as exc:

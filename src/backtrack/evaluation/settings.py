@@ -187,6 +187,11 @@ def default_generation(mode: str = "completion") -> GenerationConfig:
     return GenerationConfig(stop=tuple(stop))
 
 
+# The settings that say how to load the model, as backtrack.models.load_model takes them: also
+# the loading flags of generate and serve (cli.options.loading_options).
+LOADING_KEYS = ("dtype", "device", "quantize", "backend", "threads", "n_ctx")
+
+
 def option(default: Any, help: str, flag: str | None = None) -> Any:
     """An :class:`EvalSettings` field that ``backtrack eval`` takes as a flag: its help text
     and spelling (default ``--field-name``) are declared here, next to its one default."""
@@ -291,6 +296,10 @@ class EvalSettings:
         if "backend" not in meta:  # recorded since there is a choice; before, transformers
             values["backend"] = meta.get("backend_resolved", "transformers")
         return cls.from_flat({**values, **changes})
+
+    def loading(self) -> dict[str, Any]:
+        """How to load the model (:data:`LOADING_KEYS`), as ``load_model``'s keywords."""
+        return {key: getattr(self, key) for key in LOADING_KEYS}
 
     @classmethod
     def declared(cls, name: str) -> Mapping[str, Any]:
