@@ -97,6 +97,21 @@ def test_loading_option_defaults_are_the_settings_defaults(command) -> None:
         assert defaults[option] == settings[option], option
 
 
+def test_serve_flags_are_serve_settings_fields() -> None:
+    """serve's limits and default operator are ServeSettings' declarations: one flag each,
+    with the field's default, and a server started with no flag gets ServeSettings()."""
+    from backtrack.cli.serve import serve
+    from backtrack.serving.settings import ServeSettings
+
+    defaults = _defaults(serve)
+    settings = _field_defaults(ServeSettings)
+    assert len(settings) == 6 and "model_names" not in settings
+    for name, default in settings.items():
+        assert defaults[name] == default, name
+    flags = [n for n in defaults if n in settings]
+    assert ServeSettings(["m"], **{n: defaults[n] for n in flags}) == ServeSettings(["m"])
+
+
 def test_eval_settings_without_flags_equal_the_cli_without_flags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,7 @@ still a dependency; it only defers the cost). The layers, top to bottom::
     engine
     models
     backends
-    errors, paths, lazy, execution
+    errors, paths, lazy, flags, execution
 
 A module may import its own layer or any layer below it. The package root ``backtrack`` is
 the public facade (its lazy ``load_model``), importable from anywhere for ``__version__``.
@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "paths": 0,
     "lazy": 0,
+    "flags": 0,
     "execution": 0,
     "backends": 1,
     "models": 2,

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from backtrack.evaluation.settings import LOADING_KEYS, EvalSettings
+from backtrack.flags import spellings
 from backtrack.paths import OutputPathError, ensure_writable_directory
 
 err = Console(stderr=True)
@@ -89,26 +90,35 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _with_options(command, "generation", flags, given_settings)
 
 
-def _eval_flag(f: dataclasses.Field, panel: str | None) -> inspect.Parameter:
-    """The flag of an :class:`EvalSettings` field declared with
-    :func:`~backtrack.evaluation.settings.option`: its spelling, help and default."""
-    hint = typing.get_type_hints(EvalSettings)[f.name]
-    spelled = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+def _declared_flag(settings: type, f: dataclasses.Field, panel: str | None) -> inspect.Parameter:
+    """The flag of a field of ``settings`` declared with :func:`backtrack.flags.option`: its
+    spellings, help and default."""
+    hint = typing.get_type_hints(settings)[f.name]
+    spelled = list(spellings(f.name, f.metadata["flag"]))
     if hint is bool:
-        spelled = f"{spelled}/--no-{spelled.removeprefix('--')}"
-    option = typer.Option(spelled, help=f.metadata["help"], rich_help_panel=panel)
+        spelled[0] = f"{spelled[0]}/--no-{spelled[0].removeprefix('--')}"
+    option = typer.Option(*spelled, help=f.metadata["help"], rich_help_panel=panel)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                              annotation=Annotated[hint, option])  # fmt: skip
 
 
-def eval_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``command`` a flag for every field :class:`EvalSettings` declares with
-    :func:`~backtrack.evaluation.settings.option`, in place of its ``evaluation`` parameter,
+def settings_options(
+    settings: type, placeholder: str, panel: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator giving a command a flag for every field of the dataclass ``settings``
+    declared with :func:`backtrack.flags.option`, in place of its parameter ``placeholder``,
     which then receives ``{field: value}``; each flag defaults to the field's default."""
-    declared = [f for f in dataclasses.fields(EvalSettings) if "help" in f.metadata]
-    return _with_options(
-        command, "evaluation", [_eval_flag(f, "Evaluation") for f in declared], dict
-    )
+    flags = [
+        _declared_flag(settings, f, panel)
+        for f in dataclasses.fields(settings)
+        if "help" in f.metadata
+    ]
+    return lambda command: _with_options(command, placeholder, flags, dict)
+
+
+# ``backtrack eval``'s flags: every EvalSettings field declared with option(), as
+# ``evaluation={field: value}``.
+eval_options = settings_options(EvalSettings, "evaluation", "Evaluation")
 
 
 def loading_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +127,7 @@ def loading_options(command: Callable[..., Any]) -> Callable[..., Any]:
     declared in :class:`EvalSettings`, so ``eval``'s are the same) in place of its ``loading``
     parameter, which then receives ``{setting: value}`` for :func:`load`."""
     by_name = {f.name: f for f in dataclasses.fields(EvalSettings)}
-    flags = [_eval_flag(by_name[name], None) for name in LOADING_KEYS]
+    flags = [_declared_flag(EvalSettings, by_name[name], None) for name in LOADING_KEYS]
     return _with_options(command, "loading", flags, dict)
 
 

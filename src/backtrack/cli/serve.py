@@ -13,31 +13,20 @@ from backtrack.cli.options import (
     fail,
     load,
     loading_options,
+    settings_options,
 )
+from backtrack.serving.settings import ServeSettings
 
 SERVE_INSTALL_HINT = "pip install 'backtrack[serve]'  (FastAPI and uvicorn)"
 
 
+@settings_options(ServeSettings, "server")
 @loading_options
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
-    operator: Annotated[
-        str,
-        typer.Option(
-            "--operator", "-o", help="Default operator of requests that name none (never)."
-        ),
-    ] = "never",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    max_batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
-    max_queue: Annotated[
-        int, typer.Option(help="Requests that may wait for a row; more get 503.")
-    ] = 256,
-    max_tokens_limit: Annotated[
-        int, typer.Option(help="Largest max_tokens a request may ask for.")
-    ] = 2048,
-    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
+    server: dict[str, Any] | None = None,
     loading: dict[str, Any] | None = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with backtracking per request."""
@@ -46,14 +35,15 @@ def serve(
     try:
         import uvicorn
 
-        from backtrack.serving import ServeSettings, create_app
+        from backtrack.serving import create_app
     except ImportError as exc:
         raise fail(f"serve needs FastAPI and uvicorn ({exc}); {SERVE_INSTALL_HINT}") from exc
     from backtrack.operators import OperatorSpecError, parse_operator
 
     try:
-        parse_operator(operator)
-    except OperatorSpecError as exc:
+        settings = ServeSettings(_served_names(model), **(server or {}))
+        parse_operator(settings.operator)
+    except (ValueError, OperatorSpecError) as exc:
         raise fail(str(exc)) from exc
     # The address is checked before the model loads (minutes for a large one).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -63,18 +53,6 @@ def serve(
             probe.bind((host, port))
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        settings = ServeSettings(
-            _served_names(model),
-            operator=operator,
-            max_batch=max_batch,
-            max_queue=max_queue,
-            max_tokens_limit=max_tokens_limit,
-            max_prompt_tokens=max_prompt_tokens,
-            max_body_bytes=max_body_bytes,
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
     mdl, tok = load(model, **(loading or {}))
     try:
         server_app = create_app(mdl, tok, settings)

@@ -33,6 +33,7 @@ from typing import Any
 from backtrack.engine.settings import GENERATION_KEYS, GenerationConfig
 from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S, dataset_key
 from backtrack.evaluation.prompts import EVALPLUS_STOP
+from backtrack.flags import option
 
 BASE = "base"
 SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
@@ -192,12 +193,6 @@ def default_generation(mode: str = "completion") -> GenerationConfig:
 LOADING_KEYS = ("dtype", "device", "quantize", "backend", "threads", "n_ctx")
 
 
-def option(default: Any, help: str, flag: str | None = None) -> Any:
-    """An :class:`EvalSettings` field that ``backtrack eval`` takes as a flag: its help text
-    and spelling (default ``--field-name``) are declared here, next to its one default."""
-    return field(default=default, metadata={"help": help, "flag": flag})
-
-
 @dataclass
 class EvalSettings:
     """Everything ``backtrack eval`` was asked to do (stored in meta.json).
@@ -205,7 +200,7 @@ class EvalSettings:
     ``generation`` holds every decoding setting (sampling, length, stop strings, period, ban,
     retry cap, budget) exactly as the engine takes them; each cell's seed is added by the
     runner (see :func:`seed_for`). ``None`` takes :func:`default_generation` for ``mode``.
-    Fields declared with :func:`option` are ``backtrack eval``'s flags.
+    Fields declared with :func:`~backtrack.flags.option` are ``backtrack eval``'s flags.
     """
 
     model: str
@@ -303,7 +298,8 @@ class EvalSettings:
 
     @classmethod
     def declared(cls, name: str) -> Mapping[str, Any]:
-        """The declaration of a flag field (``help``, ``flag``), see :func:`option`."""
+        """The declaration of a flag field (``help``, ``flag``), see
+        :func:`backtrack.flags.option`."""
         (found,) = [f for f in fields(cls) if f.name == name]
         return found.metadata
 

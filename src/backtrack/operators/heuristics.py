@@ -274,3 +274,16 @@ class LogitThreshold(Operator):
 
     def __call__(self, step: Step) -> int:
         return self.k if step.logit < self.min_logit else 0
+
+
+# The paper's eight, in its order (the spec strings list them so).
+HEURISTICS: tuple[type[Operator], ...] = (
+    ProbabilityThreshold,
+    EntropyThreshold,
+    ProbabilityMargin,
+    ProbabilityDrop,
+    ProbabilityTrend,
+    Repetition,
+    NGramOverlap,
+    LogitThreshold,
+)

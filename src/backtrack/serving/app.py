@@ -31,7 +31,8 @@ from backtrack.operators import OperatorSpecError, parse_operator
 from backtrack.serving.protocol import ServeError, error_body
 from backtrack.serving.routes import router
 from backtrack.serving.scheduler import Scheduler
-from backtrack.serving.state import ServerState, ServeSettings
+from backtrack.serving.settings import ServeSettings
+from backtrack.serving.state import ServerState
 
 
 def _context_limit(model: Any) -> int | None:

@@ -4,7 +4,6 @@ scheduler, the tokenizer and the default operator, held by the app as ``app.stat
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,39 +11,7 @@ from fastapi import Request
 
 from backtrack.operators import Operator
 from backtrack.serving.scheduler import Scheduler
-
-
-class ServeSettings:
-    """What ``backtrack serve`` was started with (limits and defaults of every request).
-
-    Args:
-        model_names: names a request's ``model`` may use; the first is listed by /v1/models.
-        operator: default operator spec for requests that name none.
-        max_batch: rows decoded together. max_queue: requests that may wait for a row.
-        max_tokens_limit: the largest ``max_tokens`` a request may ask for (also the default
-            of chat requests; completions default to OpenAI's 16).
-        max_prompt_tokens: the longest prompt accepted. max_body_bytes: largest request body.
-    """
-
-    def __init__(
-        self,
-        model_names: Sequence[str],
-        operator: str = "never",
-        max_batch: int = 8,
-        max_queue: int = 256,
-        max_tokens_limit: int = 2048,
-        max_prompt_tokens: int = 8192,
-        max_body_bytes: int = 4_000_000,
-    ) -> None:
-        if not model_names:
-            raise ValueError("the server needs a model name")
-        if min(max_batch, max_tokens_limit, max_prompt_tokens, max_body_bytes) < 1:
-            raise ValueError("limits must be >= 1")
-        self.model_names = list(model_names)
-        self.operator = operator
-        self.max_batch, self.max_queue = max_batch, max_queue
-        self.max_tokens_limit, self.max_prompt_tokens = max_tokens_limit, max_prompt_tokens
-        self.max_body_bytes = max_body_bytes
+from backtrack.serving.settings import ServeSettings
 
 
 @dataclass
