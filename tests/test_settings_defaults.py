@@ -97,19 +97,33 @@ def test_loading_option_defaults_are_the_settings_defaults(command) -> None:
         assert defaults[option] == settings[option], option
 
 
-def test_serve_flags_are_serve_settings_fields() -> None:
-    """serve's limits and default operator are ServeSettings' declarations: one flag each,
-    with the field's default, and a server started with no flag gets ServeSettings()."""
+def _serve_and_settings():
     from backtrack.cli.serve import serve
     from backtrack.serving.settings import ServeSettings
 
-    defaults = _defaults(serve)
-    settings = _field_defaults(ServeSettings)
-    assert len(settings) == 6 and "model_names" not in settings
-    for name, default in settings.items():
-        assert defaults[name] == default, name
-    flags = [n for n in defaults if n in settings]
-    assert ServeSettings(["m"], **{n: defaults[n] for n in flags}) == ServeSettings(["m"])
+    return serve, ServeSettings, (["m"],)
+
+
+def _label_and_settings():
+    from backtrack.cli.train import label
+    from backtrack.rl.label_settings import LabelSettings
+
+    return label, LabelSettings, ()
+
+
+@pytest.mark.parametrize("pair", [_serve_and_settings, _label_and_settings])
+def test_declared_flags_are_the_settings_fields(pair) -> None:
+    """serve's limits and label's labelling are their settings' declarations: one flag per
+    declared field, with the field's default, so a command given no flag gets the settings'
+    defaults."""
+    command, settings_class, required = pair()
+    defaults = _defaults(command)
+    declared = [f.name for f in dataclasses.fields(settings_class) if "help" in f.metadata]
+    assert len(declared) >= 4
+    for name in declared:
+        assert defaults[name] == _field_defaults(settings_class)[name], name
+    given = {name: defaults[name] for name in declared}
+    assert settings_class(*required, **given) == settings_class(*required)
 
 
 def test_eval_settings_without_flags_equal_the_cli_without_flags(

@@ -37,16 +37,6 @@ ModelOpt = Annotated[
 ]
 
 
-def _loading_option(name: str, kind: Any) -> Any:
-    """The option of an EvalSettings loading field, for ``tune``, which takes two of them
-    (generate and serve take them all, :func:`loading_options`)."""
-    return Annotated[kind, typer.Option(help=EvalSettings.declared(name)["help"])]
-
-
-DtypeOpt = _loading_option("dtype", str)
-BackendOpt = _loading_option("backend", str)
-
-
 def _with_options(
     command: Callable[..., Any],
     placeholder: str,
