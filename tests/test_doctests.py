@@ -26,6 +26,7 @@ MODULES_AND_MINIMUM_EXAMPLES = {
     "backtrack.operators.lookahead": 7,
     "backtrack.evaluation.settings": 1,
     "backtrack.lazy": 3,
+    "backtrack.literals": 1,
 }
 
 

@@ -11,7 +11,7 @@ still a dependency; it only defers the cost). The layers, top to bottom::
     engine
     models
     backends
-    errors, paths, lazy, flags, execution
+    errors, paths, lazy, flags, literals, execution
 
 A module may import its own layer or any layer below it. The package root ``backtrack`` is
 the public facade (its lazy ``load_model``), importable from anywhere for ``__version__``.
@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "paths": 0,
     "lazy": 0,
     "flags": 0,
+    "literals": 0,
     "execution": 0,
     "backends": 1,
     "models": 2,
