@@ -212,3 +212,15 @@ def test_tune_option_defaults_are_tune_settings_defaults() -> None:
         assert defaults[option] == settings[option], option
     # rungs are typed as "40,120,374" on the command line.
     assert tuple(int(r) for r in defaults["rungs"].split(",")) == tuple(settings["rungs"])
+
+
+def test_workers_of_the_scoring_commands_is_evals_setting() -> None:
+    """report --rescore, rescore and check run programs like eval does: one --workers, with
+    EvalSettings' default and help."""
+    from backtrack.cli.evaluate import check, report, rescore_command
+
+    for command in (report, rescore_command, check):
+        parameter = inspect.signature(command, eval_str=True).parameters["workers"]
+        assert parameter.default == EvalSettings.default("workers")
+        (option,) = parameter.annotation.__metadata__
+        assert option.help == EvalSettings.declared("workers")["help"]

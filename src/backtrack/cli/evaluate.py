@@ -15,6 +15,7 @@ from backtrack.cli.options import (
     ModelOpt,
     err,
     eval_default,
+    eval_option,
     eval_options,
     fail,
     generation_options,
@@ -132,7 +133,7 @@ def report(
         bool, typer.Option(help="Re-run the sandbox on stored completions first.")
     ] = False,
     timeout: Annotated[float | None, typer.Option(help="Sandbox limit for --rescore.")] = None,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel (--rescore).")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),  # for --rescore
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     against: Annotated[
         str,
@@ -189,13 +190,11 @@ def rescore_command(
         str, typer.Option(help="Score against this dataset's tests, e.g. humaneval-plus.")
     ],
     out: Annotated[Path, typer.Option(help="New result directory for the new verdicts.")],
-    data_path: Annotated[
-        str | None, typer.Option(help="The dataset's file (every dataset but HumanEval).")
-    ] = None,
+    data_path: eval_option("data_path") = eval_default("data_path"),
     timeout: Annotated[
         float | None, typer.Option(help="Sandbox limit (default: the source's).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),
     config: Annotated[
         list[str] | None,
         typer.Option(help="Only this configuration, or recipe:NAME (repeatable; default all)."),
@@ -233,7 +232,7 @@ def check(
         Path | None, typer.Option(help="File holding the completion (the code after the prompt).")
     ] = None,
     canonical: Annotated[bool, typer.Option(help="Run every canonical solution.")] = False,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Run a completion against its HumanEval tests in the sandbox (exit 0 pass, 1 fail)."""

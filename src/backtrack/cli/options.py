@@ -111,6 +111,14 @@ def settings_options(
 eval_options = settings_options(EvalSettings, "evaluation", "Evaluation")
 
 
+def eval_option(name: str) -> Any:
+    """The typed option of :class:`EvalSettings`' flag ``name`` (its spelling and help), for a
+    command that takes the same setting outside an evaluation (``report``, ``rescore`` and
+    ``check`` take ``--workers``); its default is :func:`eval_default`."""
+    (found,) = [f for f in dataclasses.fields(EvalSettings) if f.name == name]
+    return _declared_flag(EvalSettings, found, None).annotation
+
+
 def loading_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``command`` the model-loading flags (``--dtype``, ``--device``, ``--quantize``,
     ``--backend``, ``--threads``, ``--n-ctx``: :data:`~backtrack.evaluation.settings.LOADING_KEYS`,
