@@ -22,8 +22,9 @@ from pathlib import Path
 from common import machine, rotated
 
 from backtrack.evaluation.data import load_mbpp, mbpp_problems
+from backtrack.evaluation.settings import default_generation
 from backtrack.models import load_model
-from backtrack.rl.env import default_generation, judgement_due, partial_program
+from backtrack.rl.env import judgement_due, partial_program
 from backtrack.rl.judges import LocalJudge
 
 

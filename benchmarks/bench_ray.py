@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backtrack.evaluation.runner import run_eval
+from backtrack.evaluation.generation.runner import run_eval
 from backtrack.evaluation.settings import EvalSettings
 from backtrack.evaluation.store import ResultStore
 
@@ -69,7 +69,7 @@ def main() -> None:
     local_s = time.perf_counter() - start
     del model, tokenizer
 
-    from backtrack.evaluation.distributed import RayPool
+    from backtrack.evaluation.generation.distributed import RayPool
 
     start = time.perf_counter()
     ray_settings = settings(work / "ray", args, ray="local", ray_actors=args.actors)

@@ -42,7 +42,7 @@ from backtrack.evaluation.data import (
     sandbox_config_for,
 )
 from backtrack.evaluation.prompts import build_program
-from backtrack.evaluation.scoring import score
+from backtrack.evaluation.scoring.score import score
 from backtrack.evaluation.store import read_directory
 from backtrack.execution.sandbox import SandboxConfig
 

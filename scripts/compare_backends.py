@@ -4,7 +4,7 @@ Two result directories made with the same settings and seeds but different backe
 example ``results/humaneval-paper``, transformers, and ``results/humaneval-llama-cpp``,
 llama.cpp) hold the same cells (configuration, run, problem, seed); this pairs them and gives
 each configuration's difference between the backends with its bootstrap 95% CI
-(:func:`backtrack.evaluation.metrics.compare`), on the runs both directories have.
+(:func:`backtrack.evaluation.reporting.metrics.compare`), on the runs both directories have.
 
     python scripts/compare_backends.py results/humaneval-paper results/humaneval-llama-cpp \\
         --out results/humaneval-llama-cpp/vs_transformers.md
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from backtrack.evaluation.metrics import compare
+from backtrack.evaluation.reporting.metrics import compare
 from backtrack.evaluation.store import RESULTS_FILE, read_records
 
 

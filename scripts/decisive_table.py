@@ -13,7 +13,7 @@ another ``backtrack rescore`` directory (``--plus`` is repeatable).
 ``--baseline CONFIG`` (repeatable) adds a configuration decoded in the engine directory, e.g.
 the filtering baselines at equal compute ``sample-filter:n=4`` and ``beam:2+filter`` (issue
 29): their forward passes per token and wall time per problem count every sample or beam
-decoded and every check of the visible examples (``evaluation/filtering.py``).
+decoded and every check of the visible examples (``evaluation/generation/filtering.py``).
 ``--plot`` draws the Figure-1-style chart of the same numbers: pass@1 with its CI per
 dataset, and the cost in forward passes (batch rows fed) per accepted token.
 
@@ -44,8 +44,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from backtrack.evaluation.metrics import compare, forward_passes_per_token, mean_pass1
-from backtrack.evaluation.report import batch_rows, load_results, paired_subset
+from backtrack.evaluation.reporting.metrics import compare, forward_passes_per_token, mean_pass1
+from backtrack.evaluation.reporting.report import batch_rows, load_results, paired_subset
 from backtrack.recipes import expand
 
 BEAM = "beam:2"

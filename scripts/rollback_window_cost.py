@@ -24,8 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-from backtrack.evaluation import metrics
-from backtrack.evaluation.runner import run_eval
+from backtrack.evaluation.generation.runner import run_eval
+from backtrack.evaluation.reporting import metrics
 from backtrack.evaluation.settings import EvalSettings
 from backtrack.evaluation.store import read_records
 

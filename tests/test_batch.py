@@ -19,7 +19,8 @@ import torch
 from helpers import max_abs_diff, replay_logprobs_for
 
 from backtrack.engine import Budget, Decoder, GenerationConfig, RollbackEvent
-from backtrack.engine.batch import BatchDecoder, _BatchRow
+from backtrack.engine.batch import BatchDecoder
+from backtrack.engine.batch_run import _BatchRow
 from backtrack.operators import Chaos, Never, Operator
 
 FP32_TOL = 1e-3  # see the module docstring

@@ -30,6 +30,8 @@ VALUES = st.one_of(
     st.none(),
     TEXT,
     st.lists(TEXT, max_size=3),
+    # A mapping (logit_bias): its commas and colons stand inside braces.
+    st.dictionaries(TEXT, st.integers(-100, 100), max_size=3),
 )
 PARAMS = st.lists(st.tuples(KEYS, VALUES), max_size=3, unique_by=lambda kv: kv[0]).map(tuple)
 
@@ -56,6 +58,15 @@ def test_the_grammar_reads_what_records_and_recipes_have_always_written():
     # Commas inside a literal do not split: a list-valued setting.
     assert parse_configuration("never@banned_strings=['a,b', 'c']").settings == (
         ("banned_strings", ["a,b", "c"]),
+    )
+    # ... and a mapping, or a string ending in an escaped backslash, neither.
+    assert parse_configuration("never@logit_bias={'1': 2.0, '3': -1.0},top_k=5").settings == (
+        ("logit_bias", {"1": 2.0, "3": -1.0}),
+        ("top_k", 5),
+    )
+    assert parse_configuration("never@stop=['a\\\\', ','],top_k=5").settings == (
+        ("stop", ["a\\", ","]),
+        ("top_k", 5),
     )
 
 

@@ -32,7 +32,9 @@ from backtrack.rl.counterfactual import (  # noqa: E402
     make_labels,
     sample_trajectories,
 )
-from backtrack.rl.env import BacktrackEnv, EnvConfig, load_problems  # noqa: E402
+from backtrack.rl.env import BacktrackEnv  # noqa: E402
+from backtrack.rl.env_config import EnvConfig, load_problems  # noqa: E402
+from backtrack.rl.label_settings import LabelSettings  # noqa: E402
 from backtrack.rl.train import train  # noqa: E402
 
 # Observations of a batched trajectory against the environment's for the same greedy
@@ -92,7 +94,7 @@ def test_labels_end_to_end_resume_and_damage(tiny, mbpp, tmp_path):
     out = tmp_path / "labels.jsonl"
     config = _config(mbpp, tmp_path / "run")
     env = TrainConfig.load(config).env
-    make_labels(env, out, limit=3, positions=2, restarts=2, batch_size=4,
+    make_labels(env, out, limit=3, settings=LabelSettings(positions=2, batch_size=4),
                 model_and_tokenizer=tiny, progress=False)  # fmt: skip
     first = load_trajectories(out)
     ids = [p.task_id for p in load_problems(EnvConfig.from_mapping({"data_path": mbpp}))[:4]]
@@ -105,7 +107,7 @@ def test_labels_end_to_end_resume_and_damage(tiny, mbpp, tmp_path):
     # A line cut short by a crash is skipped and its problem redone; done ones are kept.
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40] + "\n")
-    make_labels(env, out, limit=4, positions=2, restarts=2, batch_size=4,
+    make_labels(env, out, limit=4, settings=LabelSettings(positions=2, batch_size=4),
                 model_and_tokenizer=tiny, progress=False)  # fmt: skip
     again = load_trajectories(out)
     assert sorted(t.task_id for t in again) == sorted(ids)
@@ -128,9 +130,9 @@ def test_a_step_is_labelled_where_its_restarts_pass(tiny, mbpp, monkeypatch):
     steps = candidate_steps(trajectory, 2)
     scripted = iter([[True, True, True, False]])
     monkeypatch.setattr(counterfactual, "_verdicts", lambda problems, c, w, box: next(scripted))
+    settings = LabelSettings(positions=2, restarts=2, min_pass_rate=0.75)
     [labelled] = label_restarts(model, tok, [trajectory], {problem.task_id: problem},
-                                env_config.generation, positions=2, restarts=2,
-                                min_pass_rate=0.75)  # fmt: skip
+                                env_config.generation, settings)  # fmt: skip
     assert labelled.restarts == {str(steps[0]): [True, True], str(steps[1]): [True, False]}
     assert [t for t, y in enumerate(labelled.labels) if y] == [steps[0]]
     assert labelled.labels[steps[0]] == 1
@@ -172,8 +174,9 @@ def test_behaviour_cloning_learns_where_to_delete(one_thread):  # conftest.py
 def test_training_pretrains_on_labels(tiny, mbpp, tmp_path):
     labels = tmp_path / "labels.jsonl"
     env = TrainConfig.load(_config(mbpp, tmp_path / "a")).env
-    make_labels(env, labels, limit=2, positions=1, restarts=1,
-                batch_size=2, model_and_tokenizer=tiny, progress=False)  # fmt: skip
+    make_labels(env, labels, limit=2,
+                settings=LabelSettings(positions=1, restarts=1, batch_size=2),
+                model_and_tokenizer=tiny, progress=False)  # fmt: skip
     out = tmp_path / "run"
     train(_config(mbpp, out, pretrain_labels=str(labels), pretrain_epochs=2),
           model_and_tokenizer=tiny)  # fmt: skip
@@ -204,3 +207,19 @@ def test_period_must_be_one(tiny, mbpp):
         sample_trajectories(model, tok, [], env_config.generation,
                             env_config.feature_extractor(), [])  # fmt: skip
     assert isinstance(GenerationConfig(), GenerationConfig)
+
+
+def test_label_refuses_bad_settings_before_anything_loads(tmp_path):
+    """`backtrack label`'s flags are LabelSettings' fields: a bad one is a one-line error,
+    found before the config or a model is read."""
+    from typer.testing import CliRunner
+
+    from backtrack.cli import app
+
+    out = tmp_path / "labels.jsonl"
+    args = ["label", "--config", str(tmp_path / "absent.yaml"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--min-pass-rate", "2"])
+    assert result.exit_code == 2 and "min_pass_rate must be in (0, 1], got 2.0" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(app, [*args, "--restarts", "0"])
+    assert result.exit_code == 2 and "restarts" in result.output

@@ -11,10 +11,12 @@ import importlib
 import pytest
 
 # Each module with the fewest examples it must run, so that a docstring losing its examples
-# (or a module whose examples stop being collected) fails instead of passing vacuously.
+# (or a module whose examples stop being collected) fails instead of passing vacuously. The
+# examples build their steps with one line (operators.base.example_step), so a count is of
+# what the examples show.
 MODULES_AND_MINIMUM_EXAMPLES = {
     "backtrack.operators.base": 10,
-    "backtrack.operators.heuristics": 40,
+    "backtrack.operators.heuristics": 29,
     "backtrack.operators.chaos": 5,
     "backtrack.operators.code": 12,
     "backtrack.operators.examples": 8,
@@ -23,6 +25,8 @@ MODULES_AND_MINIMUM_EXAMPLES = {
     "backtrack.operators.features": 5,
     "backtrack.operators.lookahead": 7,
     "backtrack.evaluation.settings": 1,
+    "backtrack.lazy": 3,
+    "backtrack.literals": 1,
 }
 
 

@@ -22,10 +22,10 @@ import pytest
 from backtrack.engine import Decoder
 from backtrack.engine.beam import BeamSearchDecoder
 from backtrack.evaluation.data import load_dataset
-from backtrack.evaluation.filtering import sample_seed
+from backtrack.evaluation.generation.filtering import sample_seed
+from backtrack.evaluation.generation.runner import run_eval
 from backtrack.evaluation.prompts import build_program, postprocess
-from backtrack.evaluation.report import load_results, summarize
-from backtrack.evaluation.runner import run_eval
+from backtrack.evaluation.reporting.report import load_results, summarize
 from backtrack.evaluation.settings import BASE, EvalError, EvalSettings, build_configurations
 from backtrack.evaluation.store import read_records
 from backtrack.execution.examples import parse_examples, run_examples
@@ -267,7 +267,7 @@ def test_on_llama_cpp(tmp_path: Path) -> None:
 def test_decisive_table_versus_and_frontier(evaluated, tmp_path: Path) -> None:
     """Issue 29's frontier: each row minus the reference, paired on the pair's own records,
     rows named by LABEL=CONFIG, and the Pareto chart written."""
-    from backtrack.evaluation.metrics import compare
+    from backtrack.evaluation.reporting.metrics import compare
 
     settings, _, records = evaluated
     script = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"
@@ -295,7 +295,7 @@ def test_decisive_table_versus_and_frontier(evaluated, tmp_path: Path) -> None:
 def test_decisive_table_two_references_without_a_recipe(evaluated) -> None:
     """``--versus`` twice: a pair of columns per reference, each pair's difference on its own
     records, and no ``--recipe`` needed (a model with no tuned recipe, as the 1.5B row)."""
-    from backtrack.evaluation.metrics import compare
+    from backtrack.evaluation.reporting.metrics import compare
 
     settings, _, records = evaluated
     script = Path(__file__).resolve().parents[1] / "scripts" / "decisive_table.py"

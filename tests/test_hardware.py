@@ -5,6 +5,8 @@ are tested in test_models.py."""
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,20 @@ def test_results_and_reference_times_record_the_same_name() -> None:
     real = Path("/proc/cpuinfo")
     if real.is_file() and "model name" in real.read_text(errors="replace"):
         assert name in real.read_text(errors="replace")
+
+
+def test_describing_the_machine_imports_no_torch() -> None:
+    """Naming the CPU (and so the reference-time cache, which re-scoring reads) costs no torch
+    import: the models package and its hardware module load torch only when a function that
+    needs it runs."""
+    code = (
+        "import sys\n"
+        "import backtrack.models.hardware as hardware\n"
+        "import backtrack.evaluation.reference_times\n"
+        "import backtrack.evaluation.scoring.rescore\n"
+        "assert hardware.cpu_name()\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "from backtrack.models import resolve_dtype\n"  # the lazy name still resolves
+        "assert str(resolve_dtype('fp32')) == 'torch.float32'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backtrack.execution import sandbox
+from backtrack.execution import sandbox, sandbox_setup
 from backtrack.execution import sandbox_harness as harness
 from backtrack.execution.sandbox import (
     Isolation,
     SandboxConfig,
-    _command,
     _filesystem_private,
     _parse_verdict,
     detect_isolation,
@@ -190,7 +189,7 @@ def test_args_read_what_the_parent_builds(unshare: bool) -> None:
     prefix = ("/usr/bin/unshare", "--mount", "--net") if unshare else ()
     iso = Isolation(prefix, network=unshare, pid_namespace=False, can_drop_privileges=True,
                     mount_namespace=unshare)  # fmt: skip
-    argv = _command(config, iso, (11, 12), drop=True)
+    argv = sandbox_setup.harness_command(config, iso, (11, 12), drop=True)
     assert argv[: len(prefix)] == list(prefix)
     assert argv[len(prefix) :][:4] == [config.python, "-s", "-B", str(sandbox.HARNESS_PATH)]
     args = harness.Args(argv[len(prefix) + 4 :])
@@ -267,7 +266,7 @@ def test_harness_that_nobody_cannot_read(tmp_path: Path, monkeypatch: pytest.Mon
     copy = hidden / "sandbox_harness.py"
     shutil.copyfile(sandbox.HARNESS_PATH, copy)
     copy.chmod(0o600)
-    monkeypatch.setattr(sandbox, "HARNESS_PATH", copy)
+    monkeypatch.setattr(sandbox_setup, "HARNESS_PATH", copy)  # where the command reads it
     assert run_program(GOOD).passed
     program = (
         "import os, sys\n"

@@ -277,7 +277,7 @@ def test_eval_on_llama_cpp_records_the_backend_and_runs_beam_search(smol, tmp_pa
     decoding anything."""
     import json
 
-    from backtrack.evaluation.runner import prepare, run_eval
+    from backtrack.evaluation.generation.runner import prepare, run_eval
     from backtrack.evaluation.settings import EvalError, EvalSettings
 
     model, tok = smol

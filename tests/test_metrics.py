@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from backtrack.evaluation import metrics
+from backtrack.evaluation.reporting import metrics
 
 
 def _records(config: str, table: dict[str, list[int]]) -> list[dict]:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from backtrack.evaluation.runner import prepare, run_eval
+from backtrack.evaluation.generation.runner import prepare, run_eval
 from backtrack.evaluation.settings import EvalError, EvalSettings
 from backtrack.evaluation.store import ResultStore
 
@@ -59,7 +59,7 @@ def _cells(out) -> dict:
 
 
 def test_ray_records_equal_local_ones_even_when_an_actor_dies(tiny, local_ray, tmp_path):
-    from backtrack.evaluation.distributed import RayPool
+    from backtrack.evaluation.generation.distributed import RayPool
 
     model, tokenizer = tiny
     run_eval(_settings(tmp_path / "local"), model, tokenizer, progress=False)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from backtrack.cli import app
 from backtrack.evaluation.data import load_humaneval
-from backtrack.evaluation.report import (
+from backtrack.evaluation.reporting.report import (
     load_results,
     markdown_table,
     paired_subset,
@@ -23,7 +23,7 @@ from backtrack.evaluation.report import (
     short_label,
     summarize,
 )
-from backtrack.evaluation.rescore import rescore, rescore_as
+from backtrack.evaluation.scoring.rescore import rescore, rescore_as
 
 # base passes P0 in both runs, P1 never -> 0.5; op passes P0 twice and P1 once -> 0.75.
 PASSED = {
@@ -263,7 +263,7 @@ def write_meta(path: Path, **fields) -> None:
 def test_several_directories_of_one_model_stay_apart(tmp_path: Path) -> None:
     """One model on two datasets: a row names its dataset and directory, the plot has a
     group of bars per directory, and the PNG is written next to the table by default."""
-    from backtrack.evaluation.report import plot_groups
+    from backtrack.evaluation.reporting.report import plot_groups
 
     he = write_dir(tmp_path / "he", synthetic_records(), "m")
     mb = write_dir(tmp_path / "mb", synthetic_records(), "m")

@@ -33,7 +33,8 @@ from backtrack.operators.learned import (  # noqa: E402
     PolicyLoadError,
 )
 from backtrack.rl.config import TrainConfig, TrainConfigError  # noqa: E402
-from backtrack.rl.env import BacktrackEnv, EnvConfig, FeatureOperator, judgement_due  # noqa: E402
+from backtrack.rl.env import BacktrackEnv, FeatureOperator, judgement_due  # noqa: E402
+from backtrack.rl.env_config import EnvConfig  # noqa: E402
 from backtrack.rl.judges import Judge  # noqa: E402
 from backtrack.rl.train import (  # noqa: E402
     bias_towards_keeping,

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from backtrack.cli import app
 from backtrack.evaluation.data import load_humaneval
-from backtrack.evaluation.runner import _chunks, plan, run_eval, score
+from backtrack.evaluation.generation.runner import _chunks, plan, run_eval
+from backtrack.evaluation.scoring.score import score
 from backtrack.evaluation.settings import (
     BASE,
     EvalError,
@@ -227,8 +228,7 @@ def test_batched_greedy_matches_single(tiny, tmp_path: Path) -> None:
 
 
 def test_make_record_marks_a_canonical_pass() -> None:
-    from backtrack.evaluation.runner import WorkItem
-    from backtrack.evaluation.sources import Generated
+    from backtrack.evaluation.cells import Generated, WorkItem
 
     problem = load_humaneval()[2]
     config = build_configurations([])[0]

@@ -339,7 +339,7 @@ def test_check_one_exit_codes_and_json(tmp_path: Path) -> None:
     import io
     import json
 
-    from backtrack.evaluation.check import check_file, check_one
+    from backtrack.evaluation.scoring.check import check_file, check_one
 
     problem = load_humaneval()[0]
     out = io.StringIO()
@@ -365,7 +365,7 @@ def test_check_canonical_subset_and_failure() -> None:
     import json
     from dataclasses import replace
 
-    from backtrack.evaluation.check import check_canonical
+    from backtrack.evaluation.scoring.check import check_canonical
 
     problems = load_humaneval()[:3]
     out = io.StringIO()

@@ -24,7 +24,7 @@ from backtrack.engine.settings import (
     Budget,
     GenerationConfig,
 )
-from backtrack.evaluation.settings import PRESETS, EvalSettings, default_generation
+from backtrack.evaluation.settings import LOADING_KEYS, PRESETS, EvalSettings, default_generation
 
 # eval's option -> the EvalSettings field it sets (the same name unless listed).
 EVAL_FIELD_OF_OPTION = {"timeout": "timeout_s"}
@@ -92,15 +92,45 @@ def test_eval_option_defaults_are_eval_settings_defaults() -> None:
 def test_loading_option_defaults_are_the_settings_defaults(command) -> None:
     defaults = _defaults(command)
     settings = _field_defaults(EvalSettings)
-    for option in ("dtype", "device", "quantize", "backend", "threads", "n_ctx"):
+    assert len(LOADING_KEYS) == 6
+    for option in LOADING_KEYS:
         assert defaults[option] == settings[option], option
+
+
+def _serve_and_settings():
+    from backtrack.cli.serve import serve
+    from backtrack.serving.settings import ServeSettings
+
+    return serve, ServeSettings, (["m"],)
+
+
+def _label_and_settings():
+    from backtrack.cli.train import label
+    from backtrack.rl.label_settings import LabelSettings
+
+    return label, LabelSettings, ()
+
+
+@pytest.mark.parametrize("pair", [_serve_and_settings, _label_and_settings])
+def test_declared_flags_are_the_settings_fields(pair) -> None:
+    """serve's limits and label's labelling are their settings' declarations: one flag per
+    declared field, with the field's default, so a command given no flag gets the settings'
+    defaults."""
+    command, settings_class, required = pair()
+    defaults = _defaults(command)
+    declared = [f.name for f in dataclasses.fields(settings_class) if "help" in f.metadata]
+    assert len(declared) >= 4
+    for name in declared:
+        assert defaults[name] == _field_defaults(settings_class)[name], name
+    given = {name: defaults[name] for name in declared}
+    assert settings_class(*required, **given) == settings_class(*required)
 
 
 def test_eval_settings_without_flags_equal_the_cli_without_flags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`backtrack eval` given nothing builds EvalSettings() (out aside); --preset paper too."""
-    import backtrack.evaluation.runner as runner
+    import backtrack.evaluation.generation.runner as runner
 
     seen: list[EvalSettings] = []
 
@@ -182,3 +212,15 @@ def test_tune_option_defaults_are_tune_settings_defaults() -> None:
         assert defaults[option] == settings[option], option
     # rungs are typed as "40,120,374" on the command line.
     assert tuple(int(r) for r in defaults["rungs"].split(",")) == tuple(settings["rungs"])
+
+
+def test_workers_of_the_scoring_commands_is_evals_setting() -> None:
+    """report --rescore, rescore and check run programs like eval does: one --workers, with
+    EvalSettings' default and help."""
+    from backtrack.cli.evaluate import check, report, rescore_command
+
+    for command in (report, rescore_command, check):
+        parameter = inspect.signature(command, eval_str=True).parameters["workers"]
+        assert parameter.default == EvalSettings.default("workers")
+        (option,) = parameter.annotation.__metadata__
+        assert option.help == EvalSettings.declared("workers")["help"]

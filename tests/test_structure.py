@@ -1,5 +1,5 @@
 """The package's shape, checked: no import circles, imports only downwards through the layers,
-and no module over 500 lines.
+and no module over 400 lines.
 
 Every ``import`` counts, at module level or inside a function (a function-level import is
 still a dependency; it only defers the cost). The layers, top to bottom::
@@ -11,10 +11,15 @@ still a dependency; it only defers the cost). The layers, top to bottom::
     engine
     models
     backends
-    errors, paths
+    errors, paths, lazy, flags, literals, execution
 
 A module may import its own layer or any layer below it. The package root ``backtrack`` is
 the public facade (its lazy ``load_model``), importable from anywhere for ``__version__``.
+
+Inside ``evaluation`` the three jobs go one way too: the modules at its top (problems,
+prompts, settings, records) import none of them; ``scoring`` and ``reporting`` import only
+those; ``generation`` may also import ``scoring`` (the runner scores what it decodes). So
+``backtrack rescore`` never loads the decoding side.
 """
 
 from __future__ import annotations
@@ -26,11 +31,20 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "backtrack"
-MAX_LINES = 500
+MAX_LINES = 400
+# Modules allowed over MAX_LINES for now, with their ceiling: the two the ban-list rewrite is
+# splitting (issue 41). An entry goes as soon as its module fits (a test says so).
+OVER_LIMIT: dict[str, int] = {
+    "backtrack.engine.session": 500,
+    "backtrack.engine.settings": 500,
+}
 
 LAYERS: dict[str, int] = {
     "errors": 0,
     "paths": 0,
+    "lazy": 0,
+    "flags": 0,
+    "literals": 0,
     "execution": 0,
     "backends": 1,
     "models": 2,
@@ -87,6 +101,17 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 MODULES = _modules()
 GRAPH = {name: _imports(name, path, set(MODULES)) for name, path in MODULES.items()}
+
+
+def _closure(start: set[str]) -> set[str]:
+    """Every module ``start`` reaches through GRAPH (itself included)."""
+    seen, todo = set(start), list(start)
+    while todo:
+        for target in GRAPH[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
 
 
 def _layer(module: str) -> int | None:
@@ -172,7 +197,105 @@ def test_imports_flow_downwards():
     assert not upward, "imports against the layers: " + "; ".join(upward)
 
 
+def _lines(name: str) -> int:
+    return MODULES[name].read_text(encoding="utf-8").count("\n")
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_no_module_over_500_lines(name):
-    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
-    assert lines <= MAX_LINES, f"{MODULES[name]}: {lines} lines"
+def test_no_module_over_400_lines(name):
+    limit = OVER_LIMIT.get(name, MAX_LINES)
+    assert _lines(name) <= limit, f"{MODULES[name]}: {_lines(name)} lines (at most {limit})"
+
+
+@pytest.mark.parametrize("name", sorted(OVER_LIMIT))
+def test_every_exemption_is_still_needed(name):
+    assert name in MODULES, f"{name} is gone: drop it from OVER_LIMIT"
+    assert _lines(name) > MAX_LINES, f"{name} fits in {MAX_LINES} lines: drop it from OVER_LIMIT"
+
+
+EVALUATION = f"{PACKAGE}.evaluation"
+# What each part of the evaluation may import from the evaluation ("shared": its top modules).
+EVALUATION_JOBS: dict[str, set[str]] = {
+    "shared": {"shared"},
+    "scoring": {"shared", "scoring"},
+    "reporting": {"shared", "reporting"},
+    "generation": {"shared", "scoring", "generation"},
+}
+
+
+def _evaluation_part(module: str) -> str | None:
+    """``generation``, ``scoring``, ``reporting`` or ``shared`` for a module of the evaluation;
+    None for any other module."""
+    parts = module.split(".")
+    if parts[:2] != [PACKAGE, "evaluation"]:
+        return None
+    if len(parts) > 2 and parts[2] in EVALUATION_JOBS and parts[2] != "shared":
+        return parts[2]
+    return "shared"
+
+
+def test_every_evaluation_module_has_a_part():
+    # The parts exist, and a module outside them is shared (a new job needs its entry).
+    parts = {_evaluation_part(name) for name in MODULES if name.startswith(EVALUATION + ".")}
+    assert parts == set(EVALUATION_JOBS), parts
+    for name, path in MODULES.items():
+        if path.name == "__init__.py" and name.startswith(EVALUATION + "."):
+            assert name.split(".")[2] in EVALUATION_JOBS, f"{name}: a job with no entry"
+
+
+def test_evaluation_jobs_import_one_way():
+    wrong = [
+        f"{source} ({_evaluation_part(source)}) imports {target} ({_evaluation_part(target)})"
+        for source, targets in sorted(GRAPH.items())
+        if _evaluation_part(source) is not None
+        for target in sorted(targets)
+        if _evaluation_part(target) is not None
+        and _evaluation_part(target) not in EVALUATION_JOBS[_evaluation_part(source)]
+    ]
+    assert not wrong, "imports between the evaluation's jobs: " + "; ".join(wrong)
+
+
+def _imports_in(statements: list[ast.stmt]) -> set[str]:
+    """The project modules the ``import`` statements among ``statements`` name (nested ones
+    included)."""
+    found: set[str] = set()
+    for child in ast.walk(ast.Module(body=statements, type_ignores=[])):
+        if isinstance(child, ast.ImportFrom) and child.module:
+            targets = [f"{child.module}.{alias.name}" for alias in child.names]
+        elif isinstance(child, ast.Import):
+            targets = [alias.name for alias in child.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:  # up to the nearest project module
+                target = target.rpartition(".")[0]
+            if target:
+                found.add(target)
+    return found
+
+
+def test_rescore_depends_only_on_scoring():
+    """``backtrack rescore`` (the command, and the module behind it) reaches only scoring,
+    the evaluation's shared modules and the layers below: nothing that decodes."""
+    command_module = f"{PACKAGE}.cli.evaluate"
+    tree = ast.parse(MODULES[command_module].read_text(encoding="utf-8"))
+    function = next(
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "rescore_command"
+    )
+    # What running it loads: the command module with its top-level imports, then the
+    # function's own imports, and everything those reach (any import at all, function-level
+    # ones included: an over-approximation, so it is the stricter check).
+    top_level = _imports_in([n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)])
+    command = _imports_in(function.body)
+    # The checker sees what it must: the command's import, and the runner reaching scoring.
+    assert f"{EVALUATION}.scoring.rescore" in command
+    assert f"{PACKAGE}.cli.options" in top_level
+    assert f"{EVALUATION}.scoring.score" in _closure({f"{EVALUATION}.generation.runner"})
+    reached = _closure(top_level | command)
+    decoding = sorted(
+        m
+        for m in reached
+        if _evaluation_part(m) in ("generation", "reporting")
+        or m in (f"{PACKAGE}.engine.session", f"{PACKAGE}.engine.decoder")
+    )
+    assert not decoding, f"backtrack rescore reaches {decoding}"

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backtrack.literals import bracket_depths
 from backtrack.recipes import expand
 
 Params = tuple[tuple[str, Any], ...]
@@ -72,19 +73,11 @@ def parse_value(text: str) -> Any:
 
 
 def split_top_level(text: str, separator: str) -> list[str]:
-    """``text`` split at every ``separator`` outside brackets and quotes."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, char in enumerate(text):
-        if quote:
-            if char == quote and text[i - 1] != "\\":
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif char in "[({":
-            depth += 1
-        elif char in "])}":
-            depth -= 1
-        elif char == separator and depth == 0:
+    """``text`` split at every ``separator`` outside brackets and quotes (a value may be any
+    Python literal: a list, a mapping, a string holding the separator)."""
+    parts, start = [], 0
+    for i, char, depth in bracket_depths(text):
+        if char == separator and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])

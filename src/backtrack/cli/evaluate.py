@@ -15,6 +15,7 @@ from backtrack.cli.options import (
     ModelOpt,
     err,
     eval_default,
+    eval_option,
     eval_options,
     fail,
     generation_options,
@@ -62,7 +63,7 @@ def eval_benchmark(
     """Evaluate operators against the no-op base on a benchmark; resumable, one JSONL per cell.
 
     Without --stop, completion mode stops at the EvalPlus stop strings."""
-    from backtrack.evaluation.runner import run_eval
+    from backtrack.evaluation.generation.runner import run_eval
     from backtrack.evaluation.settings import PRESETS, EvalError, EvalSettings
 
     if preset is not None and preset not in PRESETS:
@@ -132,7 +133,7 @@ def report(
         bool, typer.Option(help="Re-run the sandbox on stored completions first.")
     ] = False,
     timeout: Annotated[float | None, typer.Option(help="Sandbox limit for --rescore.")] = None,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel (--rescore).")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),  # for --rescore
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     against: Annotated[
         str,
@@ -143,8 +144,8 @@ def report(
     ] = "base",
 ) -> None:
     """Print pass@1 with CIs, paired differences vs base and throughput; optional PNG/Markdown."""
-    from backtrack.evaluation import report as rep
-    from backtrack.evaluation.rescore import rescore as rescore_directory
+    from backtrack.evaluation.reporting import report as rep
+    from backtrack.evaluation.scoring.rescore import rescore as rescore_directory
 
     (against,) = configuration_names([against])
     for path in dirs:  # before anything is written or created
@@ -189,13 +190,11 @@ def rescore_command(
         str, typer.Option(help="Score against this dataset's tests, e.g. humaneval-plus.")
     ],
     out: Annotated[Path, typer.Option(help="New result directory for the new verdicts.")],
-    data_path: Annotated[
-        str | None, typer.Option(help="The dataset's file (every dataset but HumanEval).")
-    ] = None,
+    data_path: eval_option("data_path") = eval_default("data_path"),
     timeout: Annotated[
         float | None, typer.Option(help="Sandbox limit (default: the source's).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),
     config: Annotated[
         list[str] | None,
         typer.Option(help="Only this configuration, or recipe:NAME (repeatable; default all)."),
@@ -204,7 +203,7 @@ def rescore_command(
     """Score stored completions against another dataset's tests (HumanEval runs on HumanEval+),
     into a new result directory that `report` reads like any other; nothing is decoded."""
     from backtrack.evaluation.data import DataError
-    from backtrack.evaluation.rescore import rescore_as
+    from backtrack.evaluation.scoring.rescore import rescore_as
 
     configs = configuration_names(config or ())
     require_result_directory(source)
@@ -233,11 +232,11 @@ def check(
         Path | None, typer.Option(help="File holding the completion (the code after the prompt).")
     ] = None,
     canonical: Annotated[bool, typer.Option(help="Run every canonical solution.")] = False,
-    workers: Annotated[int, typer.Option(help="Programs run in parallel.")] = 2,
+    workers: eval_option("workers") = eval_default("workers"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
 ) -> None:
     """Run a completion against its HumanEval tests in the sandbox (exit 0 pass, 1 fail)."""
-    from backtrack.evaluation.check import check_canonical, check_file
+    from backtrack.evaluation.scoring.check import check_canonical, check_file
 
     if canonical:
         if problem or completion_file:

@@ -11,20 +11,13 @@ import typer
 from rich.console import Console
 
 from backtrack.cli.options import (
-    DEFAULT_BACKEND,
     DEFAULT_MODEL,
-    BackendOpt,
-    DeviceOpt,
-    DtypeOpt,
     ModelOpt,
-    NCtxOpt,
-    QuantizeOpt,
-    ThreadsOpt,
     err,
-    eval_default,
     fail,
     generation_options,
     load,
+    loading_options,
     writable_output,
 )
 
@@ -52,6 +45,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
 
 
 @generation_options
+@loading_options
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")] = None,
@@ -67,12 +61,7 @@ def generate(
     ] = "probability-trend",
     seed: Annotated[int | None, typer.Option(help="Seed of the sampling (reproducible).")] = None,
     generation: dict[str, Any] | None = None,
-    dtype: DtypeOpt = eval_default("dtype"),
-    device: DeviceOpt = eval_default("device"),
-    quantize: QuantizeOpt = eval_default("quantize"),
-    backend: BackendOpt = DEFAULT_BACKEND,
-    threads: ThreadsOpt = eval_default("threads"),
-    n_ctx: NCtxOpt = eval_default("n_ctx"),
+    loading: dict[str, Any] | None = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full result as JSON here.")
     ] = None,
@@ -96,7 +85,7 @@ def generate(
         raise fail(str(exc)) from exc
     if json_out is not None:
         writable_output(json_out, "--json")
-    mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
+    mdl, tok = load(model, **(loading or {}))
     decoder = Decoder(mdl, tok)
     out = Console(highlight=False)
     result: GenerationResult | None = None

@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from backtrack.evaluation.settings import EvalSettings
+from backtrack.evaluation.settings import LOADING_KEYS, EvalSettings
+from backtrack.flags import spellings
 from backtrack.paths import OutputPathError, ensure_writable_directory
 
 err = Console(stderr=True)
@@ -34,20 +35,6 @@ ModelOpt = Annotated[
         "--model", "-m", help="Built-in name (see `backtrack models`), local dir or hub id."
     ),
 ]
-
-
-def _loading_option(name: str, kind: Any) -> Any:
-    """The option of an EvalSettings loading field, for the commands that load a model
-    without EvalSettings (generate, serve, tune): its help from the field's declaration."""
-    return Annotated[kind, typer.Option(help=EvalSettings.declared(name)["help"])]
-
-
-DtypeOpt = _loading_option("dtype", str)
-DeviceOpt = _loading_option("device", str)
-QuantizeOpt = _loading_option("quantize", str | None)
-BackendOpt = _loading_option("backend", str)
-ThreadsOpt = _loading_option("threads", int | None)
-NCtxOpt = _loading_option("n_ctx", int | None)
 
 
 def _with_options(
@@ -93,25 +80,53 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _with_options(command, "generation", flags, given_settings)
 
 
-def eval_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``command`` a flag for every field :class:`EvalSettings` declares with
-    :func:`~backtrack.evaluation.settings.option`, in place of its ``evaluation`` parameter,
+def _declared_flag(settings: type, f: dataclasses.Field, panel: str | None) -> inspect.Parameter:
+    """The flag of a field of ``settings`` declared with :func:`backtrack.flags.option`: its
+    spellings, help and default."""
+    hint = typing.get_type_hints(settings)[f.name]
+    spelled = list(spellings(f.name, f.metadata["flag"]))
+    if hint is bool:
+        spelled[0] = f"{spelled[0]}/--no-{spelled[0].removeprefix('--')}"
+    option = typer.Option(*spelled, help=f.metadata["help"], rich_help_panel=panel)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                             annotation=Annotated[hint, option])  # fmt: skip
+
+
+def settings_options(
+    settings: type, placeholder: str, panel: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator giving a command a flag for every field of the dataclass ``settings``
+    declared with :func:`backtrack.flags.option`, in place of its parameter ``placeholder``,
     which then receives ``{field: value}``; each flag defaults to the field's default."""
-    hints = typing.get_type_hints(EvalSettings)
-    flags = []
-    for f in dataclasses.fields(EvalSettings):
-        if "help" not in f.metadata:
-            continue
-        spelled = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            spelled = f"{spelled}/--no-{spelled.removeprefix('--')}"
-        option = typer.Option(spelled, help=f.metadata["help"], rich_help_panel="Evaluation")
-        annotation = Annotated[hints[f.name], option]
-        flags.append(
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                              annotation=annotation)
-        )  # fmt: skip
-    return _with_options(command, "evaluation", flags, dict)
+    flags = [
+        _declared_flag(settings, f, panel)
+        for f in dataclasses.fields(settings)
+        if "help" in f.metadata
+    ]
+    return lambda command: _with_options(command, placeholder, flags, dict)
+
+
+# ``backtrack eval``'s flags: every EvalSettings field declared with option(), as
+# ``evaluation={field: value}``.
+eval_options = settings_options(EvalSettings, "evaluation", "Evaluation")
+
+
+def eval_option(name: str) -> Any:
+    """The typed option of :class:`EvalSettings`' flag ``name`` (its spelling and help), for a
+    command that takes the same setting outside an evaluation (``report``, ``rescore`` and
+    ``check`` take ``--workers``); its default is :func:`eval_default`."""
+    (found,) = [f for f in dataclasses.fields(EvalSettings) if f.name == name]
+    return _declared_flag(EvalSettings, found, None).annotation
+
+
+def loading_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` the model-loading flags (``--dtype``, ``--device``, ``--quantize``,
+    ``--backend``, ``--threads``, ``--n-ctx``: :data:`~backtrack.evaluation.settings.LOADING_KEYS`,
+    declared in :class:`EvalSettings`, so ``eval``'s are the same) in place of its ``loading``
+    parameter, which then receives ``{setting: value}`` for :func:`load`."""
+    by_name = {f.name: f for f in dataclasses.fields(EvalSettings)}
+    flags = [_declared_flag(EvalSettings, by_name[name], None) for name in LOADING_KEYS]
+    return _with_options(command, "loading", flags, dict)
 
 
 def _flag_annotation(declared: Any) -> Any:
@@ -198,28 +213,14 @@ def writable_output(path: Path, what: str) -> Path:
     return path
 
 
-def load(
-    model: str,
-    dtype: str = "auto",
-    device: str = "auto",
-    quantize: str | None = None,
-    backend: str = DEFAULT_BACKEND,
-    threads: int | None = None,
-    n_ctx: int | None = None,
-):
-    """Load a model for a command, turning every loading problem into a clear exit (``eval``
-    loads through :func:`~backtrack.evaluation.sources.load_model_for`, from its settings)."""
+def load(model: str, **loading: Any):
+    """Load a model for a command (``loading``: ``load_model``'s keywords, the flags of
+    :func:`loading_options`), turning every loading problem into a clear exit (``eval`` loads
+    through :func:`~backtrack.evaluation.generation.sources.load_model_for`, from its
+    settings)."""
     from backtrack.models import ModelLoadError, load_model
 
     try:
-        return load_model(
-            model,
-            dtype=dtype,
-            device=device,
-            quantize=quantize,
-            backend=backend,
-            threads=threads,
-            n_ctx=n_ctx,
-        )
+        return load_model(model, **loading)
     except (ModelLoadError, ValueError, TypeError) as exc:
         raise fail(str(exc)) from exc

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from backtrack.cli.options import (
-    DEFAULT_BACKEND,
     DEFAULT_MODEL,
-    BackendOpt,
-    DeviceOpt,
-    DtypeOpt,
     ModelOpt,
-    NCtxOpt,
-    QuantizeOpt,
-    ThreadsOpt,
     err,
-    eval_default,
     fail,
     load,
+    loading_options,
+    settings_options,
 )
+from backtrack.serving.settings import ServeSettings
 
 SERVE_INSTALL_HINT = (
     "pip install 'backtrack-decoding[serve]'  (FastAPI, uvicorn, prometheus-client)"
@@ -29,25 +24,13 @@ SERVE_INSTALL_HINT = (
 API_KEY_ENV = "BACKTRACK_API_KEY"
 
 
+@settings_options(ServeSettings, "server")
+@loading_options
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
-    operator: Annotated[
-        str,
-        typer.Option(
-            "--operator", "-o", help="Default operator of requests that name none (never)."
-        ),
-    ] = "never",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    max_batch: Annotated[int, typer.Option(help="Requests decoded together.")] = 8,
-    max_queue: Annotated[
-        int, typer.Option(help="Requests that may wait for a row; more get 503.")
-    ] = 256,
-    max_tokens_limit: Annotated[
-        int, typer.Option(help="Largest max_tokens a request may ask for.")
-    ] = 2048,
-    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt accepted.")] = 8192,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 4_000_000,
+    server: dict[str, Any] | None = None,
     ban_list: Annotated[
         list[str] | None,
         typer.Option(
@@ -82,13 +65,6 @@ def serve(
             help="Serve without a key on a non-loopback --host (refused otherwise).",
         ),
     ] = False,
-    drain_timeout: Annotated[
-        float,
-        typer.Option(
-            help="On SIGTERM or SIGINT, seconds requests in flight may take to finish before "
-            "they end with finish_reason 'server_shutdown'; new requests get 503."
-        ),
-    ] = 30.0,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -96,20 +72,7 @@ def serve(
             "status, seconds, and the error of a refused one); warnings and errors always."
         ),
     ] = True,
-    ignore_unknown_fields: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-unknown-fields",
-            help="Ignore (and log once) unknown top-level request fields instead of "
-            "refusing them with a 400.",
-        ),
-    ] = False,
-    dtype: DtypeOpt = eval_default("dtype"),
-    device: DeviceOpt = eval_default("device"),
-    quantize: QuantizeOpt = eval_default("quantize"),
-    backend: BackendOpt = DEFAULT_BACKEND,
-    threads: ThreadsOpt = eval_default("threads"),
-    n_ctx: NCtxOpt = eval_default("n_ctx"),
+    loading: dict[str, Any] | None = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with backtracking per request."""
     import socket
@@ -117,17 +80,23 @@ def serve(
     try:
         import uvicorn
 
-        from backtrack.serving import ServeSettings, create_app
+        from backtrack.serving import create_app
         from backtrack.serving.drain import FLUSH_S, DrainingServer
     except ImportError as exc:
         raise fail(f"serve needs its extra ({exc}); {SERVE_INSTALL_HINT}") from exc
     from backtrack.operators import OperatorSpecError, parse_operator
 
-    try:
-        parse_operator(operator)
-    except OperatorSpecError as exc:
-        raise fail(str(exc)) from exc
     keys = _api_keys(api_key or [], api_key_file, no_api_key, host)
+    try:
+        settings = ServeSettings(
+            _served_names(model),
+            **(server or {}),
+            api_keys=keys,
+            ban_lists=_ban_lists(ban_list or []),
+        )
+        parse_operator(settings.operator)
+    except (ValueError, OperatorSpecError) as exc:
+        raise fail(str(exc)) from exc
     # The address is checked before the model loads (minutes for a large one).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -136,23 +105,7 @@ def serve(
             probe.bind((host, port))
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        settings = ServeSettings(
-            _served_names(model),
-            operator=operator,
-            max_batch=max_batch,
-            max_queue=max_queue,
-            max_tokens_limit=max_tokens_limit,
-            max_prompt_tokens=max_prompt_tokens,
-            max_body_bytes=max_body_bytes,
-            ban_lists=_ban_lists(ban_list or []),
-            api_keys=keys,
-            drain_timeout=drain_timeout,
-            ignore_unknown_fields=ignore_unknown_fields,
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
-    mdl, tok = load(model, dtype, device, quantize, backend, threads, n_ctx)
+    mdl, tok = load(model, **(loading or {}))
     try:
         server_app = create_app(mdl, tok, settings)
     except ValueError as exc:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from backtrack.cli.options import fail, writable_output
+from backtrack.cli.options import fail, settings_options, writable_output
+from backtrack.rl.label_settings import LabelSettings
 
 
 def train(
@@ -24,16 +25,12 @@ def train(
     raise typer.Exit(train_command(config, resume=resume))
 
 
+@settings_options(LabelSettings, "labelling")
 def label(
     config: Annotated[Path, typer.Option(help="Training config (YAML): model, decoding, K.")],
     out: Annotated[Path, typer.Option(help="Labels file (JSONL; resumed).")],
     limit: Annotated[int | None, typer.Option(help="First N MBPP train problems.")] = None,
-    positions: Annotated[int, typer.Option(help="Candidate steps per failing sample.")] = 4,
-    restarts: Annotated[int, typer.Option(help="Resamples per candidate step.")] = 2,
-    min_pass_rate: Annotated[
-        float, typer.Option(help="Restart pass rate that makes a step a deletion label.")
-    ] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Rows decoded together.")] = 16,
+    labelling: dict[str, Any] | None = None,
     seed: Annotated[int, typer.Option(help="Problem i is sampled with seed + i.")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
@@ -47,10 +44,10 @@ def label(
             f"labels need the RL extras: pip install 'backtrack-decoding[rl]' ({exc})"
         ) from exc
     try:
+        settings = LabelSettings(**(labelling or {}))
         env = TrainConfig.load(config).env
         writable_output(out, "--out")
-        path = make_labels(env, out, limit, positions, restarts, min_pass_rate, batch_size,
-                           seed=seed, progress=progress)  # fmt: skip
+        path = make_labels(env, out, limit, settings, seed=seed, progress=progress)
     except (TrainConfigError, ValueError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(str(path))

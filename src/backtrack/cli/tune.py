@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from backtrack.cli.options import (
-    DEFAULT_BACKEND,
     DEFAULT_MODEL,
-    BackendOpt,
-    DtypeOpt,
     ModelOpt,
     err,
     fail,
     generation_options,
     load,
+    settings_options,
 )
 from backtrack.paths import OutputPathError, ensure_writable_directory
-from backtrack.tuning.settings import TuneSettings
+from backtrack.tuning.settings import DEFAULT_RUNGS, TuneSettings
 
 
 def _print_validation(label: str, validation, over_plain, recipe: str) -> None:
@@ -34,29 +31,18 @@ def _print_validation(label: str, validation, over_plain, recipe: str) -> None:
     )
 
 
-def _default(name: str) -> Any:
-    """A TuneSettings field's default: the one place tune's options take theirs from."""
-    (found,) = [f for f in fields(TuneSettings) if f.name == name]
-    return found.default
-
-
 @generation_options
+@settings_options(TuneSettings, "search")
 def tune(
     out: Annotated[Path, typer.Option(help="Study folder (records, study.db, summary, plots).")],
     data_path: Annotated[
         Path, typer.Option(help="MBPP data (mbpp_release_v1.jsonl); tuning never sees HumanEval.")
     ],
     model: ModelOpt = DEFAULT_MODEL,
-    study: Annotated[str, typer.Option(help="Optuna study name.")] = _default("study"),
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default: sqlite in --out).")
-    ] = None,
-    trials: Annotated[int, typer.Option(help="Trials to run now (a study resumes).")] = _default(
-        "trials"
-    ),
+    search: dict[str, Any] | None = None,
     rungs: Annotated[
         str, typer.Option(help="Growing MBPP-train problem counts a trial is scored on.")
-    ] = ",".join(map(str, _default("rungs"))),
+    ] = ",".join(map(str, DEFAULT_RUNGS)),
     operators: Annotated[
         str | None, typer.Option(help="Operators the search may use, comma-separated (all).")
     ] = None,
@@ -79,28 +65,7 @@ def tune(
         ),
     ] = False,
     validation_runs: Annotated[int, typer.Option(help="Runs per validation problem.")] = 3,
-    max_forward_per_token: Annotated[
-        float, typer.Option(help="Constraint: forward passes per accepted token.")
-    ] = _default("max_forward_per_token"),
-    visible_tests: Annotated[
-        int | None,
-        typer.Option(help="MBPP tests left visible in the prompt (the rest hidden, all scored)."),
-    ] = _default("visible_tests"),
-    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler and of the cells.")] = (
-        _default("seed")
-    ),
-    batch_size: Annotated[int, typer.Option(help="Rows decoded together.")] = _default(
-        "batch_size"
-    ),
-    dtype: DtypeOpt = "auto",
-    backend: BackendOpt = DEFAULT_BACKEND,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    ray: Annotated[
-        str | None, typer.Option(help="Decode on Ray actors: local, auto, or an address.")
-    ] = None,
-    ray_actors: Annotated[int, typer.Option(help="Ray actors, one model each.")] = _default(
-        "ray_actors"
-    ),
     generation: dict[str, Any] | None = None,
 ) -> None:
     """Search decoding recipes (operator, parameters, temperature, period, ban) on MBPP.
@@ -111,7 +76,7 @@ def tune(
         import optuna  # noqa: F401
     except ImportError as exc:
         raise fail(f"tune needs Optuna ({exc}); pip install 'backtrack-decoding[tune]'") from exc
-    from backtrack.evaluation.runner import load_problems
+    from backtrack.evaluation.generation.runner import load_problems
     from backtrack.evaluation.settings import EvalError
     from backtrack.tuning.space import OPERATOR_SPACE
     from backtrack.tuning.study import (
@@ -126,21 +91,11 @@ def tune(
             out=str(out),
             data_path=str(data_path),
             model=model,
-            study=study,
-            storage=storage,
-            backend=backend,
-            dtype=dtype,
-            batch_size=batch_size,
-            trials=trials,
             rungs=tuple(int(r) for r in rungs.split(",")),
             operators=tuple(o.strip() for o in operators.split(",")) if operators else None,
-            seed=seed,
-            max_forward_per_token=max_forward_per_token,
             generation=dict(generation or {}),
-            visible_tests=visible_tests,
-            ray=ray,
-            ray_actors=ray_actors,
             enqueue=tuple(enqueue or ()),
+            **(search or {}),
         )
         unknown = [o for o in settings.operators or () if o not in OPERATOR_SPACE]
         if unknown:
@@ -153,9 +108,12 @@ def tune(
     except (ValueError, EvalError, OutputPathError) as exc:
         raise fail(str(exc)) from exc
     # On Ray the actors load the model (search and selection alike).
-    mdl, tok = (None, None) if ray else load(model, dtype, "auto", None, backend)
+    if settings.ray:
+        mdl, tok = None, None
+    else:
+        mdl, tok = load(model, dtype=settings.dtype, backend=settings.backend)
     try:
-        if trials:
+        if settings.trials:
             study_obj = run_search(settings, mdl, tok, progress=progress)
             summary = write_summary(settings, study_obj)
             err.print(f"search summary: {summary}")
@@ -165,8 +123,8 @@ def tune(
                 _print_validation(f"trial {c.number}", c.validation, c.over_plain, c.recipe)
         if validate_all:
             for e in validate_every_trial(settings, validation_runs, mdl, tok, progress=progress):
-                trials = f"trials {', '.join(map(str, e.trials))}"
-                _print_validation(trials, e.validation, e.over_plain, e.recipe)
+                label = f"trials {', '.join(map(str, e.trials))}"
+                _print_validation(label, e.validation, e.over_plain, e.recipe)
     except (ValueError, EvalError) as exc:
         raise fail(str(exc)) from exc
 

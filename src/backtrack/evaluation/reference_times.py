@@ -29,6 +29,7 @@ from pathlib import Path
 
 from backtrack.evaluation.evalplus_check import CONVERT_SOURCE, input_kind, reference_source
 from backtrack.execution.sandbox import SandboxConfig, run_many
+from backtrack.models.hardware import cpu_name  # imports no torch
 
 CACHE_ENV = "BACKTRACK_CACHE"  # the same variable the weight store reads
 CACHE_SUBDIR = "reference-times"
@@ -73,10 +74,6 @@ def file_sha256(path: str | Path) -> str:
 
 def machine_fingerprint() -> dict[str, str]:
     """What the times depend on besides the data: the CPU and the interpreter."""
-    # Deferred: the models package loads torch and transformers (seconds), which nothing
-    # else here needs.
-    from backtrack.models.hardware import cpu_name
-
     return {
         "cpu": cpu_name(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",

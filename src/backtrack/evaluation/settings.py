@@ -18,10 +18,10 @@ Pairing and seeds: the seed of (run ``r``, problem ``i``) is ``seed + SEED_STRID
 ``--problems``), identical for every configuration. Configurations therefore differ only by the
 operator, and comparisons against ``base`` are paired on the same seeds.
 
-Baselines at equal compute (:mod:`~backtrack.evaluation.filtering`): ``sample-filter:n=N``
-draws up to N samples of base's decoding per cell, one after another, and keeps the first that
-passes the prompt's visible examples (else the most likely); ``beam:N+filter`` keeps the best
-of the N final beams that passes them (else the best beam).
+Baselines at equal compute (:mod:`~backtrack.evaluation.generation.filtering`):
+``sample-filter:n=N`` draws up to N samples of base's decoding per cell, one after another,
+and keeps the first that passes the prompt's visible examples (else the most likely);
+``beam:N+filter`` keeps the best of the N final beams that passes them (else the best beam).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 from backtrack.engine.settings import GENERATION_KEYS, GenerationConfig
 from backtrack.evaluation.data import RECOMMENDED_TIMEOUT_S, dataset_key
 from backtrack.evaluation.prompts import EVALPLUS_STOP
+from backtrack.flags import option
 
 BASE = "base"
 SEED_STRIDE = 10_000  # > number of problems in any dataset we load (MBPP: 974)
@@ -65,7 +66,7 @@ class Configuration:
     @property
     def filtered(self) -> bool:
         """Whether candidates are filtered by the prompt's visible examples (sample-filter,
-        beam:N+filter; :mod:`~backtrack.evaluation.filtering`)."""
+        beam:N+filter; :mod:`~backtrack.evaluation.generation.filtering`)."""
         return self.kind in ("sample-filter", "beam-filter")
 
     def generation_config(self, base: GenerationConfig) -> GenerationConfig:
@@ -187,10 +188,9 @@ def default_generation(mode: str = "completion") -> GenerationConfig:
     return GenerationConfig(stop=tuple(stop))
 
 
-def option(default: Any, help: str, flag: str | None = None) -> Any:
-    """An :class:`EvalSettings` field that ``backtrack eval`` takes as a flag: its help text
-    and spelling (default ``--field-name``) are declared here, next to its one default."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+# The settings that say how to load the model, as backtrack.models.load_model takes them: also
+# the loading flags of generate and serve (cli.options.loading_options).
+LOADING_KEYS = ("dtype", "device", "quantize", "backend", "threads", "n_ctx")
 
 
 @dataclass
@@ -200,7 +200,7 @@ class EvalSettings:
     ``generation`` holds every decoding setting (sampling, length, stop strings, period, ban,
     retry cap, budget) exactly as the engine takes them; each cell's seed is added by the
     runner (see :func:`seed_for`). ``None`` takes :func:`default_generation` for ``mode``.
-    Fields declared with :func:`option` are ``backtrack eval``'s flags.
+    Fields declared with :func:`~backtrack.flags.option` are ``backtrack eval``'s flags.
     """
 
     model: str
@@ -292,9 +292,14 @@ class EvalSettings:
             values["backend"] = meta.get("backend_resolved", "transformers")
         return cls.from_flat({**values, **changes})
 
+    def loading(self) -> dict[str, Any]:
+        """How to load the model (:data:`LOADING_KEYS`), as ``load_model``'s keywords."""
+        return {key: getattr(self, key) for key in LOADING_KEYS}
+
     @classmethod
     def declared(cls, name: str) -> Mapping[str, Any]:
-        """The declaration of a flag field (``help``, ``flag``), see :func:`option`."""
+        """The declaration of a flag field (``help``, ``flag``), see
+        :func:`backtrack.flags.option`."""
         (found,) = [f for f in fields(cls) if f.name == name]
         return found.metadata
 

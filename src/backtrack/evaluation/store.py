@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from backtrack.engine.settings import GENERATION_KEYS
 from backtrack.evaluation.cells import Generated, WorkItem
 from backtrack.evaluation.settings import SEED_STRIDE, Configuration, EvalError, EvalSettings
+from backtrack.models.hardware import cpu_name, cpu_supports_bf16, resolve_load_plan
 
 if TYPE_CHECKING:
     from backtrack.execution.sandbox import ExecResult
@@ -91,8 +92,6 @@ def machine_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    from backtrack.models.hardware import cpu_name, cpu_supports_bf16
-
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -115,8 +114,7 @@ META_DEFAULTS = {"backend_resolved": "transformers", "visible_tests": None}
 def resolved_plan(settings: EvalSettings) -> dict[str, str]:
     """The backend, device and dtype ``settings`` resolve to here (``auto`` depends on the
     machine and on what is installed)."""
-    from backtrack.models import ModelLoadError, resolve_backend
-    from backtrack.models.hardware import resolve_load_plan
+    from backtrack.models import ModelLoadError, resolve_backend  # loads torch
 
     try:
         backend = resolve_backend(

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from backtrack.execution.programs import defined_functions, fenced_code, solution_program
 from backtrack.execution.sandbox import SandboxConfig, run_program
+from backtrack.literals import bracket_depths
 
 # Printed by the checker before each example's verdict; the count of passed examples is read
 # from these lines (the pass/fail of the whole run comes from the sandbox's own signal).
@@ -139,20 +140,9 @@ def _equality(source: str) -> tuple[str, str] | None:
 
 def _call_end(line: str, start: int) -> int | None:
     """Index just past the parenthesis closing the call whose ``(`` is at ``start``."""
-    depth, quote = 0, None
-    for i in range(start, len(line)):
-        char = line[i]
-        if quote:
-            if char == quote and line[i - 1] != "\\":
-                quote = None
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+    for i, char, depth in bracket_depths(line, start):
+        if char in ")]}" and depth == 0:
+            return i + 1
     return None
 
 

@@ -7,7 +7,9 @@ fresh interpreter through ``subprocess.Popen`` (``start_new_session=True``), its
 working directory, a wall-clock limit enforced by the parent and hard limits applied inside the
 child before any user code runs (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE).
 What runs inside the child, "the harness", is :mod:`backtrack.execution.sandbox_harness`,
-started by path; its docstring lists its steps in order. This module is the parent's side.
+started by path; its docstring lists its steps in order. This module is the parent's side: it
+starts the child, waits for it and reads its verdict; how the child is set up (limits, the
+containment this host supports, its command line) is :mod:`backtrack.execution.sandbox_setup`.
 
 Where the platform allows it (detected once, see :func:`detect_isolation`):
 
@@ -71,48 +73,47 @@ to the real ``/tmp`` and, unless privileges were dropped, anywhere root can.
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
-NOBODY_UID = 65534
-NOBODY_GID = 65534
+from backtrack.execution.sandbox_setup import (
+    HARNESS_PATH,
+    NOBODY_GID,
+    NOBODY_UID,
+    TMPFS_INODES,
+    Isolation,
+    SandboxConfig,
+    child_env,
+    detect_isolation,
+    harness_command,
+    make_workdir,
+)
+
+# The setup's names are importable from here too, where users and the tests take them.
+__all__ = [
+    "HARNESS_PATH",
+    "NOBODY_GID",
+    "NOBODY_UID",
+    "TMPFS_INODES",
+    "ExecResult",
+    "Isolation",
+    "Protections",
+    "SandboxConfig",
+    "detect_isolation",
+    "run_many",
+    "run_program",
+]
+
 _VERDICT_MAX_BYTES = 4096
-TMPFS_INODES = 16384  # files + directories per fresh tmpfs
 _TRUNCATION_MARK = "\n...[truncated]"
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    """Limits for one run; defaults match HumanEval practice (3 s per program)."""
-
-    timeout_s: float = 3.0
-    memory_bytes: int = 2 * 1024**3
-    max_file_bytes: int = 10 * 1024**2
-    max_procs: int = 64
-    output_cap_bytes: int = 16 * 1024
-    isolate_network: bool = True
-    drop_privileges: bool = True
-    python: str = sys.executable
-    tmp_root: str | None = None
-    tmpfs_bytes: int = 64 * 1024**2
-
-    @property
-    def cpu_seconds(self) -> int:
-        """CPU limit: a backstop just above the wall-clock limit (the parent kills first)."""
-        return math.ceil(self.timeout_s) + 1
 
 
 @dataclass(frozen=True)
@@ -154,65 +155,6 @@ class ExecResult:
     @property
     def privileges_dropped(self) -> bool:
         return self.sandbox.privileges_dropped
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """What containment this host supports; probed once per process."""
-
-    prefix: tuple[str, ...]
-    network: bool
-    pid_namespace: bool
-    can_drop_privileges: bool
-    mount_namespace: bool = False
-
-
-def _probe(cmd: Sequence[str]) -> bool:
-    """True when ``cmd true`` runs successfully (quietly, quickly)."""
-    try:
-        done = subprocess.run(
-            [*cmd, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-@functools.lru_cache(maxsize=1)
-def detect_isolation() -> Isolation:
-    """Find the strongest ``unshare`` variant that works here, falling back to none."""
-    unshare = shutil.which("unshare")
-    can_drop = hasattr(os, "geteuid") and os.geteuid() == 0
-    if unshare:
-        namespaces = ("--net", "--pid", "--fork", "--kill-child")
-        full = (unshare, "--mount", *namespaces)
-        if _probe(full):
-            return Isolation(full, True, True, can_drop_privileges=can_drop, mount_namespace=True)
-        no_mount = (unshare, *namespaces)
-        if _probe(no_mount):
-            return Isolation(no_mount, True, pid_namespace=True, can_drop_privileges=can_drop)
-        net_only = (unshare, "--net")
-        if _probe(net_only):
-            return Isolation(net_only, True, pid_namespace=False, can_drop_privileges=can_drop)
-    return Isolation((), network=False, pid_namespace=False, can_drop_privileges=can_drop)
-
-
-# The program that runs inside the child, by path (see its module docstring for the steps).
-HARNESS_PATH = Path(__file__).resolve().with_name("sandbox_harness.py")
-
-
-def _child_env(workdir: str) -> dict[str, str]:
-    """A minimal environment: nothing inherited from the parent (no tokens, no paths)."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": "C.UTF-8",
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
 
 
 def _read_capped(handle, cap: int) -> str:
@@ -319,40 +261,6 @@ def _classify(
     return "failed", f"exited with code {returncode} before the tests finished"
 
 
-def _make_workdir(config: SandboxConfig, drop: bool) -> str:
-    """A fresh private directory the (possibly unprivileged) child may write in."""
-    workdir = tempfile.mkdtemp(prefix="backtrack-sbx-", dir=config.tmp_root)
-    if drop:
-        os.chown(workdir, NOBODY_UID, NOBODY_GID)
-    return workdir
-
-
-def _command(config: SandboxConfig, iso: Isolation, fds: tuple[int, int], drop: bool) -> list[str]:
-    """Build argv: optional unshare prefix, then the interpreter running the harness file.
-
-    ``-s`` (no user site) plus a constructed environment and the harness removing its own
-    directory from sys.path give what ``-I`` gives, while still honouring PYTHONHASHSEED=0
-    (``-I`` would ignore it). The order of the arguments is the harness's ``Args``.
-    """
-    prefix = list(iso.prefix) if config.isolate_network else []
-    private_fs = bool(prefix) and iso.mount_namespace
-    limits = [
-        config.memory_bytes,
-        config.cpu_seconds,
-        config.max_file_bytes,
-        config.max_procs,
-        int(drop),
-        NOBODY_UID,
-        NOBODY_GID,
-        config.output_cap_bytes,
-        int(private_fs),
-        config.tmpfs_bytes,
-        TMPFS_INODES,
-    ]
-    harness = [config.python, "-s", "-B", str(HARNESS_PATH), str(fds[0]), str(fds[1])]
-    return prefix + harness + ["program.py"] + [str(x) for x in limits]
-
-
 def _send_nonce(nonce: str) -> int:
     """Put the nonce in a pipe and return its read end (the write end is closed)."""
     read_fd, write_fd = os.pipe()
@@ -366,7 +274,7 @@ def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult
     config = config or SandboxConfig()
     iso = detect_isolation()
     drop = config.drop_privileges and iso.can_drop_privileges
-    workdir = _make_workdir(config, drop)
+    workdir = make_workdir(config, drop)
     nonce = secrets.token_hex(16)
     nonce_r = _send_nonce(nonce)
     verdict_r, verdict_w = os.pipe()
@@ -378,9 +286,9 @@ def run_program(program: str, config: SandboxConfig | None = None) -> ExecResult
         with out, err:
             start = time.monotonic()
             proc = subprocess.Popen(
-                _command(config, iso, (nonce_r, verdict_w), drop),
+                harness_command(config, iso, (nonce_r, verdict_w), drop),
                 cwd=workdir,
-                env=_child_env(workdir),
+                env=child_env(workdir),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

@@ -11,61 +11,42 @@ One job per module: :mod:`~backtrack.models.catalogue` (the built-in names and t
 (device, dtype, int8), :mod:`~backtrack.models.tiny` (the test model) and
 :mod:`~backtrack.models.existing` (:func:`from_llama`: a ``llama_cpp.Llama`` the caller
 loaded). The errors live in :mod:`backtrack.errors`, below the backends that raise them too.
+
+The names below load on first use, so that importing one module of the package (e.g.
+:mod:`~backtrack.models.hardware` for :func:`cpu_name`) does not import torch and
+transformers.
 """
 
-from backtrack.errors import IntegrityError, MissingPackagesError, ModelLoadError
-from backtrack.models.catalogue import (
-    BUILTIN_MODELS,
-    DEFAULT_MODEL,
-    SMOLLM2_MODEL,
-    TEACHER_MODEL,
-    ModelRow,
-    ModelSpec,
-    builtin_spec,
-    format_models_table,
-    list_models,
-    model_status,
-)
-from backtrack.models.existing import from_llama
-from backtrack.models.hardware import (
-    cpu_name,
-    cpu_supports_bf16,
-    resolve_device,
-    resolve_dtype,
-    resolve_load_plan,
-)
-from backtrack.models.loading import BACKENDS, load_model, resolve_backend
-from backtrack.models.prepare import prepare_gguf, prepare_model
-from backtrack.models.tiny import TINY_MODEL_NAME, build_tiny_model
-from backtrack.models.weight_store import cache_root, verify_entry
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
-    "SMOLLM2_MODEL",
-    "TEACHER_MODEL",
-    "TINY_MODEL_NAME",
-    "IntegrityError",
-    "MissingPackagesError",
-    "ModelLoadError",
-    "ModelRow",
-    "ModelSpec",
-    "build_tiny_model",
-    "builtin_spec",
-    "cache_root",
-    "cpu_name",
-    "cpu_supports_bf16",
-    "format_models_table",
-    "from_llama",
-    "list_models",
-    "load_model",
-    "model_status",
-    "prepare_gguf",
-    "prepare_model",
-    "resolve_backend",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_load_plan",
-    "verify_entry",
-]
+from backtrack.lazy import lazy_exports
+
+# Each module -> the public names it defines.
+_EXPORTS = {
+    "backtrack.errors": ("IntegrityError", "MissingPackagesError", "ModelLoadError"),
+    "backtrack.models.catalogue": (
+        "BUILTIN_MODELS",
+        "DEFAULT_MODEL",
+        "SMOLLM2_MODEL",
+        "TEACHER_MODEL",
+        "ModelRow",
+        "ModelSpec",
+        "builtin_spec",
+        "format_models_table",
+        "list_models",
+        "model_status",
+    ),
+    "backtrack.models.existing": ("from_llama",),
+    "backtrack.models.hardware": (
+        "cpu_name",
+        "cpu_supports_bf16",
+        "resolve_device",
+        "resolve_dtype",
+        "resolve_load_plan",
+    ),
+    "backtrack.models.loading": ("BACKENDS", "load_model", "resolve_backend"),
+    "backtrack.models.prepare": ("prepare_gguf", "prepare_model"),
+    "backtrack.models.tiny": ("TINY_MODEL_NAME", "build_tiny_model"),
+    "backtrack.models.weight_store": ("cache_root", "verify_entry"),
+}
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)

@@ -17,6 +17,10 @@ The rules:
   activations are quantized on the fly and everything else (embeddings, norms, the KV cache)
   stays float32. It needs a float32 model, so it accepts only ``dtype`` auto or float32.
   On CUDA it is bitsandbytes 8-bit, with non-Linear parts in ``dtype`` (auto: float16).
+
+Importing this module does not import torch (the functions that need it import it), so what
+only describes the machine (:func:`cpu_name`: result files, the reference-time cache) costs
+nothing.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
+# Every spelling of a dtype -> the name of the torch dtype.
+DTYPE_NAMES: dict[str, str] = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
 }
 QUANTIZE_CHOICES: tuple[str, ...] = ("int8",)
 
@@ -73,6 +80,8 @@ def cpu_name() -> str:
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bfloat16 arithmetic (so bf16 is faster than fp32)."""
+    import torch
+
     get_caps = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
     if get_caps is not None:
         try:
@@ -87,6 +96,8 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Map ``auto|cpu|cuda|cuda:N|mps`` to a device that exists, or raise ``ValueError``."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     device = device.strip().lower()
@@ -124,6 +135,8 @@ def resolve_dtype(
     ``auto`` picks bfloat16 only where the hardware has native bf16 (see the module docstring),
     because emulated bf16 is slower than float32 and no more exact.
     """
+    import torch
+
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point type, got {dtype}")
@@ -138,7 +151,7 @@ def resolve_dtype(
         return torch.float32
     if key not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, bfloat16, float16, float32")
-    return DTYPE_NAMES[key]
+    return getattr(torch, DTYPE_NAMES[key])
 
 
 def normalize_quantize(quantize: str | None) -> str | None:
@@ -163,6 +176,8 @@ def resolve_load_plan(
     The returned dtype is the dtype the weights are *loaded* in; for CPU int8 that is float32,
     which dynamic quantization then converts (Linear weights only).
     """
+    import torch
+
     dev = resolve_device(device)
     quant = normalize_quantize(quantize)
     if quant is None:
@@ -190,6 +205,8 @@ def quantize_int8_cpu(model: torch.nn.Module) -> torch.nn.Module:
     Only Linear weights are quantized, so the KV cache (keys and values are Linear *outputs*)
     stays float32 and can be cropped and extended exactly like an unquantized model's.
     """
+    import torch
+
     for name, param in model.named_parameters():
         if param.dtype != torch.float32:
             raise ValueError(

@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from backtrack.engine.results import Step
 from backtrack.engine.settings import GenerationConfig
 
@@ -100,13 +102,7 @@ class Never(Operator):
     """Never backtracks: plain sampling through the same engine (the no-op baseline).
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> Never()(step(0.001))
         0
     """
@@ -122,13 +118,7 @@ class AnyOf(Operator):
     """Combine operators: each sees every step; the largest deletion asked for wins.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> from backtrack.operators import ProbabilityThreshold, Repetition
         >>> op = AnyOf([ProbabilityThreshold(min_prob=0.05), Repetition(max_repetitions=2)])
         >>> op.name
@@ -186,3 +176,24 @@ class AnyOf(Operator):
     def set_state(self, state: Any) -> None:
         for op, sub in zip(self.operators, state, strict=True):
             op.set_state(sub)
+
+
+def example_step(prob: float, **fields: Any) -> Step:
+    """A :class:`~backtrack.engine.results.Step` with made-up statistics, for trying an
+    operator by hand (the examples in these pages use it).
+
+    ``prob`` is the token's probability (and the top one's); ``fields`` override any other
+    field. The rest: position 0, token 5 with text ``"x"``, log-probability -1, logit 1, rank 0,
+    entropy 0.1, a second-best probability of 0, logits and probabilities of zeros over 8
+    tokens, and a completion of that one token.
+
+    >>> step = example_step(0.3, entropy=1.2)
+    >>> step.prob, step.top1_prob, step.entropy, step.generated
+    (0.3, 0.3, 1.2, (5,))
+    """
+    made_up = {
+        "position": 0, "token_id": 5, "text": "x", "prob": prob, "logprob": -1.0,
+        "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob, "top2_prob": 0.0,
+        "logits": torch.zeros(8), "probs": torch.zeros(8), "generated": (5,), "completion": "x",
+    }  # fmt: skip
+    return Step(**{**made_up, **fields})

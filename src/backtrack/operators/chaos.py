@@ -22,13 +22,7 @@ class Chaos(Operator):
         seed: seed of the private generator. Default 0.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = Chaos(p=0.5, max=4, seed=1)
         >>> op.reset()                                 # restarts its generator from the seed
         >>> [op(step(0.5)) for _ in range(8)]

@@ -60,13 +60,7 @@ class LineRestart(Operator):
     State: ``(line start position, least probability, sum of probabilities, tokens)``.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = LineRestart(min_prob=0.05)
         >>> op.reset()
         >>> line = [step(0.9, position=0, text="x ="), step(0.01, position=1, text=" 1"),
@@ -128,13 +122,7 @@ class SyntaxCheck(Operator):
     State: the completion length (tokens) at the last line end that could still be valid.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = SyntaxCheck()
         >>> op.reset()
         >>> op.set_prompt("def f(x):\\n")

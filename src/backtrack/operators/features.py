@@ -98,13 +98,7 @@ class FeatureExtractor:
             was trained with, whatever ``max_new_tokens`` a later generation uses.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> extractor = FeatureExtractor(window=4, max_new_tokens=8)
         >>> vector, state = extractor.features(step(0.5, top2_prob=0.3), extractor.initial_state())
         >>> features = dict(zip(extractor.names, vector.tolist()))

@@ -38,13 +38,7 @@ class ProbabilityThreshold(Operator):
         k: tokens to delete. Default 1.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = ProbabilityThreshold(min_prob=0.05)
         >>> op(step(0.01)), op(step(0.30))
         (1, 0)
@@ -69,13 +63,7 @@ class EntropyThreshold(Operator):
         k: tokens to delete. Default 2.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = EntropyThreshold(max_entropy=0.2)
         >>> op(step(0.5, entropy=1.3)), op(step(0.99, entropy=0.05))
         (2, 0)
@@ -102,13 +90,7 @@ class ProbabilityMargin(Operator):
         k: tokens to delete. Default 1.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = ProbabilityMargin(min_margin=0.05)
         >>> op(step(0.40, top2_prob=0.38)), op(step(0.90, top2_prob=0.05))
         (1, 0)
@@ -135,13 +117,7 @@ class ProbabilityDrop(Operator):
     State: the previous kept token's probability.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = ProbabilityDrop(max_drop=0.8)
         >>> op.reset()
         >>> [op(step(p)) for p in (0.9, 0.1)]          # 0.1 < (1 - 0.8) x 0.9
@@ -176,13 +152,7 @@ class ProbabilityTrend(Operator):
     State: the tuple of the last ``window`` probabilities.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = ProbabilityTrend(window=4, drop=0.5)
         >>> op.reset()
         >>> [op(step(p)) for p in (0.9, 0.8, 0.85, 0.3)]   # 0.3 < 0.5 x mean(0.9, 0.8, 0.85)
@@ -223,13 +193,7 @@ class Repetition(Operator):
     Stateless: the run is read from ``step.generated``.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = Repetition(max_repetitions=3)
         >>> op(step(0.9, token_id=7, generated=(1, 7, 7, 7, 7)))   # 4 in a row: delete all 4
         4
@@ -266,13 +230,7 @@ class NGramOverlap(Operator):
     which is a few microseconds for code-sized completions).
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = NGramOverlap(n=2)
         >>> op(step(0.9, token_id=2, generated=(1, 2, 3, 1, 2)))   # (1, 2) occurred before
         1
@@ -309,13 +267,7 @@ class LogitThreshold(Operator):
         k: tokens to delete. Default 1.
 
     Examples:
-        >>> import torch
-        >>> from backtrack.engine import Step
-        >>> def step(prob, **fields):  # a Step with made-up statistics; fields override
-        ...     return Step(**{"position": 0, "token_id": 5, "text": "x", "prob": prob,
-        ...         "logprob": -1.0, "logit": 1.0, "rank": 0, "entropy": 0.1, "top1_prob": prob,
-        ...         "top2_prob": 0.0, "logits": torch.zeros(8), "probs": torch.zeros(8),
-        ...         "generated": (5,), "completion": "x", **fields})
+        >>> from backtrack.operators.base import example_step as step
         >>> op = LogitThreshold(min_logit=-20.0)
         >>> op(step(0.5, logit=-25.0)), op(step(0.5, logit=3.0))
         (1, 0)
@@ -330,3 +282,16 @@ class LogitThreshold(Operator):
 
     def __call__(self, step: Step) -> int:
         return self.k if step.logit < self.min_logit else 0
+
+
+# The paper's eight, in its order (the spec strings list them so).
+HEURISTICS: tuple[type[Operator], ...] = (
+    ProbabilityThreshold,
+    EntropyThreshold,
+    ProbabilityMargin,
+    ProbabilityDrop,
+    ProbabilityTrend,
+    Repetition,
+    NGramOverlap,
+    LogitThreshold,
+)

@@ -23,30 +23,14 @@ from backtrack.operators.base import AnyOf, Never, Operator
 from backtrack.operators.chaos import Chaos
 from backtrack.operators.code import LineRestart, SyntaxCheck
 from backtrack.operators.examples import Examples
-from backtrack.operators.heuristics import (
-    EntropyThreshold,
-    LogitThreshold,
-    NGramOverlap,
-    ProbabilityDrop,
-    ProbabilityMargin,
-    ProbabilityThreshold,
-    ProbabilityTrend,
-    Repetition,
-)
+from backtrack.operators.heuristics import HEURISTICS
 from backtrack.operators.lookahead import Lookahead
 
 OPERATORS: dict[str, type[Operator] | str] = {
     cls.name: cls
     for cls in (
         Never,
-        ProbabilityThreshold,
-        EntropyThreshold,
-        ProbabilityMargin,
-        ProbabilityDrop,
-        ProbabilityTrend,
-        Repetition,
-        NGramOverlap,
-        LogitThreshold,
+        *HEURISTICS,
         LineRestart,
         SyntaxCheck,
         Chaos,

@@ -13,24 +13,15 @@ stable-baselines3 or httpx until they are used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from backtrack.lazy import lazy_exports
 
+# Each module -> the public names it defines.
 _EXPORTS = {
-    "BacktrackEnv": "backtrack.rl.env",
-    "EnvConfig": "backtrack.rl.env",
-    "FeatureOperator": "backtrack.rl.env",
-    "TrainConfig": "backtrack.rl.config",
-    "TrainConfigError": "backtrack.rl.config",
-    "latest_checkpoint": "backtrack.rl.train",
-    "train_command": "backtrack.rl.train",
-    "make_judge": "backtrack.rl.judges",
+    "backtrack.rl.env": ("BacktrackEnv", "FeatureOperator"),
+    "backtrack.rl.env_config": ("EnvConfig",),
+    "backtrack.rl.config": ("TrainConfig", "TrainConfigError"),
+    "backtrack.rl.train": ("latest_checkpoint", "train_command"),
+    "backtrack.rl.judges": ("make_judge",),
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'backtrack.rl' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)

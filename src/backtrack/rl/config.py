@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from backtrack.rl.env import EnvConfig
+from backtrack.rl.env_config import EnvConfig
 
 __all__ = ["TrainConfig", "TrainConfigError"]
 

@@ -49,7 +49,9 @@ from backtrack.evaluation.data import Problem
 from backtrack.evaluation.prompts import build_prompt, postprocess, program_for
 from backtrack.execution.sandbox import SandboxConfig, run_program
 from backtrack.operators.features import FeatureExtractor
-from backtrack.rl.env import EnvConfig, FeatureOperator, load_problems
+from backtrack.rl.env import FeatureOperator
+from backtrack.rl.env_config import EnvConfig, load_problems
+from backtrack.rl.label_settings import LabelSettings
 
 __all__ = [
     "CloningStats",
@@ -190,17 +192,14 @@ def label_restarts(
     trajectories: Sequence[Trajectory],
     problems: dict[str, Problem],
     config: GenerationConfig,
-    positions: int = 4,
-    restarts: int = 2,
-    min_pass_rate: float = 0.5,
-    batch_size: int = 16,
+    settings: LabelSettings | None = None,
     workers: int = 2,
     seed: int = 0,
     sandbox: SandboxConfig | None = None,
 ) -> Iterator[Trajectory]:
-    """Label each trajectory (see the module docstring); yield it when done."""
-    if not 0.0 < min_pass_rate <= 1.0:
-        raise ValueError(f"min_pass_rate must be in (0, 1], got {min_pass_rate}")
+    """Label each trajectory (see the module docstring) as ``settings`` say (default:
+    :class:`~backtrack.rl.label_settings.LabelSettings`'); yield it when done."""
+    settings = settings or LabelSettings()
     decoder = BatchDecoder(model, tokenizer)
     rng = random.Random(seed)
     for trajectory in trajectories:
@@ -209,16 +208,16 @@ def label_restarts(
             continue
         problem = problems[trajectory.task_id]
         prompt_ids = encode_prompt(tokenizer, build_prompt(problem))
-        steps = candidate_steps(trajectory, positions)
+        steps = candidate_steps(trajectory, settings.positions)
         requests, owners = [], []
         for step in steps:
             kept = trajectory.token_ids[:step]
             remaining = config.max_new_tokens - len(kept)
-            for _ in range(restarts):
+            for _ in range(settings.restarts):
                 restart = replace(config, max_new_tokens=remaining, seed=rng.randrange(2**31))
                 requests.append((prompt_ids + kept, None, restart))
                 owners.append(step)
-        results = decoder.generate_all(requests, batch_size)
+        results = decoder.generate_all(requests, settings.batch_size)
         completions = [
             postprocess(
                 problem,
@@ -237,7 +236,7 @@ def label_restarts(
             restarts_of[str(step)].append(bool(ok))
         labels = [0] * len(trajectory.token_ids)
         for step, oks in restarts_of.items():
-            if oks and sum(oks) / len(oks) >= min_pass_rate:
+            if oks and sum(oks) / len(oks) >= settings.min_pass_rate:
                 labels[int(step)] = 1
         yield replace(trajectory, labels=labels, restarts=restarts_of)
 
@@ -340,10 +339,7 @@ def make_labels(
     env: EnvConfig,
     out: str | Path,
     limit: int | None = None,
-    positions: int = 4,
-    restarts: int = 2,
-    min_pass_rate: float = 0.5,
-    batch_size: int = 16,
+    settings: LabelSettings | None = None,
     chunk: int = 32,
     seed: int = 0,
     model_and_tokenizer: tuple[Any, Any] | None = None,
@@ -352,8 +348,11 @@ def make_labels(
     """Label MBPP train trajectories under a training config's environment ``env``
     (``TrainConfig.load(path).env``, see :mod:`backtrack.rl.config`: its model, decoding
     settings and feature extractor, so the observations are the policy's) into ``out``,
-    resuming what is there. Problem ``i`` is sampled with seed ``seed + i``."""
+    resuming what is there, as ``settings`` say (default: :class:`LabelSettings`'). Problem
+    ``i`` is sampled with seed ``seed + i``."""
     from tqdm import tqdm
+
+    settings = settings or LabelSettings()
 
     if env.split != "train":
         raise ValueError(f"labels come from MBPP train only (the config's split is {env.split!r})")
@@ -377,11 +376,11 @@ def make_labels(
         part = todo[start : start + chunk]
         trajectories = sample_trajectories(
             model, tokenizer, [p for _, p in part], env.generation, env.feature_extractor(),
-            [seed + i for i, _ in part], batch_size, sandbox=sandbox,
+            [seed + i for i, _ in part], settings.batch_size, sandbox=sandbox,
         )  # fmt: skip
         for labelled in label_restarts(
-            model, tokenizer, trajectories, by_id, env.generation, positions, restarts,
-            min_pass_rate, batch_size, seed=seed + part[0][0], sandbox=sandbox,
+            model, tokenizer, trajectories, by_id, env.generation, settings,
+            seed=seed + part[0][0], sandbox=sandbox,
         ):  # fmt: skip
             append_trajectory(out, labelled)
             bar.update(1)

@@ -5,7 +5,7 @@ only on the current one; a small LSTM carries that history cheaply, while the fe
 :mod:`backtrack.operators.features`) stay per-token and identical at training and inference.
 
 A run is described by one flat YAML mapping (see ``configs/train-*.yaml``): the environment's
-fields (:class:`~backtrack.rl.env.EnvConfig`: model, data, decoding, K, rewards, judge) plus
+fields (:class:`~backtrack.rl.env_config.EnvConfig`: model, data, decoding, K, rewards, judge) plus
 the trainer's (:class:`~backtrack.rl.config.TrainConfig`, read by :mod:`backtrack.rl.config`).
 Relative paths are taken from the current directory.
 
@@ -41,7 +41,8 @@ import yaml
 
 from backtrack.operators.learned import METADATA_NAME
 from backtrack.rl.config import TrainConfig, TrainConfigError
-from backtrack.rl.env import JUDGE_COST_KEYS, BacktrackEnv, load_problems
+from backtrack.rl.env import JUDGE_COST_KEYS, BacktrackEnv
+from backtrack.rl.env_config import load_problems
 
 __all__ = [
     "bias_towards_keeping",

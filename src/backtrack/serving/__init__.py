@@ -1,11 +1,19 @@
 """``backtrack serve``: an OpenAI-compatible server with backtracking, streaming and banned
 strings, decoding every request in one continuous batch.
 
-Needs the ``serve`` extra (``pip install 'backtrack-decoding[serve]'``: FastAPI and uvicorn).
+Needs the ``serve`` extra (``pip install 'backtrack-decoding[serve]'``: FastAPI and uvicorn). The names
+below load on first use, so that the command line reads :class:`ServeSettings`' declarations
+(its flags) without importing FastAPI or torch.
 """
 
-from backtrack.serving.app import create_app
-from backtrack.serving.scheduler import Scheduler
-from backtrack.serving.state import ServeSettings
+from __future__ import annotations
 
-__all__ = ["Scheduler", "ServeSettings", "create_app"]
+from backtrack.lazy import lazy_exports
+
+# Each module -> the public names it defines.
+_EXPORTS = {
+    "backtrack.serving.app": ("create_app",),
+    "backtrack.serving.scheduler": ("Scheduler",),
+    "backtrack.serving.settings": ("ServeSettings",),
+}
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)

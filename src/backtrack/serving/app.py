@@ -35,7 +35,8 @@ from backtrack.serving.middleware import ServerMiddleware, note_error
 from backtrack.serving.protocol import ServeError
 from backtrack.serving.routes import router
 from backtrack.serving.scheduler import Scheduler
-from backtrack.serving.state import ServerState, ServeSettings
+from backtrack.serving.settings import ServeSettings
+from backtrack.serving.state import ServerState
 
 
 def _context_limit(model: Any) -> int | None:

@@ -25,7 +25,7 @@ from backtrack.serving.protocol import (
     CompletionRequest,
     ServeError,
 )
-from backtrack.serving.state import ServeSettings
+from backtrack.serving.settings import ServeSettings
 
 
 def check_model(settings: ServeSettings, name: str) -> None:

@@ -2,7 +2,7 @@
 leave between decode steps.
 
 The HTTP handlers (asyncio) :meth:`Scheduler.submit` a request and get a :class:`Ticket`; the
-scheduler thread is the ticket's :class:`~backtrack.engine.batch.RequestSource`, so a waiting
+scheduler thread is the ticket's :class:`~backtrack.engine.batch_run.RequestSource`, so a waiting
 request is admitted into the running batch at the next step (prefilled together with others,
 within the decoder's prefill budget), and a row that finishes or whose client goes away
 (:meth:`Scheduler.cancel`) frees its slot at once. After every step, each streaming ticket gets
@@ -25,7 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from backtrack.engine.batch import BatchDecoder, BatchRun, Request
+from backtrack.engine.batch import BatchDecoder
+from backtrack.engine.batch_run import BatchRun, Request
 from backtrack.engine.results import Counts, GenerationResult
 from backtrack.engine.settings import GenerationConfig
 from backtrack.engine.streaming import CommittedText
@@ -75,7 +76,7 @@ class Ticket:
 
 
 class Scheduler:
-    """Runs one :class:`~backtrack.engine.batch.BatchRun` for every request of the server.
+    """Runs one :class:`~backtrack.engine.batch_run.BatchRun` for every request of the server.
 
     Args:
         model, tokenizer: as for :class:`~backtrack.engine.batch.BatchDecoder` (a backend

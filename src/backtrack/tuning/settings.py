@@ -14,6 +14,7 @@ from typing import Any
 
 from backtrack.engine.settings import GenerationConfig
 from backtrack.evaluation.settings import EvalSettings
+from backtrack.flags import option
 from backtrack.tuning.space import SEARCHED, recipe_params
 
 DEFAULT_RUNGS = (40, 120, 374)
@@ -22,7 +23,8 @@ MAX_FORWARD_PER_TOKEN = 1.15
 
 @dataclass
 class TuneSettings:
-    """What ``backtrack tune`` was asked to do.
+    """What ``backtrack tune`` was asked to do (the fields declared with
+    :func:`~backtrack.flags.option` are its flags).
 
     Attributes:
         out: the study's folder: ``study.db`` (unless ``storage`` is given), ``train/`` and
@@ -45,23 +47,29 @@ class TuneSettings:
     out: str
     data_path: str
     model: str = "qwen2.5-coder-0.5b-instruct"
-    study: str = "backtrack"
-    storage: str | None = None
-    backend: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 16
-    trials: int = 20
+    study: str = option("backtrack", "Optuna study name.")
+    storage: str | None = option(None, "Optuna storage URL (default: sqlite in --out).")
+    # How to load the model: eval's declarations (help and default).
+    backend: str = option(EvalSettings.default("backend"), EvalSettings.declared("backend")["help"])
+    dtype: str = option(EvalSettings.default("dtype"), EvalSettings.declared("dtype")["help"])
+    batch_size: int = option(16, "Rows decoded together.")
+    trials: int = option(20, "Trials to run now (a study resumes).")
     rungs: Sequence[int] = DEFAULT_RUNGS
     operators: Sequence[str] | None = None
-    seed: int = 0
-    max_forward_per_token: float = MAX_FORWARD_PER_TOKEN
+    seed: int = option(0, "Seed of the TPE sampler and of the cells.")
+    max_forward_per_token: float = option(
+        MAX_FORWARD_PER_TOKEN, "Constraint: forward passes per accepted token."
+    )
     max_new_tokens: int = 384
     # MBPP prompts show every test; for operators that run the prompt's examples the search
     # shows only the first (EvalSettings.visible_tests), scoring on all. None: as given.
-    visible_tests: int | None = 1
+    visible_tests: int | None = option(
+        1, "MBPP tests left visible in the prompt (the rest hidden, all scored)."
+    )
     workers: int = 2
-    ray: str | None = None  # decode every trial on one Ray pool (see evaluation.distributed)
-    ray_actors: int = 2
+    # Decode every trial on one Ray pool (evaluation.generation.distributed).
+    ray: str | None = option(None, "Decode on Ray actors: local, auto, or an address.")
+    ray_actors: int = option(2, "Ray actors, one model each.")
     # Recipes (``Recipe.name`` spelling) to try first, e.g. plain greedy as an anchor that
     # tells a temperature's gain from an operator's; each is enqueued once per study.
     enqueue: Sequence[str] = ()

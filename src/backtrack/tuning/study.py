@@ -31,8 +31,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from backtrack.evaluation.metrics import compare, forward_passes_per_token
-from backtrack.evaluation.runner import load_problems, run_eval
+from backtrack.evaluation.generation.runner import load_problems, run_eval
+from backtrack.evaluation.reporting.metrics import compare, forward_passes_per_token
 from backtrack.evaluation.settings import BASE
 from backtrack.evaluation.store import ResultStore
 from backtrack.tuning.report import Candidate, Score, TrialValidation, write_summary
@@ -145,7 +145,7 @@ def run_search(
         # One pool for the whole search: each actor loads the model once, and every trial's
         # cells are spread over all actors. (One trial per actor would need one writer per
         # trial, but every trial writes the study's one result directory, next to base.)
-        from backtrack.evaluation.distributed import RayPool
+        from backtrack.evaluation.generation.distributed import RayPool
 
         pool = RayPool(settings.eval_settings("train", [], None), settings.ray, settings.ray_actors)
     elif model is None:

@@ -24,7 +24,7 @@ is batched like the engine rows but holds N rows, so its tokens/s is divided by 
 rows would give as N rows of base.
 
 Re-scoring stored completions (``report --rescore``, ``backtrack rescore``) runs the sandbox
-and writes result directories: it lives in :mod:`~backtrack.evaluation.rescore`.
+and writes result directories: it lives in :mod:`~backtrack.evaluation.scoring.rescore`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backtrack.evaluation import metrics
+from backtrack.evaluation.reporting import metrics
 from backtrack.evaluation.settings import BASE
 from backtrack.evaluation.store import read_directory
 

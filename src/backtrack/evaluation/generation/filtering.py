@@ -167,7 +167,7 @@ def _sample_generated(cell: _Cell) -> Generated:
 
 
 class _Queue:
-    """A :class:`~backtrack.engine.batch.RequestSource` the filter pushes samples into."""
+    """A :class:`~backtrack.engine.batch_run.RequestSource` the filter pushes samples into."""
 
     def __init__(self) -> None:
         self.items: deque[tuple[int, Any]] = deque()

@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from backtrack.evaluation.data import DataError, Problem, load_humaneval, sandbox_config_for
-from backtrack.evaluation.prompts import program_for
-from backtrack.execution.sandbox import ExecResult, SandboxConfig, run_many, run_program
+from backtrack.evaluation.data import DataError, Problem, load_humaneval
+from backtrack.evaluation.scoring.score import score, score_many
+from backtrack.execution.sandbox import ExecResult, SandboxConfig
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 JSON_OUTPUT_CAP = 2000
@@ -36,25 +36,6 @@ def result_json(task_id: str, result: ExecResult, cap: int = JSON_OUTPUT_CAP) ->
     return payload
 
 
-def check_program(
-    problem: Problem,
-    completion: str,
-    as_json: bool = False,
-    config: SandboxConfig | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """Run ``problem.prompt + completion`` against the problem's tests and print the verdict."""
-    out = out or sys.stdout
-    result = run_program(program_for(problem, completion), sandbox_config_for(problem, config))
-    if as_json:
-        print(json.dumps(result_json(problem.task_id, result)), file=out)
-    else:
-        print(f"{problem.task_id}: {result.status} ({result.duration_s:.2f} s)", file=out)
-        if not result.passed and result.stderr:
-            print(result.stderr.rstrip()[-JSON_OUTPUT_CAP:], file=out)
-    return EXIT_PASS if result.passed else EXIT_FAIL
-
-
 def check_one(
     task_id: str,
     completion_text: str,
@@ -62,12 +43,21 @@ def check_one(
     config: SandboxConfig | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """``backtrack check --problem ID --completion-file F``: exit code for one completion."""
+    """``backtrack check --problem ID --completion-file F``: run the HumanEval problem's prompt
+    + ``completion_text`` against its tests, print the verdict, return the exit code."""
+    out = out or sys.stdout
     problem = _find(task_id, load_humaneval())
     if problem is None:
         print(f"error: unknown problem {task_id!r} (expected HumanEval/0..163)", file=sys.stderr)
         return EXIT_USAGE
-    return check_program(problem, completion_text, as_json, config, out)
+    result = score(problem, completion_text, "completion", config)
+    if as_json:
+        print(json.dumps(result_json(problem.task_id, result)), file=out)
+    else:
+        print(f"{problem.task_id}: {result.status} ({result.duration_s:.2f} s)", file=out)
+        if not result.passed and result.stderr:
+            print(result.stderr.rstrip()[-JSON_OUTPUT_CAP:], file=out)
+    return EXIT_PASS if result.passed else EXIT_FAIL
 
 
 def check_file(
@@ -97,9 +87,9 @@ def check_canonical(
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     start = time.monotonic()
-    programs = [program_for(p, p.canonical_solution) for p in problems]
-    configs = [sandbox_config_for(p, config) for p in problems]
-    results = run_many(programs, workers=workers, config=configs)
+    results = score_many(
+        [(p, p.canonical_solution, "completion") for p in problems], config, workers
+    )
     elapsed = time.monotonic() - start
     failed = [(p.task_id, r) for p, r in zip(problems, results, strict=True) if not r.passed]
     if as_json:

@@ -2,10 +2,11 @@
 cells; programs run as Ray tasks; the driver alone writes the result directory.
 
 ``backtrack eval ... --ray local|auto|ADDRESS --ray-actors N`` runs the same plan as a local
-evaluation (same cells, seeds and records, see :mod:`~backtrack.evaluation.runner`); only
-where a chunk is decoded changes. Each actor builds its own
-:class:`~backtrack.evaluation.sources.CompletionSource` from the evaluation's settings, so a cell
-decodes exactly as it would locally (at batch size 1, token for token).
+evaluation (same cells, seeds and records, see
+:mod:`~backtrack.evaluation.generation.runner`); only where a chunk is decoded changes. Each
+actor builds its own :class:`~backtrack.evaluation.generation.sources.CompletionSource` from
+the evaluation's settings, so a cell decodes exactly as it would locally (at batch size 1,
+token for token).
 
 Faults: an actor that dies mid-chunk (killed, out of memory, its node gone) is restarted by
 Ray, and its chunk goes back to the front of the queue; results are matched to cells by key
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from backtrack.evaluation.cells import Generated, WorkItem, cell_key
-from backtrack.evaluation.scoring import score
+from backtrack.evaluation.scoring.score import score
 from backtrack.evaluation.settings import EvalError, EvalSettings
 
 INSTALL_HINT = "pip install 'backtrack-decoding[ray]'"
@@ -63,7 +64,7 @@ class _Worker:
     def __init__(self, settings: EvalSettings, threads: int) -> None:
         import torch
 
-        from backtrack.evaluation.sources import CompletionSource, load_model_for
+        from backtrack.evaluation.generation.sources import CompletionSource, load_model_for
 
         torch.set_num_threads(threads)  # the CPUs Ray gave this actor, no more
         self.source = CompletionSource(*load_model_for(settings), settings)

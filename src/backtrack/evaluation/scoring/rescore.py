@@ -3,7 +3,8 @@ in place (a new time limit: :func:`rescore`) or against another dataset's tests 
 result directory (HumanEval completions on HumanEval+: :func:`rescore_as`). Nothing is decoded.
 
 Behind ``backtrack report --rescore`` and ``backtrack rescore``; the tables are
-:mod:`~backtrack.evaluation.report`'s, which reads the directories written here like any other.
+:mod:`~backtrack.evaluation.reporting.report`'s, which reads the directories written here like
+any other.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from backtrack.evaluation.data import Problem, load_dataset, sandbox_config_for
+from backtrack.evaluation.data import Problem, load_dataset
 from backtrack.evaluation.evalplus_check import SCORING_RULE
-from backtrack.evaluation.prompts import program_for
+from backtrack.evaluation.scoring.score import score_many
 from backtrack.evaluation.store import (
     DETAIL_CAP,
     META_FILE,
@@ -27,7 +28,7 @@ from backtrack.evaluation.store import (
     read_directory,
     write_meta,
 )
-from backtrack.execution.sandbox import SandboxConfig, run_many
+from backtrack.execution.sandbox import SandboxConfig
 
 
 def _execute(
@@ -42,22 +43,13 @@ def _execute(
 
     ``keep_previous``: the scoring rule the stored verdicts were made under; each record then
     keeps its old verdict, readable, as ``previous_verdict`` (with that rule)."""
-    # Identical programs run once (the copies of a deterministic configuration's run 0, and
-    # completions that happen to agree).
-    programs = [
-        program_for(problems[r["task_id"]], r["completion"], r.get("mode", "completion"))
-        for r in records
-    ]
     # A program's limit is the run's, or its problem's own (HumanEval+, MBPP+: EvalPlus's
     # per-input limits, see evaluation/evalplus_check.py).
-    config_of = {
-        program: sandbox_config_for(problems[r["task_id"]], SandboxConfig(timeout_s=limit))
-        for program, r in zip(programs, records, strict=True)
-    }
-    distinct = list(config_of)
-    ran = run_many(distinct, workers=workers, config=[config_of[p] for p in distinct])
-    by_program = dict(zip(distinct, ran, strict=True))
-    verdicts = [by_program[program] for program in programs]
+    verdicts = score_many(
+        [(problems[r["task_id"]], r["completion"], r.get("mode", "completion")) for r in records],
+        SandboxConfig(timeout_s=limit),
+        workers,
+    )
     changed = 0
     for rec, verdict in zip(records, verdicts, strict=True):
         changed += int(bool(rec["passed"]) != verdict.passed)

@@ -28,8 +28,9 @@ from backtrack.evaluation.data import (
     mbpp_problems,
     select_problems,
 )
+from backtrack.evaluation.generation.sources import CompletionSource, load_model_for
 from backtrack.evaluation.prompts import postprocess
-from backtrack.evaluation.scoring import score
+from backtrack.evaluation.scoring.score import score
 from backtrack.evaluation.settings import (
     Configuration,
     EvalError,
@@ -37,7 +38,6 @@ from backtrack.evaluation.settings import (
     build_configurations,
     seed_for,
 )
-from backtrack.evaluation.sources import CompletionSource, load_model_for
 from backtrack.evaluation.store import (
     ResultStore,
     build_meta,
@@ -220,7 +220,7 @@ def _decode(
     """Decode and execute ``todo`` (locally or on Ray)."""
     sandbox = SandboxConfig(timeout_s=settings.resolved_timeout())
     if settings.ray:
-        from backtrack.evaluation.distributed import RayPool
+        from backtrack.evaluation.generation.distributed import RayPool
 
         own = pool is None
         pool = pool or RayPool(settings, settings.ray, settings.ray_actors)

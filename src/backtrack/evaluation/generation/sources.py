@@ -5,14 +5,14 @@ baselines (``model.generate`` beam search and sampling), behind one :class:`Comp
 there would pick, one sequence at a time) and the engine's batched beam search
 (:mod:`backtrack.engine.beam`, the same algorithm) on other backends, which have none.
 The baselines that filter candidates by the prompt's visible examples (``sample-filter:n=N``,
-``beam:N+filter``) always run on the engine: :mod:`~backtrack.evaluation.filtering`.
+``beam:N+filter``) always run on the engine: :mod:`~backtrack.evaluation.generation.filtering`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from backtrack.engine.prompt import eos_ids_for
@@ -29,33 +29,21 @@ def load_model_for(settings: EvalSettings):
     from backtrack.models import ModelLoadError, load_model
 
     try:
-        return load_model(
-            settings.model,
-            dtype=settings.dtype,
-            device=settings.device,
-            quantize=settings.quantize,
-            backend=settings.backend,
-            threads=settings.threads,
-            n_ctx=settings.n_ctx,
-        )
+        return load_model(settings.model, **settings.loading())
     except (ModelLoadError, ValueError, TypeError) as exc:
         raise EvalError(str(exc)) from exc
 
 
 def _from_result(result) -> Generated:
-    c = result.counts
+    """The record of one engine result: its text, finish and length, and each work count
+    Generated keeps (the fields it shares with the result's ``Counts``, by name)."""
+    counts = asdict(result.counts)
+    kept = {f.name: counts[f.name] for f in fields(Generated) if f.name in counts}
     return Generated(
         raw=result.text,
         finish_reason=result.finish_reason,
         final_tokens=len(result.token_ids),
-        forward_passes=c.forward_passes,
-        tokens_sampled=c.tokens_sampled,
-        tokens_discarded=c.tokens_discarded,
-        backtracks=c.backtracks,
-        wall_time_s=c.wall_time_s,
-        deepest_rollback=c.deepest_rollback,
-        checks=c.checks,
-        check_wait_s=c.check_wait_s,
+        **kept,
     )
 
 
@@ -107,9 +95,9 @@ class CompletionSource:
 
         Every item gets a fresh operator instance (operators carry per-generation state).
         The filtering baselines (``sample-filter:n=N``, ``beam:N+filter``) are decoded by
-        :mod:`~backtrack.evaluation.filtering`.
+        :mod:`~backtrack.evaluation.generation.filtering`.
         """
-        from backtrack.evaluation import filtering
+        from backtrack.evaluation.generation import filtering
         from backtrack.operators import parse_operator
 
         kinds = ("beam", "beam-filter", "sample-filter")
