@@ -9,7 +9,6 @@ with ``seq_rm``); a :class:`LlamaBatch` is a batch's rows as sequence ids of one
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 

@@ -1,12 +1,14 @@
 """The declaration of a decoding setting: the metadata every field of
 :class:`~backtrack.engine.settings.GenerationConfig` carries (bounds, "off" value, help,
 command-line flag, request field), from which the CLI, the server and the config's own checks
-are built (see :mod:`backtrack.engine.settings`)."""
+are built (see :mod:`backtrack.engine.settings`), and the check of a value bounds cannot say
+(:func:`parse_logit_bias`)."""
 
 from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,3 +103,23 @@ class Declared:
     def integral(self) -> bool:
         """Whether it is an integer setting (``int`` or ``int | None``)."""
         return self.type is int or set(typing.get_args(self.type)) == {int, type(None)}
+
+
+def parse_logit_bias(value: Mapping[Any, Any]) -> dict[int, float]:
+    """``{token id: bias}`` from a mapping whose keys may be strings (JSON, the CLI)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"logit_bias must map token ids to biases, got {value!r}")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        if token < 0:
+            raise ValueError(f"logit_bias token ids must be >= 0, got {token}")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise ValueError(f"logit_bias[{token}] must be a finite number, got {bias!r}")
+        if not -100.0 <= bias <= 100.0:
+            raise ValueError(f"logit_bias[{token}] must be in [-100, 100], got {bias}")
+        out[token] = float(bias)
+    return out

@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from backtrack.engine.draw_requests import Greedy, Only, Weighted
 from backtrack.engine.positions import Rejections
-from backtrack.engine.sampling import Greedy, Only, Weighted
 
 
 def attach(operator: Any, session: Any) -> None:

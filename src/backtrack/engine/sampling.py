@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from transformers.generation.logits_process import (
@@ -35,6 +35,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from backtrack.engine.draw_requests import Greedy, Only, Weighted
 from backtrack.engine.penalties import Penalties, apply_penalties
 from backtrack.engine.settings import GenerationConfig
 
@@ -132,58 +133,6 @@ def _warp(values: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
         warpers = samplers[rows[0]].warpers
         scores[index] = warpers(no_ids[index], values.index_select(0, index))
     return scores
-
-
-@dataclass(frozen=True)
-class Only:
-    """A row's bans that exclude every token but ``token``: the draw must give it (an
-    operator forcing the next token, :mod:`backtrack.engine.forcing`). Masked as one fill of
-    the row, not as a ban set the size of the vocabulary."""
-
-    token: int
-
-    def __contains__(self, token: object) -> bool:
-        return token != self.token
-
-    def __bool__(self) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class Greedy:
-    """A row's bans (``bans``) for a draw that takes the most likely token left, whatever
-    the row's sampling settings (an operator's greedy lookahead,
-    :mod:`backtrack.engine.forcing`). It uses none of the row's random stream."""
-
-    bans: Collection[int] = ()
-    weights: Mapping[int, float] = field(default_factory=dict)
-
-    def __contains__(self, token: object) -> bool:
-        return token in self.bans
-
-    def __bool__(self) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class Weighted:
-    """A row's bans (``bans``) and soft-ban ``weights`` (``{token: multiplier in (0, 1)}``):
-    each weighted token's probability is multiplied by its weight after the warpers."""
-
-    bans: Collection[int]
-    weights: Mapping[int, float]
-
-    def __contains__(self, token: object) -> bool:
-        return token in self.bans
-
-    def __iter__(self):
-        return iter(self.bans)
-
-    def __len__(self) -> int:
-        return len(self.bans)
-
-    def __bool__(self) -> bool:
-        return True
 
 
 def _weights_of(banned: Collection[int]) -> Mapping[int, float]:

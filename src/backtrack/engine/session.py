@@ -1,10 +1,9 @@
 """One sequence being decoded, with exact rollback.
 
-Invariant after every step: the KV cache holds every token of ``prompt + completion`` except
-the last one, which is fed on the next forward pass. A rollback of ``k`` tokens therefore crops
-the cache by exactly ``k`` positions, and the next forward pass (feeding the new last token)
-gives the distribution at the position where decoding resumes; nothing is ever recomputed,
-and deleting every generated token simply leaves the prompt minus its last token cached.
+One class in three files: the completion's side here (the draw, the decision, rolling back
+ids, text, operator state and bookkeeping in lockstep), the model's side in
+:mod:`backtrack.engine.feeding` (forward passes; the KV cache, cropped by exactly what a
+rollback deletes, never recomputed) and the end in :mod:`backtrack.engine.finishing`.
 
 Alongside the ids and the cache, the session keeps, for every completion position, what must
 be put back when that position is deleted (the operator's state and the detokenizer's window)
@@ -37,8 +36,9 @@ from typing import Any
 import torch
 
 from backtrack.backends.base import SequenceCache, as_backend
-from backtrack.backends.kv_cache import rollback_cache
 from backtrack.engine.banning import BanGuard
+from backtrack.engine.feeding import Feeding
+from backtrack.engine.finishing import Finishing
 from backtrack.engine.forcing import attach, bans_at
 from backtrack.engine.positions import Rejections, UndoLog, UndoRecord
 from backtrack.engine.prompt import encode_prompt, eos_ids_for
@@ -46,7 +46,6 @@ from backtrack.engine.results import (
     Counts,
     Event,
     FinishReason,
-    GenerationResult,
     RollbackEvent,
     Step,
     TokenEvent,
@@ -54,12 +53,12 @@ from backtrack.engine.results import (
 from backtrack.engine.reuse import LogitMemory
 from backtrack.engine.sampling import Draws, Sampler, draw
 from backtrack.engine.settings import Budget, GenerationConfig
-from backtrack.engine.text import DetokState, IncrementalDetokenizer, find_stop
-from backtrack.engine.verification import CheckState, restore_best, settle_check, start_check
+from backtrack.engine.text import DetokState, IncrementalDetokenizer
+from backtrack.engine.verification import CheckState, settle_check, start_check
 
 
 @dataclass
-class DecodingSession:
+class DecodingSession(Feeding, Finishing):
     """Decode one sequence step by step; roll back exactly.
 
     Most users call :func:`backtrack.engine.generate`. The RL environment drives a session
@@ -150,8 +149,7 @@ class DecodingSession:
         self._next_logits: torch.Tensor | None = None
         # A draw made elsewhere for this session (the batch draws every row at once).
         self._drawn: tuple[Draws, int] | None = None
-        # The token whose forward pass is queued (see advance); None when none is.
-        self.pending_token: int | None = None
+        self.pending_token: int | None = None  # the token whose pass is queued (advance)
         self._start = time.perf_counter()
         if self.operator is not None:
             self.operator.reset()
@@ -163,59 +161,6 @@ class DecodingSession:
             if set_prompt is not None:
                 set_prompt(self.detokenizer.decode(self.prompt_ids))
             attach(self.operator, self)  # for operators that force tokens (engine/forcing.py)
-
-    # ------------------------------------------------------------------ forward passes
-    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
-        """Feed ``ids`` on the cache; the last position's logits ``[1, V]`` (float32)."""
-        assert self.cache is not None, "call prefill() first"
-        return self.backend.forward(self.cache, ids)
-
-    def prefill(self) -> None:
-        """Open the cache and run the prompt through the model once."""
-        t0 = time.perf_counter()
-        self.cache = self.backend.new_cache()
-        self._next_logits = self._forward(self.prompt_ids)
-        self.counts.forward_passes += 1
-        self.counts.prefill_time_s = time.perf_counter() - t0
-
-    def receive_prefill(self, draws: Draws, row: int, seconds: float) -> None:
-        """The prompt was run elsewhere (a batched prefill): its result, the first token drawn
-        from it (as in :meth:`receive_draw`) and the time it took."""
-        self._next_logits = draws.logits[row : row + 1]
-        self._drawn = (draws, row)
-        self.counts.forward_passes += 1
-        self.counts.prefill_time_s = seconds
-
-    def advance(self) -> bool:
-        """Queue the forward pass that feeds the last token; False (finished) if out of budget.
-
-        The pass itself runs when the next token is sampled, or, in a batch, together with the
-        other rows' (:meth:`receive_draw`).
-        """
-        if self.counts.forward_passes >= self.budget.max_forward_passes:
-            if self.guard is not None:  # the text ends here: no banned word at its very end
-                self.guard.enforce(self, at_end=True)
-            self._finish("budget")
-            return False
-        if self._next_logits is not None:  # known already: a ban's rollback reused them
-            return True
-        self.pending_token = self.completion[-1] if self.completion else self.prompt_ids[-1]
-        return True
-
-    def receive_logits(self, logits: torch.Tensor) -> None:
-        """Hand over the queued forward pass's result, computed elsewhere (``[1, V]`` float32)."""
-        if self.pending_token is None:
-            raise RuntimeError("no forward pass is queued for this session")
-        self._next_logits = logits
-        self.pending_token = None
-        self.counts.forward_passes += 1
-
-    def receive_draw(self, draws: Draws, row: int) -> None:
-        """Hand over the queued forward pass's result and the token drawn from it, computed
-        elsewhere (row ``row`` of a batched :func:`~backtrack.engine.sampling.draw` made with
-        this session's :attr:`sampler` and :meth:`banned_now`)."""
-        self.receive_logits(draws.logits[row : row + 1])
-        self._drawn = (draws, row)
 
     def banned_now(self) -> Collection[int]:
         """Token ids banned at the position about to be sampled (all but one where the
@@ -281,19 +226,6 @@ class DecodingSession:
             generated=self.completion,
             completion=self.text,
         )
-
-    def _follow_ahead(self, token: int, position: int) -> None:
-        """After a soft ban's rollback the KV cache still holds the deleted path: go on along
-        it while the draws repeat it (the next logits are known), else drop it from the cache."""
-        assert self.memory is not None and self.cache is not None
-        ahead, following = self.memory.ahead, self.memory.at(position + 1)
-        if ahead[0] == token and following is not None:
-            ahead.pop(0)
-            self._next_logits = following
-            return
-        rollback_cache(self.cache, len(ahead))
-        ahead.clear()
-        self.memory.forget_after(position)
 
     # ------------------------------------------------------------------ backtracking
     def rollback_allowance(self) -> int:
@@ -450,90 +382,10 @@ class DecodingSession:
         )  # fmt: skip
         return k
 
-    def _restore_cache(self, keep: int, removed: list[int], kind: str, reuse: bool) -> None:
-        """The KV cache and the next logits after a rollback to ``keep`` tokens (``removed``:
-        the tokens deleted)."""
-        assert self.cache is not None
-        fed = self.cache.get_seq_length() - len(self.prompt_ids)  # completion and ahead tokens
-        memory = self.memory
-        reused = memory.at(keep) if memory is not None and reuse else None
-        # The tokens the cache holds from `keep` on: the deleted ones, then any older path.
-        path = [*removed, *(memory.ahead if memory is not None else ())]
-        self.pending_token = None
-        if memory is not None:
-            memory.ahead = []
-        if reused is None:
-            # The invariant (cache = every token but the last); the next forward pass, feeding
-            # the new last token, gives the distribution at position `keep` again.
-            rollback_cache(self.cache, fed - (keep - 1))
-            self._next_logits = None
-        elif kind == "soft":  # the deleted path stays in the cache, in case it is drawn again
-            assert memory is not None
-            memory.ahead = path[: fed - keep]
-            self._next_logits = reused
-            return
-        else:  # every token before `keep` fed; its logits known
-            rollback_cache(self.cache, fed - keep)
-            self._next_logits = reused
-        if memory is not None:
-            memory.forget_after(keep)
-
-    # ------------------------------------------------------------------ stopping
-    def stop_reason(self) -> tuple[FinishReason, str | None] | None:
-        """After a kept token: ``(reason, stop string)`` if it ends decoding (EOS, a stop
-        string or the length limit), else ``None``."""
-        if self.completion and self.completion[-1] in self.eos_ids:
-            return "eos", None
-        if self.config.stop and (
-            hit := find_stop(self.text, self._undo.last().text_len, self.config.stop)
-        ):
-            return "stop_string", hit[1]
-        if len(self.completion) >= self.config.max_new_tokens:
-            return "max_new_tokens", None
-        return None
-
-    def _finish(self, reason: FinishReason) -> None:
-        if reason == "budget":  # out of forward passes, perhaps mid-repair
-            restore_best(self)
-        self.finish_reason = reason
-        self.counts.wall_time_s = time.perf_counter() - self._start
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def cache_length(self) -> int:
-        return 0 if self.cache is None else self.cache.get_seq_length()
-
     def text_offset(self, position: int) -> int:
         """Length of the completion text before the token at ``position`` (``len(text)`` at
         the end): where that token's text starts."""
         return self._undo.text_offset(position, len(self.text))
-
-    def final_text(self) -> str:
-        """The completion decoded in one go, cut before the stop string."""
-        text = self.tokenizer.decode(
-            self.completion, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        if self.stop_string is not None:
-            hit = find_stop(text, 0, [self.stop_string])
-            if hit is not None:
-                text = text[: hit[0]]
-        return text
-
-    def result(self) -> GenerationResult:
-        assert self.finish_reason is not None, "generation has not finished"
-        return GenerationResult(
-            prompt_token_ids=list(self.prompt_ids),
-            token_ids=list(self.completion),
-            logprobs=list(self.logprobs),
-            text=self.final_text(),
-            finish_reason=self.finish_reason,
-            stop_string=self.stop_string,
-            trace=self.trace,
-            counts=self.counts,
-            top_logprobs=[list(top) for top in self.top_logprobs],
-        )
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Iterator[Event]:

@@ -21,7 +21,6 @@ the CLI, the server and the evaluation expose it with the same default and bound
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -29,7 +28,7 @@ from typing import Any, Literal
 
 from backtrack.engine.banlists import build_bans
 from backtrack.engine.banned import Bans
-from backtrack.engine.declaration import UNSET, Declared, setting
+from backtrack.engine.declaration import UNSET, Declared, parse_logit_bias, setting
 
 # The most alternatives a call may ask for per token (OpenAI's chat limit).
 MAX_TOP_LOGPROBS = 20
@@ -126,14 +125,11 @@ class GenerationConfig:
             default of most heuristics) never reaches more than one token back, so any window
             leaves its output unchanged; ``GenerationResult.counts.deepest_rollback`` says
             how deep a generation's rollbacks went.
-        banned_strings: phrases the completion must never contain (see
-            :mod:`backtrack.engine.banned`): when one appears, decoding rolls back to the token
-            where it begins and bans that token there. Enforced after every token, whatever
-            the operator, ``period``, retry cap or budget (a spent forward-pass budget ends
-            decoding early instead), and held back from streaming while it could still grow
-            into a match. Matched in the completion text, across token boundaries.
-        banned_regex: regular expressions banned the same way (``regex`` module syntax).
-        banned_ignore_case: match banned strings and regexes case-insensitively.
+        banned_strings, banned_regex, banned_ignore_case, ban_files, ban_whole_words,
+            ban_strength, ban_hard: phrases and patterns the completion must not contain, and
+            lists of them, enforced by rolling back to where a match begins after every token,
+            whatever the operator or budget, and held back from streams while they could still
+            grow into a match (:mod:`backtrack.engine.banning` defines hard and soft bans).
         presence_penalty, frequency_penalty: OpenAI's penalties, in [-2, 2]: subtract
             ``presence * [count > 0] + frequency * count`` from the logit of each token the
             completion already holds (the surviving tokens; the prompt does not count).
@@ -355,26 +351,6 @@ def config_from_given(
     one way flags and request fields become a config. Raises a one-line ``ValueError``."""
     chosen = {key: value for key, value in given.items() if value is not None}
     return (base or GenerationConfig()).updated(chosen)
-
-
-def parse_logit_bias(value: Mapping[Any, Any]) -> dict[int, float]:
-    """``{token id: bias}`` from a mapping whose keys may be strings (JSON, the CLI)."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"logit_bias must map token ids to biases, got {value!r}")
-    out: dict[int, float] = {}
-    for key, bias in value.items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-        if token < 0:
-            raise ValueError(f"logit_bias token ids must be >= 0, got {token}")
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-            raise ValueError(f"logit_bias[{token}] must be a finite number, got {bias!r}")
-        if not -100.0 <= bias <= 100.0:
-            raise ValueError(f"logit_bias[{token}] must be in [-100, 100], got {bias}")
-        out[token] = float(bias)
-    return out
 
 
 def _is_int(value: Any) -> bool:

@@ -1,9 +1,9 @@
 """``backtrack serve``: an OpenAI-compatible server with backtracking, streaming and banned
 strings, decoding every request in one continuous batch.
 
-Needs the ``serve`` extra (``pip install 'backtrack-decoding[serve]'``: FastAPI and uvicorn). The names
-below load on first use, so that the command line reads :class:`ServeSettings`' declarations
-(its flags) without importing FastAPI or torch.
+Needs the ``serve`` extra (``pip install 'backtrack-decoding[serve]'``: FastAPI, uvicorn and
+prometheus-client). The names below load on first use, so that the command line reads
+:class:`ServeSettings`' declarations (its flags) without importing FastAPI or torch.
 """
 
 from __future__ import annotations
