@@ -163,6 +163,9 @@ def decode(
     from ban_scores import Matcher  # the independent matcher (resample stops on a clean text)
 
     matcher = Matcher(factors)
+    # Not measured: the first batch allocates the contexts and warms the caches.
+    warm = functools.partial(_request, tok, "", None, {**base, "max_new_tokens": 4}, {})
+    decoder.generate_all([warm(p) for p in prompts[:batch_size]], batch_size=batch_size)
     for config in chosen:
         list_name = "-" if config == "none" else name
         todo = [p for p in prompts if (list_name, config, p[0], p[1]) not in done]

@@ -83,7 +83,10 @@ class BanGuard:
             return 0
         session.counts.ban_rollbacks += 1
         if match.hard:
-            return deleted + rewind_dead_ends(session, self.rejections)
+            deleted += rewind_dead_ends(session, self.rejections)
+            if self.rejections.exhausted(len(session.completion), session.vocab_size):
+                session.forget_reuse()  # a dead end left: each draw must cost a pass
+            return deleted
         session.counts.soft_ban_rollbacks += 1
         self.rejections.weigh(keep, token, match.weight, (match.start, match.key))
         return deleted

@@ -139,3 +139,13 @@ class Feeding:
 
     def cache_length(self) -> int:
         return 0 if self.cache is None else self.cache.get_seq_length()
+
+    def forget_reuse(self) -> None:
+        """Give up the logits a rollback reused: uncache the last token, so that the next draw
+        costs a forward pass again. At a dead end a ban and the sampler's fallback alternate
+        (:mod:`backtrack.engine.banning`), and only forward passes spent end that loop."""
+        fed = self.completion[-1:] or self.prompt_ids[-1:]
+        length = len(self.prompt_ids) + len(self.completion)
+        if self._next_logits is not None and self.cache.get_seq_length() == length and fed:
+            rollback_cache(self.cache, 1)
+            self._next_logits = None
