@@ -418,7 +418,7 @@ def test_off_by_one_crop_is_caught(monkeypatch, dtype, off_by):
     log-probability by 0.8 to 16 nats (fp32) and 6 to 15 (bf16), far beyond both the bitwise
     check here and the batched tolerances of tests/test_batch.py (1e-3 fp32, 0.5 bf16).
     """
-    import backtrack.engine.session as session_module
+    import backtrack.engine.feeding as session_module  # the session's KV side
     from backtrack.models.tiny import build_tiny_model
 
     exact_crop = session_module.rollback_cache

@@ -252,7 +252,7 @@ def test_forcing_overrides_rejections_but_not_banned_strings():
     assert bans_at(Forcing(), [1, 2], rejections) == Only(7)
     assert bans_at(Forcing(), [1], rejections) == ()
     assert bans_at(None, [1, 2], rejections) == {7}
-    rejections.resumed(2, 7, banned_string=True)
+    rejections.resumed(2, 7, kind="hard")
     assert bans_at(Forcing(), [1, 2], rejections) == {7}
 
 

@@ -228,11 +228,11 @@ def test_an_unexpected_error_is_logged_with_its_request_id(keyed, caplog, monkey
 
 
 def test_a_decoding_failure_is_logged_with_the_ids_it_failed(keyed, caplog, monkeypatch):
-    def broken(self, batch, rows):
+    def broken(self):
         raise RuntimeError("the model broke")
 
     # The step after the prefill fails (the request has its row by then).
-    monkeypatch.setattr("backtrack.engine.batch.BatchDecoder._forward", broken)
+    monkeypatch.setattr("backtrack.engine.batch_run.BatchRun._forward", broken)
     caplog.set_level(logging.INFO, logger="backtrack.serving")
     with pytest.raises(openai.InternalServerError) as info:
         _client(keyed, KEY).completions.create(model=TINY_MODEL_NAME, prompt=PROMPT, max_tokens=4)
