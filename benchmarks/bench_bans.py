@@ -8,8 +8,9 @@ a whole decode, side by side with decoding without bans.
    token), and the time to read and compile each list.
 2. Decoding (the default model on llama.cpp, creative-writing prompts in the chat template):
    no bans, against the antislop default list banned outright and the full list as soft bans
-   (whole words, any case), at batch 1 and at a batch; round-robin rounds, tokens/s paired per
-   round.
+   (whole words, any case), at batch 1 and at a batch, each prompt with several seeds (so a
+   batch refills as rows finish, and its tokens per second are not those of its slowest row
+   alone); round-robin rounds, tokens/s paired per round.
 
     python benchmarks/bench_bans.py                       # both parts
     python benchmarks/bench_bans.py --matcher-only
@@ -91,7 +92,7 @@ def decode_costs(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_model("qwen2.5-coder-0.5b-instruct", backend="llama.cpp",
                                   threads=args.threads)  # fmt: skip
-    prompts = [
+    texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": item["writing_prompt"].replace("<SEED>", "")}],
             tokenize=False,
@@ -99,6 +100,7 @@ def decode_costs(args: argparse.Namespace) -> None:
         )
         for item in json.loads(PROMPTS.read_text()).values()
     ][: args.prompts]
+    prompts = [text for text in texts for _ in range(args.seeds)]
     ban = dict(ban_whole_words=True, banned_ignore_case=True)
     configurations = {
         "no bans": {},
@@ -107,10 +109,13 @@ def decode_costs(args: argparse.Namespace) -> None:
     }
     base = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
 
-    def job(settings: dict, batch_size: int, label: str):
+    def job(settings: dict, batch_size: int, label: str, count: int | None = None):
+        chosen = prompts[:count] if count else prompts
+        budget = {"max_new_tokens": 8} if count else {}
+
         def run() -> Measured:
-            configs = [base.updated({**settings}) for _ in prompts]
-            requests = [(p, None, c) for p, c in zip(prompts, configs, strict=True)]
+            configs = [base.updated({**settings, **budget}) for _ in chosen]
+            requests = [(p, None, c) for p, c in zip(chosen, configs, strict=True)]
             requests = [(p, o, _seeded(c, i)) for i, (p, o, c) in enumerate(requests)]
             start = time.perf_counter()
             if batch_size == 1:
@@ -126,10 +131,12 @@ def decode_costs(args: argparse.Namespace) -> None:
         return run
 
     for batch_size in args.batch_sizes:
-        print(f"\nbatch size {batch_size}, {len(prompts)} prompts, {args.max_new_tokens} tokens")
+        print(f"\nbatch size {batch_size}, {len(prompts)} requests ({len(texts)} prompts x "
+              f"{args.seeds} seeds), {args.max_new_tokens} tokens")  # fmt: skip
         jobs = [(f"{name} B={batch_size}", job(s, batch_size, f"{name} B={batch_size}"))
                 for name, s in configurations.items()]  # fmt: skip
-        job(configurations["full list, soft"], batch_size, "warm-up")()  # compile, allocate
+        # Not measured: allocates the contexts and compiles the lists.
+        job(configurations["full list, soft"], batch_size, "warm-up", count=batch_size)()
         rounds = run_rounds(jobs, args.rounds)
         against = jobs[0][0]
         print_table(
@@ -151,6 +158,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,8000,50046")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=3, help="Requests per prompt.")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")],

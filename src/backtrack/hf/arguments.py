@@ -84,20 +84,14 @@ def refuse_unsupported(
     for name in _REPORTS:
         if getattr(hf, name, False):
             raise ValueError(f"{name}=True is not supported by backtrack.hf.generate")
-    for processor in processors or ():
-        if not isinstance(processor, _HONOURED_PROCESSORS):
-            raise ValueError(
-                f"{type(processor).__name__} (from a generation setting or logits_processor=) "
-                "is not supported by backtrack.hf.generate; it applies temperature, top_k, "
-                "top_p, min_p and repetition_penalty"
-            )
-    for criterion in criteria or ():
-        if not isinstance(criterion, _HONOURED_CRITERIA):
-            raise ValueError(
-                f"{type(criterion).__name__} (from a generation setting or stopping_criteria=) "
-                "is not supported by backtrack.hf.generate; it stops on max_new_tokens, EOS "
-                "and its own stop= strings"
-            )
+    _refuse_others(
+        processors,
+        _HONOURED_PROCESSORS,
+        "logits_processor=",
+        "applies temperature, top_k, top_p, min_p and repetition_penalty",
+    )
+    _refuse_others(criteria, _HONOURED_CRITERIA, "stopping_criteria=",
+                   "stops on max_new_tokens, EOS and its own stop= strings")  # fmt: skip
     for key, value in model_kwargs.items():
         if key not in _PREPARED_INPUTS and value is not None:
             raise ValueError(
@@ -183,3 +177,14 @@ def with_settings_in_signature(function: Any) -> Any:
     ]
     function.__signature__ = signature.replace(parameters=[*params[:-1], *extra, params[-1]])
     return function
+
+
+def _refuse_others(items, honoured: tuple[type, ...], where: str, does: str) -> None:
+    """A one-line error for the first of ``items`` (logits processors or stopping criteria,
+    from a generation setting or ``where``) that backtrack does not honour."""
+    for item in items or ():
+        if not isinstance(item, honoured):
+            raise ValueError(
+                f"{type(item).__name__} (from a generation setting or {where}) is not supported "
+                f"by backtrack.hf.generate; it {does}"
+            )

@@ -24,6 +24,7 @@ What is counted, and where:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -56,68 +57,55 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
+        # Every metric in this server's own registry (so test servers count apart).
+        counter, gauge, histogram = (
+            functools.partial(kind, registry=registry) for kind in (Counter, Gauge, Histogram)
+        )
+        self.requests = counter(
             "backtrack_requests",
             "HTTP requests answered, by endpoint and status.",
             ["endpoint", "status"],
-            registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "backtrack_request_duration_seconds",
             "Time from a request's arrival to the end of its response (a stream's last byte).",
             ["endpoint"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
         )
-        self.in_flight = Gauge(
-            "backtrack_requests_in_flight", "Requests being answered.", registry=registry
+        self.in_flight = gauge("backtrack_requests_in_flight", "Requests being answered.")
+        self.prompt_tokens = counter(
+            "backtrack_prompt_tokens", "Prompt tokens of the choices answered."
         )
-        self.prompt_tokens = Counter(
-            "backtrack_prompt_tokens", "Prompt tokens of the choices answered.", registry=registry
+        self.completion_tokens = counter(
+            "backtrack_completion_tokens", "Final completion tokens of the choices answered."
         )
-        self.completion_tokens = Counter(
-            "backtrack_completion_tokens",
-            "Final completion tokens of the choices answered.",
-            registry=registry,
+        self.choices = counter(
+            "backtrack_choices", "Choices answered, by OpenAI finish reason.", ["finish_reason"]
         )
-        self.choices = Counter(
-            "backtrack_choices",
-            "Choices answered, by OpenAI finish reason.",
-            ["finish_reason"],
-            registry=registry,
-        )
-        self.rollbacks = Counter(
+        self.rollbacks = counter(
             "backtrack_rollbacks",
-            "Rollbacks in the choices answered (an operator's and banned strings').",
-            registry=registry,
+            "Rollbacks in the choices answered (an operator's and the bans').",
         )
-        self.tokens_deleted = Counter(
-            "backtrack_tokens_deleted", "Tokens that rollbacks deleted.", registry=registry
-        )
-        self.ban_hits = Counter(
+        self.tokens_deleted = counter("backtrack_tokens_deleted", "Tokens that rollbacks deleted.")
+        self.ban_hits = counter(
             "backtrack_ban_hits",
-            "Rollbacks that removed a banned string, by ban list (inline: the request's own).",
+            "Rollbacks that removed a banned phrase, by ban list (inline: the request's own).",
             ["list"],
-            registry=registry,
         )
-        self.ttft = Histogram(
+        self.ttft = histogram(
             "backtrack_time_to_first_token_seconds",
             "Time from a request's arrival in the queue to its first sampled token.",
             buckets=TTFT_BUCKETS,
-            registry=registry,
         )
-        self.tpot = Histogram(
+        self.tpot = histogram(
             "backtrack_time_per_output_token_seconds",
             "Time from the first token to the end, per further final token.",
             buckets=TPOT_BUCKETS,
-            registry=registry,
         )
-        self.queue_depth = Gauge(
-            "backtrack_queue_depth", "Requests waiting for a row of the batch.", registry=registry
+        self.queue_depth = gauge(
+            "backtrack_queue_depth", "Requests waiting for a row of the batch."
         )
-        self.batch_rows = Gauge(
-            "backtrack_batch_rows", "Rows of the batch decoding.", registry=registry
-        )
+        self.batch_rows = gauge("backtrack_batch_rows", "Rows of the batch decoding.")
 
     def watch(
         self,
