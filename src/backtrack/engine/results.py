@@ -106,7 +106,8 @@ class Counts:
     prefill_time_s: float = 0.0
 
 
-FinishReason = Literal["eos", "stop_string", "max_new_tokens", "budget"]
+# "server_shutdown": a server ended the row before any other reason (its drain timed out).
+FinishReason = Literal["eos", "stop_string", "max_new_tokens", "budget", "server_shutdown"]
 
 
 @dataclass

@@ -308,7 +308,7 @@ class Scheduler:
         now, live = time.monotonic(), run.live
         for row in live:
             # The engine's reasons are its own; this one is the server's.
-            row.finish_reason = SERVER_SHUTDOWN  # type: ignore[assignment]
+            row.finish_reason = SERVER_SHUTDOWN
             self._deliver(row, streams, tokens_sent, now)
         with self._lock:
             rest = list(self._tickets.values())
