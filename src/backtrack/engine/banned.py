@@ -99,9 +99,12 @@ class BanScan:
 class PhraseSet:
     """Literal phrases with their factors, compiled into one Aho-Corasick automaton.
 
+    ```pycon
     >>> phrases = PhraseSet("demo", {"tapestry": 0.5, "testament to": 0.0})
     >>> [(end, phrase) for end, phrase, _ in phrases.find("a tapestry, a testament to it", 0)]
-    [(9, 'tapestry'), (25, 'testament to')]
+    [(10, 'tapestry'), (26, 'testament to')]
+
+    ```
 
     Args:
         name: the list's name (reports say which list a ban came from).

@@ -203,7 +203,13 @@ class BatchRun:
         for slot, row in enumerate(self.rows):
             if row is None or (row.check.pending is not None and not row.check.pending.done()):
                 continue  # still waiting for its verdict; the other rows went on
-            if row.step():
+            ended = row.step()
+            # Draws from logits the row knows already (a ban's rollback reused them) cost no
+            # forward pass: take them now, each one a turn of this row alone, in the order
+            # the single-sequence loop takes them; the row joins the next pass when it needs one.
+            while not ended and row.draws_without_pass():
+                ended = row.step()
+            if ended:
                 self._retire(slot, row)
                 finished.append(row)
         return finished

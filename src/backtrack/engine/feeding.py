@@ -41,6 +41,8 @@ class Feeding:
     counts: Any
     budget: Any
     pending_token: int | None
+    finish_reason: Any
+    check: Any
     _next_logits: torch.Tensor | None
     _drawn: tuple[Draws, int] | None
 
@@ -88,6 +90,18 @@ class Feeding:
         self._next_logits = logits
         self.pending_token = None
         self.counts.forward_passes += 1
+
+    def draws_without_pass(self) -> bool:
+        """True when the next draw needs no forward pass: a ban's rollback reused the logits
+        where decoding resumes, or the draws follow a deleted path the KV cache still holds
+        (:mod:`backtrack.engine.reuse`). A batch lets such a row go on in the same turn
+        instead of sitting out the next forward pass for each of those draws."""
+        return (
+            self.finish_reason is None
+            and self.check.pending is None
+            and self._drawn is None
+            and self._next_logits is not None
+        )
 
     def receive_draw(self, draws: Draws, row: int) -> None:
         """Hand over the queued forward pass's result and the token drawn from it, computed

@@ -125,11 +125,17 @@ class GenerationConfig:
             default of most heuristics) never reaches more than one token back, so any window
             leaves its output unchanged; ``GenerationResult.counts.deepest_rollback`` says
             how deep a generation's rollbacks went.
-        banned_strings, banned_regex, banned_ignore_case, ban_files, ban_whole_words,
-            ban_strength, ban_hard: phrases and patterns the completion must not contain, and
-            lists of them, enforced by rolling back to where a match begins after every token,
-            whatever the operator or budget, and held back from streams while they could still
-            grow into a match (:mod:`backtrack.engine.banning` defines hard and soft bans).
+        banned_strings: phrases the completion must not contain, enforced by rolling back
+            to where a match begins after every token, whatever the operator or budget, and
+            held back from streams while they could still grow into a match
+            (:mod:`backtrack.engine.banning` defines hard and soft bans).
+        banned_regex: patterns the completion must not match, likewise.
+        banned_ignore_case: match banned strings, patterns and lists in any case.
+        ban_files: ban lists (a text file of phrases, or the antislop JSON), as paths or
+            ``NAME=PATH``.
+        ban_whole_words: match a listed phrase only with a word boundary at both ends.
+        ban_strength: a soft ban weighs a phrase's first token by ``factor ** strength``.
+        ban_hard: ban every phrase of the files outright, whatever its factor.
         presence_penalty, frequency_penalty: OpenAI's penalties, in [-2, 2]: subtract
             ``presence * [count > 0] + frequency * count`` from the logit of each token the
             completion already holds (the surviving tokens; the prompt does not count).
