@@ -108,6 +108,9 @@ def score(
     lists: Annotated[list[str], typer.Option("--list", help="NAME=PATH of each list.")],
     judge: Annotated[str, typer.Option(help="The other model (log-likelihood).")],
     runs: Annotated[int, typer.Option()] = 3,
+    loglik_runs: Annotated[
+        int, typer.Option(help="Score log-likelihood on runs 0..N-1 only (the judge is slow).")
+    ] = 3,
 ) -> None:
     """Add scores.jsonl next to the records (resumable)."""
     from ban_quality import writing_prompts
@@ -130,7 +133,8 @@ def score(
             key = (record["list"], record["config"], record["prompt"], record["run"])
             if key in seen:
                 continue
-            scorer = scorer or Scorer(judge)
+            if scorer is None and record["run"] < loglik_runs:
+                scorer = Scorer(judge)
             text, n = record["text"], max(len(words(record["text"])), 1)
             mattr, distinct2 = diversity(text)
             row = {
@@ -138,7 +142,11 @@ def score(
                 "words": n,
                 "hits": {name: m.hits(text) * 1000 / n for name, m in matchers.items()},
                 "non_words": non_words(text) * 1000 / n,
-                "loglik": scorer.loglik(users[(record["prompt"], record["run"])], text),
+                "loglik": (
+                    scorer.loglik(users[(record["prompt"], record["run"])], text)
+                    if record["run"] < loglik_runs
+                    else None
+                ),
                 "mattr": mattr,
                 "distinct2": distinct2,
             }
@@ -160,7 +168,7 @@ def bootstrap(diffs: dict[str, list[float]], resamples: int = 2000) -> tuple[flo
     return statistics.fmean(values), means[int(0.025 * resamples)], means[int(0.975 * resamples)]
 
 
-def _metric(row: dict, metric: str, list_name: str) -> float:
+def _metric(row: dict, metric: str, list_name: str) -> float | None:
     return row["hits"][list_name] if metric == "hits" else row[metric]
 
 
@@ -242,14 +250,17 @@ def _row(records, scores, source, config, list_name):
         return None, None
     cells, shown = {}, []
     for metric in ("hits", "non_words", "loglik", "mattr", "distinct2"):
-        values = [_metric(mine[p], metric, list_name) for p in pairs]
+        # Log-likelihood may be scored on some runs only (score --loglik-runs): its own pairs.
+        scored = [p for p in pairs if _metric(mine[p], metric, list_name) is not None
+                  and _metric(base[p], metric, list_name) is not None]  # fmt: skip
+        values = [_metric(mine[p], metric, list_name) for p in scored]
         mean = statistics.fmean(values)
         if config == "none":
             shown.append(f"{mean:.2f}" if metric in ("hits", "non_words") else f"{mean:.3f}")
             cells[metric] = (mean, None)
             continue
         diffs: dict[str, list[float]] = defaultdict(list)
-        for p in pairs:
+        for p in scored:
             diffs[p[0]].append(
                 _metric(mine[p], metric, list_name) - _metric(base[p], metric, list_name)
             )
