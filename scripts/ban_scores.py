@@ -133,7 +133,8 @@ def score(
             key = (record["list"], record["config"], record["prompt"], record["run"])
             if key in seen:
                 continue
-            if scorer is None and record["run"] < loglik_runs:
+            judged = record["run"] < loglik_runs
+            if scorer is None and judged:
                 scorer = Scorer(judge)
             text, n = record["text"], max(len(words(record["text"])), 1)
             mattr, distinct2 = diversity(text)
@@ -142,11 +143,7 @@ def score(
                 "words": n,
                 "hits": {name: m.hits(text) * 1000 / n for name, m in matchers.items()},
                 "non_words": non_words(text) * 1000 / n,
-                "loglik": (
-                    scorer.loglik(users[(record["prompt"], record["run"])], text)
-                    if record["run"] < loglik_runs
-                    else None
-                ),
+                "loglik": scorer.loglik(users[key[2:]], text) if judged else None,
                 "mattr": mattr,
                 "distinct2": distinct2,
             }
@@ -250,20 +247,20 @@ def _row(records, scores, source, config, list_name):
         return None, None
     cells, shown = {}, []
     for metric in ("hits", "non_words", "loglik", "mattr", "distinct2"):
-        # Log-likelihood may be scored on some runs only (score --loglik-runs): its own pairs.
-        scored = [p for p in pairs if _metric(mine[p], metric, list_name) is not None
-                  and _metric(base[p], metric, list_name) is not None]  # fmt: skip
-        values = [_metric(mine[p], metric, list_name) for p in scored]
-        mean = statistics.fmean(values)
+        # (prompt, run), this configuration's value, none's value; log-likelihood may be
+        # scored on some runs only (score --loglik-runs), so each metric keeps its own pairs.
+        both = [(p, _metric(mine[p], metric, list_name), _metric(base[p], metric, list_name))
+                for p in pairs]  # fmt: skip
+        scored = [(p, mine_value, base_value) for p, mine_value, base_value in both
+                  if mine_value is not None and base_value is not None]  # fmt: skip
+        mean = statistics.fmean(mine_value for _, mine_value, _ in scored)
         if config == "none":
             shown.append(f"{mean:.2f}" if metric in ("hits", "non_words") else f"{mean:.3f}")
             cells[metric] = (mean, None)
             continue
         diffs: dict[str, list[float]] = defaultdict(list)
-        for p in scored:
-            diffs[p[0]].append(
-                _metric(mine[p], metric, list_name) - _metric(base[p], metric, list_name)
-            )
+        for p, mine_value, base_value in scored:
+            diffs[p[0]].append(mine_value - base_value)
         diff, low, high = bootstrap(diffs)
         fmt = ".2f" if metric in ("hits", "non_words") else ".3f"
         shown.append(f"{mean:{fmt}} ({diff:+{fmt}} [{low:+{fmt}}, {high:+{fmt}}])")
